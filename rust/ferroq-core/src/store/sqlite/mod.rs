@@ -1,0 +1,820 @@
+//! The embedded default backend: a directory of SQLite shard files in WAL
+//! mode (or in-memory databases for `memory://`).
+//!
+//! A task's id says its shard: `id = local_rowid * shards + shard`. With
+//! round-robin routing this makes id order follow enqueue order across
+//! shards, which is the last tie-break of the claim order. Tasks with a key
+//! are routed by a hash of (queue, key) so that dedup and lookup by key hit
+//! one shard.
+
+mod schema;
+pub mod sql;
+
+pub use schema::Pragmas;
+
+use super::config::{StoreConfig, MAX_SHARDS};
+use super::{
+    check_claim, check_lease, CancelParams, ClaimParams, CompleteParams, Enqueued, FailParams,
+    HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ProgressParams, PurgeParams,
+    QueueCount, RecoverParams, ReleaseParams, Retry, Store,
+};
+use crate::backoff::Backoff;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::task::{NewTask, Status, Task};
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One shard: a writer connection, and (on disk) a second connection used
+/// only to watch `PRAGMA data_version` for other processes' commits.
+struct Shard {
+    conn: Mutex<Connection>,
+    watch: Option<Mutex<Connection>>,
+}
+
+/// In-process wake-ups: every commit bumps the generation and wakes waiters.
+struct Wake {
+    generation: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn bump(&self) {
+        *self.generation.lock() += 1;
+        self.cv.notify_all();
+    }
+}
+
+/// The SQLite backend.
+pub struct SqliteStore {
+    shards: Vec<Shard>,
+    config: StoreConfig,
+    clock: Arc<dyn Clock>,
+    next_shard: AtomicUsize,
+    wake: Wake,
+    label: String,
+}
+
+/// The file name of shard `i` inside the store directory.
+pub fn shard_file(i: u32) -> String {
+    format!("shard-{i:03}.db")
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    let what = format!("{}: {e}", path.display());
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Error::PermissionDenied(what),
+        _ => Error::Unavailable(what),
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of (queue, key): routing must agree across
+/// processes and builds, so no randomly seeded hasher.
+fn route_hash(queue: &str, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in queue.bytes().chain(std::iter::once(0)).chain(key.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Why a guarded statement changed no row.
+#[derive(Clone, Copy)]
+enum Guard {
+    /// Needed: running under this worker.
+    Held,
+    /// Needed: some unfinished status.
+    Unfinished,
+    /// Needed: a failed, cancelled or expired task.
+    Retryable,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store `config` describes.
+    pub fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        if config.max_payload == 0 {
+            return Err(Error::InvalidArgument("max_payload must be > 0".into()));
+        }
+        let (shards, label) = match &config.path {
+            None => (Self::open_memory(&config)?, "memory://".to_string()),
+            Some(dir) => (Self::open_dir(dir, &config)?, dir.display().to_string()),
+        };
+        Ok(SqliteStore {
+            shards,
+            config,
+            clock,
+            next_shard: AtomicUsize::new(0),
+            wake: Wake { generation: Mutex::new(0), cv: Condvar::new() },
+            label,
+        })
+    }
+
+    fn open_memory(config: &StoreConfig) -> Result<Vec<Shard>> {
+        let n = config.shards.unwrap_or(1);
+        (0..n)
+            .map(|i| {
+                let mut conn = Connection::open_in_memory()?;
+                schema::configure(&conn, config, true)?;
+                schema::prepare(&mut conn, i, Some(n), "memory://")?;
+                Ok(Shard { conn: Mutex::new(conn), watch: None })
+            })
+            .collect()
+    }
+
+    fn open_dir(dir: &Path, config: &StoreConfig) -> Result<Vec<Shard>> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::NotAStore(format!(
+                "{} is a file; a ferroq store is a directory of shard files",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let first = Self::open_shard(dir, 0, config.shards, config)?;
+        let n = first.1;
+        if let Some(want) = config.shards {
+            if want != n {
+                return Err(Error::ShardMismatch {
+                    path: dir.display().to_string(),
+                    existing: n,
+                    requested: want,
+                });
+            }
+        }
+        if !(1..=MAX_SHARDS).contains(&n) {
+            return Err(Error::Corrupt(format!("{} records {n} shards", dir.display())));
+        }
+        let mut shards = vec![first.0];
+        for i in 1..n {
+            let (shard, count) = Self::open_shard(dir, i, Some(n), config)?;
+            if count != n {
+                return Err(Error::Corrupt(format!(
+                    "shard {i} of {} records {count} shards, shard 0 records {n}",
+                    dir.display()
+                )));
+            }
+            shards.push(shard);
+        }
+        Ok(shards)
+    }
+
+    fn open_shard(dir: &Path, i: u32, want: Option<u32>, config: &StoreConfig) -> Result<(Shard, u32)> {
+        let path: PathBuf = dir.join(shard_file(i));
+        let label = path.display().to_string();
+        if i > 0 && !path.exists() && want.is_none() {
+            return Err(Error::Corrupt(format!("{label} is missing")));
+        }
+        let mut conn = Connection::open(&path).map_err(|e| match Error::from(e) {
+            Error::Unavailable(m) => Error::Unavailable(format!("{label}: {m}")),
+            other => other,
+        })?;
+        schema::configure(&conn, config, false)?;
+        let n = schema::prepare(&mut conn, i, want, &label)?;
+        let watch = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        watch.busy_timeout(config.busy_timeout)?;
+        Ok((Shard { conn: Mutex::new(conn), watch: Some(Mutex::new(watch)) }, n))
+    }
+
+    /// The settings each shard's connection reports (for verification).
+    pub fn pragmas(&self) -> Result<Vec<Pragmas>> {
+        self.shards.iter().map(|s| schema::read_pragmas(&s.conn.lock())).collect()
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// The shard a task id lives in.
+    pub fn shard_of(&self, id: i64) -> Option<u32> {
+        self.split(id).map(|(s, _)| s as u32)
+    }
+
+    fn n(&self) -> i64 {
+        self.shards.len() as i64
+    }
+
+    fn global(&self, shard: usize, local: i64) -> i64 {
+        local * self.n() + shard as i64
+    }
+
+    fn split(&self, id: i64) -> Option<(usize, i64)> {
+        let n = self.n();
+        if id < n {
+            return None;
+        }
+        Some(((id % n) as usize, id / n))
+    }
+
+    fn route_key(&self, queue: &str, key: &str) -> usize {
+        (route_hash(queue, key) % self.shards.len() as u64) as usize
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on a shard.
+    fn write<T>(&self, shard: usize, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self.shards[shard].conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Applies `f` to each item in one transaction per shard. The outer
+    /// error aborts the batch (storage failure); inner errors are per item.
+    fn per_item<P, T>(
+        &self,
+        items: &[P],
+        id_of: impl Fn(&P) -> i64,
+        mut f: impl FnMut(&Transaction, usize, i64, &P) -> Result<Result<T>>,
+    ) -> Result<Vec<Result<T>>> {
+        let mut out: Vec<Option<Result<T>>> = items.iter().map(|_| None).collect();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, item) in items.iter().enumerate() {
+            match self.split(id_of(item)) {
+                Some((s, _)) => groups[s].push(i),
+                None => out[i] = Some(Err(Error::NotFound(format!("task {}", id_of(item))))),
+            }
+        }
+        let mut wrote = false;
+        for (s, idxs) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
+            self.write(s, |tx| {
+                for &i in idxs {
+                    let id = id_of(&items[i]);
+                    let local = id / self.n();
+                    out[i] = Some(f(tx, s, local, &items[i])?);
+                }
+                Ok(())
+            })?;
+            wrote = true;
+        }
+        if wrote {
+            self.wake.bump();
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Error::Storage("item left unprocessed".into()))))
+            .collect())
+    }
+
+    /// Names the reason a guarded statement on task `id` changed nothing.
+    fn explain(&self, tx: &Transaction, id: i64, local: i64, worker: Option<&str>, guard: Guard, action: &'static str) -> Result<Error> {
+        let found: Option<(i64, Option<String>)> = tx
+            .prepare_cached(sql::STATUS_OF)?
+            .query_row([local], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((code, _)) = found else { return Ok(Error::NotFound(format!("task {id}"))) };
+        let status = Status::from_code(code)?;
+        Ok(match guard {
+            Guard::Retryable => Error::InvalidTransition { id, status, action },
+            _ if status.is_finished() => Error::AlreadyFinished { id, status },
+            Guard::Held => Error::LeaseLost { id, worker: worker.unwrap_or("").to_string(), status },
+            Guard::Unfinished => Error::InvalidTransition { id, status, action },
+        })
+    }
+
+    /// Moves a task to `task_done` if it is in status `from` (and held by
+    /// `worker` when given). True when it moved.
+    #[allow(clippy::too_many_arguments)]
+    fn move_to_done(
+        &self,
+        tx: &Transaction,
+        local: i64,
+        to: Status,
+        result: Option<&[u8]>,
+        error: Option<&str>,
+        from: Status,
+        worker: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let moved = tx.prepare_cached(sql::MOVE_TO_DONE)?.execute(params![
+            local,
+            to.code(),
+            result,
+            error,
+            now,
+            self.config.retention_ms,
+            from.code(),
+            worker
+        ])?;
+        if moved == 1 {
+            tx.prepare_cached(sql::DELETE_ACTIVE)?.execute([local])?;
+        }
+        Ok(moved == 1)
+    }
+
+    fn read_task(&self, row: &Row, shard: usize) -> Result<Task> {
+        let backoff: Option<String> = row.get(22)?;
+        Ok(Task {
+            id: self.global(shard, row.get(0)?),
+            queue: row.get(1)?,
+            name: row.get(2)?,
+            payload: row.get(3)?,
+            priority: row.get(4)?,
+            status: Status::from_code(row.get(5)?)?,
+            run_at: row.get(6)?,
+            attempts: row.get(7)?,
+            max_attempts: row.get(8)?,
+            lease_until: row.get(9)?,
+            worker: row.get(10)?,
+            key: row.get(11)?,
+            batch: row.get(12)?,
+            progress: row.get(13)?,
+            result: row.get(14)?,
+            error: row.get(15)?,
+            created_at: row.get(16)?,
+            started_at: row.get(17)?,
+            finished_at: row.get(18)?,
+            expires_at: row.get(19)?,
+            metadata: row.get(20)?,
+            cancel_requested: row.get::<_, i64>(21)? != 0,
+            backoff: backoff.as_deref().map(Backoff::decode).transpose()?,
+            result_ttl_ms: row.get(23)?,
+        })
+    }
+
+    fn query_tasks<P: rusqlite::Params>(&self, conn: &Connection, shard: usize, sql: &str, p: P) -> Result<Vec<Task>> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(p)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(self.read_task(row, shard)?);
+        }
+        Ok(out)
+    }
+
+    fn claim_shard(&self, shard: usize, p: &ClaimParams, limit: u32, now: i64) -> Result<Vec<Task>> {
+        self.write(shard, |tx| {
+            self.query_tasks(tx, shard, sql::CLAIM, params![p.queue, now, limit, p.worker, now + p.lease_ms])
+        })
+    }
+
+    fn claim_order(a: &Task, b: &Task) -> std::cmp::Ordering {
+        b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id))
+    }
+
+    fn backoff_of(&self, text: Option<&str>) -> Backoff {
+        text.and_then(|t| Backoff::decode(t).ok()).unwrap_or(self.config.default_backoff)
+    }
+
+    fn token_at(&self, generation: u64) -> Result<u64> {
+        let mut token = generation;
+        for shard in &self.shards {
+            if let Some(w) = &shard.watch {
+                let v: i64 = w.lock().query_row("PRAGMA data_version", [], |r| r.get(0))?;
+                token = token.wrapping_add(v as u64);
+            }
+        }
+        Ok(token)
+    }
+}
+
+impl Store for SqliteStore {
+    fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
+        for t in tasks {
+            t.validate(self.config.max_payload)?;
+        }
+        let now = self.clock.now_ms();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, t) in tasks.iter().enumerate() {
+            let s = match &t.key {
+                Some(k) => self.route_key(&t.queue, k),
+                None => self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len(),
+            };
+            groups[s].push(i);
+        }
+        let mut out = vec![Enqueued { id: 0, inserted: false }; tasks.len()];
+        for (s, idxs) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
+            self.write(s, |tx| {
+                let mut insert = tx.prepare_cached(sql::INSERT_TASK)?;
+                for &i in idxs {
+                    let t = &tasks[i];
+                    if let Some(k) = &t.key {
+                        let existing: Option<i64> = tx
+                            .prepare_cached(sql::FIND_KEY)?
+                            .query_row((&t.queue, k), |r| r.get(0))
+                            .optional()?;
+                        if let Some(local) = existing {
+                            out[i] = Enqueued { id: self.global(s, local), inserted: false };
+                            continue;
+                        }
+                    }
+                    insert.execute(params![
+                        t.queue,
+                        t.name,
+                        t.payload,
+                        t.priority,
+                        t.run_at.unwrap_or(now),
+                        t.max_attempts,
+                        t.key,
+                        t.batch,
+                        now,
+                        t.expires_at,
+                        t.metadata,
+                        t.backoff.map(|b| b.encode()),
+                        t.result_ttl_ms,
+                    ])?;
+                    out[i] = Enqueued { id: self.global(s, tx.last_insert_rowid()), inserted: true };
+                }
+                Ok(())
+            })?;
+        }
+        if !tasks.is_empty() {
+            self.wake.bump();
+        }
+        Ok(out)
+    }
+
+    fn claim(&self, p: &ClaimParams) -> Result<Vec<Task>> {
+        check_claim(p)?;
+        let now = self.clock.now_ms();
+        // Peek (a read, no write lock) so an idle claim never blocks writers,
+        // and so several shards can be merged in priority order.
+        let peek_limit = if self.shards.len() == 1 { 1 } else { p.limit };
+        let mut heads: Vec<(i32, i64, i64, usize)> = Vec::new();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let conn = shard.conn.lock();
+            let mut stmt = conn.prepare_cached(sql::PEEK_READY)?;
+            let mut rows = stmt.query(params![p.queue, now, peek_limit])?;
+            while let Some(r) = rows.next()? {
+                heads.push((r.get(0)?, r.get(1)?, self.global(s, r.get(2)?), s));
+            }
+        }
+        if heads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tasks = if self.shards.len() == 1 {
+            self.claim_shard(0, p, p.limit, now)?
+        } else {
+            heads.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let mut per_shard = vec![0u32; self.shards.len()];
+            for h in heads.iter().take(p.limit as usize) {
+                per_shard[h.3] += 1;
+            }
+            let mut all = Vec::new();
+            for (s, k) in per_shard.into_iter().enumerate().filter(|(_, k)| *k > 0) {
+                all.extend(self.claim_shard(s, p, k, now)?);
+            }
+            all
+        };
+        tasks.sort_by(Self::claim_order);
+        Ok(tasks)
+    }
+
+    fn heartbeat(&self, p: &HeartbeatParams) -> Result<Vec<HeartbeatOutcome>> {
+        check_lease(p.lease_ms)?;
+        let until = self.clock.now_ms() + p.lease_ms;
+        let results = self.per_item(&p.ids, |id| *id, |tx, _, local, id| {
+            let flag: Option<i64> = tx
+                .prepare_cached(sql::HEARTBEAT)?
+                .query_row(params![local, p.worker, until], |r| r.get(0))
+                .optional()?;
+            Ok(Ok(HeartbeatOutcome { id: *id, held: flag.is_some(), cancel_requested: flag == Some(1) }))
+        })?;
+        Ok(results
+            .into_iter()
+            .zip(&p.ids)
+            .map(|(r, id)| r.unwrap_or(HeartbeatOutcome { id: *id, held: false, cancel_requested: false }))
+            .collect())
+    }
+
+    fn progress(&self, p: &[ProgressParams]) -> Result<Vec<Result<()>>> {
+        self.per_item(p, |x| x.id, |tx, _, local, x| {
+            if !(0.0..=1.0).contains(&x.progress) {
+                return Ok(Err(Error::InvalidArgument(format!(
+                    "progress must be within 0..=1, got {}",
+                    x.progress
+                ))));
+            }
+            let n = tx.prepare_cached(sql::PROGRESS)?.execute(params![local, x.worker, x.progress])?;
+            if n == 1 {
+                return Ok(Ok(()));
+            }
+            Ok(Err(self.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "report progress of")?))
+        })
+    }
+
+    fn complete(&self, p: &[CompleteParams]) -> Result<Vec<Result<()>>> {
+        let now = self.clock.now_ms();
+        self.per_item(p, |x| x.id, |tx, _, local, x| {
+            if x.result.len() > self.config.max_payload {
+                return Ok(Err(Error::PayloadTooLarge {
+                    what: "result",
+                    size: x.result.len(),
+                    limit: self.config.max_payload,
+                }));
+            }
+            if self.move_to_done(tx, local, Status::Done, Some(&x.result), None, Status::Running, Some(&x.worker), now)? {
+                return Ok(Ok(()));
+            }
+            Ok(Err(self.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "complete")?))
+        })
+    }
+
+    fn fail(&self, p: &[FailParams]) -> Result<Vec<Result<Status>>> {
+        let now = self.clock.now_ms();
+        self.per_item(p, |x| x.id, |tx, _, local, x| {
+            let found: Option<(u32, u32, Option<String>)> = tx
+                .prepare_cached(sql::FAIL_LOOKUP)?
+                .query_row(params![local, x.worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((attempts, max_attempts, backoff)) = found else {
+                return Ok(Err(self.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "fail")?));
+            };
+            let delay = match x.retry {
+                _ if attempts >= max_attempts => None,
+                Retry::Never => None,
+                Retry::After(ms) => Some(ms.max(0)),
+                Retry::Backoff => Some(self.backoff_of(backoff.as_deref()).delay_ms(attempts)),
+            };
+            if let Some(d) = delay {
+                tx.prepare_cached(sql::REQUEUE)?.execute(params![local, x.worker, now + d, x.error])?;
+                return Ok(Ok(Status::Queued));
+            }
+            self.move_to_done(tx, local, Status::Failed, None, Some(&x.error), Status::Running, Some(&x.worker), now)?;
+            Ok(Ok(Status::Failed))
+        })
+    }
+
+    fn cancel(&self, p: &[CancelParams]) -> Result<Vec<Result<Status>>> {
+        let now = self.clock.now_ms();
+        self.per_item(p, |x| x.id, |tx, _, local, x| {
+            let why = Some("cancelled");
+            if let Some(w) = &x.worker {
+                if self.move_to_done(tx, local, Status::Cancelled, None, why, Status::Running, Some(w), now)? {
+                    return Ok(Ok(Status::Cancelled));
+                }
+                return Ok(Err(self.explain(tx, x.id, local, Some(w), Guard::Held, "cancel")?));
+            }
+            if self.move_to_done(tx, local, Status::Cancelled, None, why, Status::Queued, None, now)? {
+                return Ok(Ok(Status::Cancelled));
+            }
+            if tx.prepare_cached(sql::FLAG_CANCEL)?.execute([local])? == 1 {
+                return Ok(Ok(Status::Running));
+            }
+            Ok(Err(self.explain(tx, x.id, local, None, Guard::Unfinished, "cancel")?))
+        })
+    }
+
+    fn release(&self, p: &[ReleaseParams]) -> Result<Vec<Result<()>>> {
+        self.per_item(p, |x| x.id, |tx, _, local, x| {
+            if tx.prepare_cached(sql::RELEASE)?.execute(params![local, x.worker])? == 1 {
+                return Ok(Ok(()));
+            }
+            Ok(Err(self.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "release")?))
+        })
+    }
+
+    fn retry(&self, ids: &[i64]) -> Result<Vec<Result<()>>> {
+        let now = self.clock.now_ms();
+        self.per_item(ids, |id| *id, |tx, _, local, id| {
+            if tx.prepare_cached(sql::RETRY_FROM_DONE)?.execute(params![local, now])? == 1 {
+                tx.prepare_cached(sql::DELETE_DONE)?.execute([local])?;
+                return Ok(Ok(()));
+            }
+            Ok(Err(self.explain(tx, *id, local, None, Guard::Retryable, "retry")?))
+        })
+    }
+
+    fn recover(&self, p: &RecoverParams) -> Result<Vec<(i64, Status)>> {
+        let now = self.clock.now_ms();
+        let mut out = Vec::new();
+        for s in 0..self.shards.len() {
+            let moved = self.write(s, |tx| {
+                let expired: Vec<(i64, u32, u32, Option<String>, Option<String>)> = tx
+                    .prepare_cached(sql::EXPIRED_LEASES)?
+                    .query_map(params![now, p.worker], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut moved = Vec::new();
+                for (local, attempts, max_attempts, _backoff, worker) in expired {
+                    let why = format!(
+                        "lease lost: worker {} stopped before finishing attempt {attempts}",
+                        worker.as_deref().unwrap_or("?")
+                    );
+                    let status = if attempts < max_attempts {
+                        tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, now, why])?;
+                        Status::Queued
+                    } else {
+                        self.move_to_done(tx, local, Status::Failed, None, Some(&why), Status::Running, None, now)?;
+                        Status::Failed
+                    };
+                    moved.push((self.global(s, local), status));
+                }
+                Ok(moved)
+            })?;
+            out.extend(moved);
+        }
+        if !out.is_empty() {
+            self.wake.bump();
+        }
+        Ok(out)
+    }
+
+    fn expire(&self) -> Result<Vec<i64>> {
+        let now = self.clock.now_ms();
+        let mut out = Vec::new();
+        for s in 0..self.shards.len() {
+            let moved = self.write(s, |tx| {
+                let due: Vec<i64> = tx
+                    .prepare_cached(sql::PAST_DEADLINE)?
+                    .query_map([now], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let why = Some("deadline passed before the task started");
+                let mut moved = Vec::new();
+                for local in due {
+                    if self.move_to_done(tx, local, Status::Expired, None, why, Status::Queued, None, now)? {
+                        moved.push(self.global(s, local));
+                    }
+                }
+                Ok(moved)
+            })?;
+            out.extend(moved);
+        }
+        if !out.is_empty() {
+            self.wake.bump();
+        }
+        Ok(out)
+    }
+
+    fn get(&self, ids: &[i64]) -> Result<Vec<Option<Task>>> {
+        ids.iter()
+            .map(|&id| match self.split(id) {
+                None => Ok(None),
+                Some((s, local)) => {
+                    let conn = self.shards[s].conn.lock();
+                    Ok(self.query_tasks(&conn, s, sql::GET, [local])?.pop())
+                }
+            })
+            .collect()
+    }
+
+    fn get_by_key(&self, queue: &str, keys: &[String]) -> Result<Vec<Option<Task>>> {
+        keys.iter()
+            .map(|k| {
+                let s = self.route_key(queue, k);
+                let conn = self.shards[s].conn.lock();
+                Ok(self.query_tasks(&conn, s, sql::GET_BY_KEY, (queue, k))?.pop())
+            })
+            .collect()
+    }
+
+    fn list(&self, p: &ListParams) -> Result<Vec<Task>> {
+        if !(1..=100_000).contains(&p.limit) {
+            return Err(Error::InvalidArgument(format!("list limit {} is outside 1..=100000", p.limit)));
+        }
+        let (active, done) = match p.status {
+            None => (true, true),
+            Some(s) => (!s.is_finished(), s.is_finished()),
+        };
+        let n = self.n();
+        let mut all = Vec::new();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let from_local = p.after_id.map(|a| (a - s as i64).div_euclid(n) + 1).unwrap_or(0);
+            let conn = shard.conn.lock();
+            all.extend(self.query_tasks(
+                &conn,
+                s,
+                sql::LIST,
+                params![p.queue, p.status.map(Status::code), p.batch, from_local, p.limit, active, done],
+            )?);
+        }
+        all.sort_by_key(|t| t.id);
+        all.truncate(p.limit as usize);
+        Ok(all)
+    }
+
+    fn counts(&self) -> Result<Vec<QueueCount>> {
+        let mut sums: BTreeMap<(String, Status), u64> = BTreeMap::new();
+        for shard in &self.shards {
+            let conn = shard.conn.lock();
+            let mut stmt = conn.prepare_cached(sql::COUNTS)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let status = Status::from_code(r.get(1)?)?;
+                *sums.entry((r.get(0)?, status)).or_default() += r.get::<_, i64>(2)? as u64;
+            }
+        }
+        Ok(sums.into_iter().map(|((queue, status), count)| QueueCount { queue, status, count }).collect())
+    }
+
+    fn unfinished(&self, queue: &str) -> Result<u64> {
+        let mut total = 0u64;
+        for shard in &self.shards {
+            let conn = shard.conn.lock();
+            total += conn.prepare_cached(sql::COUNT_UNFINISHED)?.query_row([queue], |r| r.get::<_, i64>(0))? as u64;
+        }
+        Ok(total)
+    }
+
+    fn purge(&self, p: &PurgeParams) -> Result<u64> {
+        let now = self.clock.now_ms();
+        let mut total = 0u64;
+        for s in 0..self.shards.len() {
+            total += self.write(s, |tx| {
+                let n = tx.prepare_cached(sql::PURGE)?.execute(params![now, p.finished_before])?;
+                if s == 0 {
+                    if let Some(r) = self.config.retention_ms {
+                        tx.prepare_cached(sql::LISTEN_PRUNE)?.execute([now - r])?;
+                    }
+                }
+                Ok(n as u64)
+            })?;
+        }
+        Ok(total)
+    }
+
+    fn listen_set(&self, key: &str, value: &[u8]) -> Result<i64> {
+        if key.is_empty() || key.len() > 1_000 {
+            return Err(Error::InvalidArgument("listen key must be 1..=1000 bytes".into()));
+        }
+        if value.len() > self.config.max_payload {
+            return Err(Error::PayloadTooLarge { what: "listen value", size: value.len(), limit: self.config.max_payload });
+        }
+        let now = self.clock.now_ms();
+        let v = self.write(0, |tx| {
+            Ok(tx.prepare_cached(sql::LISTEN_SET)?.query_row(params![key, value, now], |r| r.get(0))?)
+        })?;
+        self.wake.bump();
+        Ok(v)
+    }
+
+    fn listen_changes(&self, since: i64, limit: u32) -> Result<Vec<ListenChange>> {
+        let conn = self.shards[0].conn.lock();
+        let mut stmt = conn.prepare_cached(sql::LISTEN_SINCE)?;
+        let rows = stmt.query_map(params![since, limit.max(1)], |r| {
+            Ok(ListenChange { version: r.get(0)?, key: r.get(1)?, value: r.get(2)?, at: r.get(3)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn listen_get(&self, key: &str) -> Result<Option<ListenChange>> {
+        let conn = self.shards[0].conn.lock();
+        let found = conn
+            .prepare_cached(sql::LISTEN_GET)?
+            .query_row([key], |r| {
+                Ok(ListenChange { version: r.get(0)?, key: r.get(1)?, value: r.get(2)?, at: r.get(3)? })
+            })
+            .optional()?;
+        Ok(found)
+    }
+
+    fn listen_head(&self) -> Result<i64> {
+        let conn = self.shards[0].conn.lock();
+        let head = conn.prepare_cached(sql::LISTEN_HEAD)?.query_row([], |r| r.get(0))?;
+        Ok(head)
+    }
+
+    fn next_run_at(&self, queue: &str) -> Result<Option<i64>> {
+        let mut best: Option<i64> = None;
+        for shard in &self.shards {
+            let conn = shard.conn.lock();
+            let at: Option<i64> = conn.prepare_cached(sql::NEXT_RUN_AT)?.query_row([queue], |r| r.get(0))?;
+            best = match (best, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(best)
+    }
+
+    fn change_token(&self) -> Result<u64> {
+        let generation = *self.wake.generation.lock();
+        self.token_at(generation)
+    }
+
+    fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let watching = self.shards.iter().any(|s| s.watch.is_some());
+        let mut generation = self.wake.generation.lock();
+        loop {
+            if self.token_at(*generation)? != token {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Other processes cannot signal the condvar: look at
+            // data_version again after a short poll interval.
+            let slice = if watching { self.config.poll_interval.min(deadline - now) } else { deadline - now };
+            self.wake.cv.wait_for(&mut generation, slice);
+        }
+    }
+
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite store {} ({} shard(s))", self.label, self.shards.len())
+    }
+}

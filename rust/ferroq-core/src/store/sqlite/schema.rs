@@ -1,0 +1,117 @@
+//! Connection setup and schema creation, in one place, with every pragma
+//! read back: SQLite silently ignores a misspelt pragma, so a setting that
+//! did not take is reported as an error rather than trusted.
+
+use super::sql;
+use crate::error::{Error, Result};
+use crate::store::config::{StoreConfig, Synchronous};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+/// The settings a connection ended up with, as SQLite reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pragmas {
+    /// `wal` on disk, `memory` in memory.
+    pub journal_mode: String,
+    /// 1 = NORMAL, 2 = FULL.
+    pub synchronous: i64,
+    /// Milliseconds.
+    pub busy_timeout: i64,
+}
+
+/// Applies the store's settings to a fresh connection and verifies them.
+pub fn configure(conn: &Connection, config: &StoreConfig, in_memory: bool) -> Result<Pragmas> {
+    conn.busy_timeout(config.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let want_journal = if in_memory { "memory" } else { "wal" };
+    let journal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    let want_sync = match config.synchronous {
+        Synchronous::Normal => 1,
+        Synchronous::Full => 2,
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous = {want_sync}; PRAGMA temp_store = MEMORY;"))?;
+    let pragmas = read_pragmas(conn)?;
+    if !journal.eq_ignore_ascii_case(want_journal) || pragmas.journal_mode != want_journal {
+        return Err(Error::Unavailable(format!(
+            "could not switch the database to {want_journal} journaling (it reports {journal:?}); \
+             is the directory on a filesystem without shared-memory support?"
+        )));
+    }
+    if pragmas.synchronous != want_sync {
+        return Err(Error::Storage(format!(
+            "synchronous={} did not take (SQLite reports {})",
+            want_sync, pragmas.synchronous
+        )));
+    }
+    let want_busy = config.busy_timeout.as_millis() as i64;
+    if pragmas.busy_timeout != want_busy {
+        return Err(Error::Storage(format!(
+            "busy_timeout={} did not take (SQLite reports {})",
+            want_busy, pragmas.busy_timeout
+        )));
+    }
+    Ok(pragmas)
+}
+
+/// Reads the settings that matter back from SQLite.
+pub fn read_pragmas(conn: &Connection) -> Result<Pragmas> {
+    Ok(Pragmas {
+        journal_mode: conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?.to_lowercase(),
+        synchronous: conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+        busy_timeout: conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?,
+    })
+}
+
+/// Creates the schema in an empty shard, or checks that an existing one is
+/// a ferroq shard of this store. Returns the store's shard count.
+///
+/// `want` is the shard count asked for (None = whatever exists, else 1).
+pub fn prepare(conn: &mut Connection, index: u32, want: Option<u32>, label: &str) -> Result<u32> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if app_id == 0 && version == 0 {
+        let objects: i64 = tx.query_row(sql::SCHEMA_OBJECTS, [], |r| r.get(0))?;
+        if objects != 0 {
+            return Err(Error::NotAStore(format!(
+                "{label} is a SQLite database of something else (it has tables but no ferroq schema)"
+            )));
+        }
+        let shards = want.unwrap_or(1);
+        tx.execute_batch(sql::SCHEMA_V1)?;
+        tx.execute(sql::META_SET, ("app", "ferroq"))?;
+        tx.execute(sql::META_SET, ("shards", shards.to_string()))?;
+        tx.execute(sql::META_SET, ("shard", index.to_string()))?;
+        tx.execute_batch(&format!(
+            "PRAGMA application_id = {}; PRAGMA user_version = {};",
+            sql::APPLICATION_ID,
+            sql::SCHEMA_VERSION
+        ))?;
+    } else if app_id != sql::APPLICATION_ID {
+        return Err(Error::NotAStore(format!(
+            "{label} is a SQLite database of another application (application_id {app_id:#x})"
+        )));
+    } else if version > sql::SCHEMA_VERSION {
+        return Err(Error::NotAStore(format!(
+            "{label} was written by a newer ferroq (schema version {version}; this build reads up to {})",
+            sql::SCHEMA_VERSION
+        )));
+    }
+    let has_meta: i64 = tx.query_row(sql::TABLE_EXISTS, ["meta"], |r| r.get(0))?;
+    if has_meta == 0 {
+        return Err(Error::Corrupt(format!("{label} carries ferroq's stamp but has no meta table")));
+    }
+    let meta = |name: &str| -> Result<Option<String>> {
+        Ok(tx.query_row(sql::META_GET, [name], |r| r.get(0)).optional()?)
+    };
+    let shards: u32 = meta("shards")?
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Corrupt(format!("{label} has no valid shard count")))?;
+    let stored_index: Option<u32> = meta("shard")?.and_then(|v| v.parse().ok());
+    if stored_index != Some(index) {
+        return Err(Error::Corrupt(format!(
+            "{label} is shard {stored_index:?} of its store, expected shard {index}"
+        )));
+    }
+    tx.commit()?;
+    Ok(shards)
+}

@@ -1,0 +1,260 @@
+//! Every SQL statement the SQLite backend runs. Nothing outside this file
+//! writes SQL, so the statements and the indexes they rely on can be read
+//! side by side.
+//!
+//! Each shard file holds two task tables with the same columns: `task` for
+//! unfinished work (queued, running) and `task_done` for finished tasks.
+//! Keeping history out of `task` keeps claims fast however many finished
+//! tasks are retained.
+
+/// `application_id` stamped on every ferroq shard ("FRQ1").
+pub const APPLICATION_ID: i64 = 0x4652_5131;
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The columns of both task tables, in the order `row_to_task` reads them.
+macro_rules! task_columns {
+    () => {
+        "id, queue, name, payload, priority, status, run_at, attempts, max_attempts, \
+         lease_until, worker, key, batch, progress, result, error, created_at, started_at, \
+         finished_at, expires_at, metadata, cancel_requested, backoff, result_ttl, purge_at"
+    };
+}
+
+/// Schema version 1.
+pub const SCHEMA_V1: &str = "
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE task (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    run_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    lease_until INTEGER,
+    worker TEXT,
+    key TEXT,
+    batch TEXT,
+    progress REAL,
+    result BLOB,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    expires_at INTEGER,
+    metadata TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    backoff TEXT,
+    result_ttl INTEGER,
+    purge_at INTEGER
+);
+-- Same columns, same order as ORDER BY in CLAIM / PEEK_READY.
+CREATE INDEX task_ready ON task (queue, priority DESC, run_at, id) WHERE status = 0;
+CREATE INDEX task_lease ON task (lease_until) WHERE status = 1;
+CREATE INDEX task_expiry ON task (expires_at) WHERE expires_at IS NOT NULL;
+CREATE UNIQUE INDEX task_key ON task (queue, key) WHERE key IS NOT NULL;
+CREATE INDEX task_batch ON task (batch) WHERE batch IS NOT NULL;
+CREATE TABLE task_done (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    run_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    lease_until INTEGER,
+    worker TEXT,
+    key TEXT,
+    batch TEXT,
+    progress REAL,
+    result BLOB,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    expires_at INTEGER,
+    metadata TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    backoff TEXT,
+    result_ttl INTEGER,
+    purge_at INTEGER
+);
+CREATE UNIQUE INDEX task_done_key ON task_done (queue, key) WHERE key IS NOT NULL;
+CREATE INDEX task_done_finished ON task_done (finished_at);
+CREATE INDEX task_done_purge ON task_done (purge_at) WHERE purge_at IS NOT NULL;
+CREATE INDEX task_done_batch ON task_done (batch) WHERE batch IS NOT NULL;
+CREATE TABLE listen_log (
+    version INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX listen_log_key ON listen_log (key, version);
+";
+
+/// Reads one meta value.
+pub const META_GET: &str = "SELECT value FROM meta WHERE name = ?1";
+/// Writes one meta value.
+pub const META_SET: &str = "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)";
+/// Counts schema objects (an empty file has none).
+pub const SCHEMA_OBJECTS: &str = "SELECT count(*) FROM sqlite_master";
+/// Tells whether a table exists.
+pub const TABLE_EXISTS: &str = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1";
+
+/// Finds an existing task with this key in either table.
+pub const FIND_KEY: &str = "SELECT id FROM task WHERE queue = ?1 AND key = ?2
+    UNION ALL SELECT id FROM task_done WHERE queue = ?1 AND key = ?2 LIMIT 1";
+
+/// Inserts a queued task.
+pub const INSERT_TASK: &str = "INSERT INTO task (queue, name, payload, priority, status, run_at,
+    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl)
+    VALUES (?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/// The head of a queue's ready tasks, in claim order (multi-shard merge).
+pub const PEEK_READY: &str = "SELECT priority, run_at, id FROM task
+    WHERE queue = ?1 AND status = 0 AND run_at <= ?2
+      AND (expires_at IS NULL OR expires_at > ?2)
+    ORDER BY priority DESC, run_at, id LIMIT ?3";
+
+/// Claims up to ?3 ready tasks of queue ?1 for worker ?4 with lease ?5.
+pub const CLAIM: &str = concat!(
+    "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = ?5, worker = ?4,
+        started_at = ?2, cancel_requested = 0
+    WHERE id IN (SELECT id FROM task
+        WHERE queue = ?1 AND status = 0 AND run_at <= ?2
+          AND (expires_at IS NULL OR expires_at > ?2)
+        ORDER BY priority DESC, run_at, id LIMIT ?3)
+    RETURNING ",
+    task_columns!()
+);
+
+/// Earliest run_at among a queue's queued tasks.
+pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM task WHERE queue = ?1 AND status = 0";
+
+/// Extends a lease held by worker ?2; returns the cancel flag.
+pub const HEARTBEAT: &str = "UPDATE task SET lease_until = ?3
+    WHERE id = ?1 AND status = 1 AND worker = ?2 RETURNING cancel_requested";
+
+/// Records progress of a task held by worker ?2.
+pub const PROGRESS: &str =
+    "UPDATE task SET progress = ?3 WHERE id = ?1 AND status = 1 AND worker = ?2";
+
+/// Reads what fail needs of a task held by worker ?2.
+pub const FAIL_LOOKUP: &str =
+    "SELECT attempts, max_attempts, backoff FROM task WHERE id = ?1 AND status = 1 AND worker = ?2";
+
+/// Puts a running task back in the queue for a later attempt.
+pub const REQUEUE: &str = "UPDATE task SET status = 0, run_at = ?3, lease_until = NULL,
+    worker = NULL, error = ?4 WHERE id = ?1 AND status = 1 AND worker IS ?2";
+
+/// Gives a claim back without counting the attempt.
+pub const RELEASE: &str = "UPDATE task SET status = 0, attempts = attempts - 1,
+    lease_until = NULL, worker = NULL WHERE id = ?1 AND status = 1 AND worker = ?2";
+
+/// Flags a running task for cancellation.
+pub const FLAG_CANCEL: &str =
+    "UPDATE task SET cancel_requested = 1 WHERE id = ?1 AND status = 1";
+
+/// Moves task ?1 from `task` to `task_done` with final status ?2, if it is
+/// in status ?7 (and held by worker ?8 when given). ?3 result, ?4 error
+/// (kept when NULL), ?5 finish time, ?6 default retention.
+pub const MOVE_TO_DONE: &str = concat!(
+    "INSERT INTO task_done (",
+    task_columns!(),
+    ") SELECT id, queue, name, payload, priority, ?2, run_at, attempts, max_attempts,
+        NULL, worker, key, batch, progress, ?3, coalesce(?4, error), created_at, started_at,
+        ?5, expires_at, metadata, cancel_requested, backoff, result_ttl,
+        ?5 + coalesce(result_ttl, ?6)
+    FROM task WHERE id = ?1 AND status = ?7 AND (?8 IS NULL OR worker = ?8)"
+);
+/// Second half of a move: drop the row from `task`.
+pub const DELETE_ACTIVE: &str = "DELETE FROM task WHERE id = ?1";
+
+/// Moves a finished task back to the queue with fresh attempts (retry).
+pub const RETRY_FROM_DONE: &str = concat!(
+    "INSERT INTO task (",
+    task_columns!(),
+    ") SELECT id, queue, name, payload, priority, 0, ?2, 0, max_attempts,
+        NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
+        NULL, NULL, metadata, 0, backoff, result_ttl, NULL
+    FROM task_done WHERE id = ?1 AND status IN (3, 4, 5)"
+);
+/// Second half of a retry: drop the row from `task_done`.
+pub const DELETE_DONE: &str = "DELETE FROM task_done WHERE id = ?1";
+
+/// Running tasks whose lease ended before ?1, or all of worker ?2's.
+pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, backoff, worker FROM task
+    WHERE status = 1 AND ((?2 IS NULL AND lease_until < ?1) OR worker = ?2)";
+
+/// Queued tasks whose deadline passed.
+pub const PAST_DEADLINE: &str =
+    "SELECT id FROM task WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND status = 0";
+
+/// One task by local id, from either table.
+pub const GET: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM task WHERE id = ?1 UNION ALL SELECT ",
+    task_columns!(),
+    " FROM task_done WHERE id = ?1"
+);
+
+/// One task by key, from either table.
+pub const GET_BY_KEY: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM task WHERE queue = ?1 AND key = ?2 UNION ALL SELECT ",
+    task_columns!(),
+    " FROM task_done WHERE queue = ?1 AND key = ?2"
+);
+
+/// The status of one task by local id (to explain a guarded update that
+/// changed nothing).
+pub const STATUS_OF: &str = "SELECT status, worker FROM task WHERE id = ?1
+    UNION ALL SELECT status, worker FROM task_done WHERE id = ?1";
+
+/// A page of tasks, filtered by queue ?1, status ?2, batch ?3 (NULL = any),
+/// from local id ?4 on, at most ?5. ?6 / ?7 pick the tables to read.
+pub const LIST: &str = concat!(
+    "SELECT * FROM (SELECT ",
+    task_columns!(),
+    " FROM task WHERE ?6 AND id >= ?4 AND (?1 IS NULL OR queue = ?1)
+        AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR batch = ?3)
+    UNION ALL SELECT ",
+    task_columns!(),
+    " FROM task_done WHERE ?7 AND id >= ?4 AND (?1 IS NULL OR queue = ?1)
+        AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR batch = ?3))
+    ORDER BY id LIMIT ?5"
+);
+
+/// Task counts per queue and status.
+pub const COUNTS: &str = "SELECT queue, status, count(*) FROM task GROUP BY queue, status
+    UNION ALL SELECT queue, status, count(*) FROM task_done GROUP BY queue, status";
+
+/// Unfinished tasks in one queue.
+pub const COUNT_UNFINISHED: &str = "SELECT count(*) FROM task WHERE queue = ?1";
+
+/// Deletes finished tasks past their retention (?1 = now) or finished
+/// before ?2.
+pub const PURGE: &str =
+    "DELETE FROM task_done WHERE purge_at <= ?1 OR (?2 IS NOT NULL AND finished_at < ?2)";
+
+/// Appends a listen-data change.
+pub const LISTEN_SET: &str =
+    "INSERT INTO listen_log (key, value, at) VALUES (?1, ?2, ?3) RETURNING version";
+/// Changes after version ?1, oldest first.
+pub const LISTEN_SINCE: &str =
+    "SELECT version, key, value, at FROM listen_log WHERE version > ?1 ORDER BY version LIMIT ?2";
+/// The latest value of one key.
+pub const LISTEN_GET: &str = "SELECT version, key, value, at FROM listen_log WHERE key = ?1
+    ORDER BY version DESC LIMIT 1";
+/// The newest version.
+pub const LISTEN_HEAD: &str = "SELECT coalesce(max(version), 0) FROM listen_log";
+/// Drops superseded changes older than ?1 (the newest of each key stays).
+pub const LISTEN_PRUNE: &str = "DELETE FROM listen_log WHERE at < ?1
+    AND version NOT IN (SELECT max(version) FROM listen_log GROUP BY key)";

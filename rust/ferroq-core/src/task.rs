@@ -1,0 +1,259 @@
+//! The task record and its statuses.
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use std::fmt;
+
+/// Where a task is in its life. A closed set; who moves tasks in and out:
+///
+/// | status      | entered by                                      | left by |
+/// |-------------|-------------------------------------------------|---------|
+/// | `Queued`    | enqueue; fail with attempts left; release; recover; retry | claim, cancel, expire |
+/// | `Running`   | claim (sets a lease and counts the attempt)      | complete, fail, release, recover, cancel by its worker |
+/// | `Done`      | complete                                         | purge |
+/// | `Failed`    | fail or recover with attempts exhausted (dead letters) | retry, purge |
+/// | `Cancelled` | cancel                                           | retry, purge |
+/// | `Expired`   | expire (deadline passed before it ran)           | retry, purge |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Status {
+    /// Waiting to run (now or at `run_at`).
+    Queued = 0,
+    /// Claimed by a worker under a lease.
+    Running = 1,
+    /// Finished with a result.
+    Done = 2,
+    /// Out of attempts; kept as a dead letter.
+    Failed = 3,
+    /// Cancelled before it finished.
+    Cancelled = 4,
+    /// Its deadline passed before it ran.
+    Expired = 5,
+}
+
+impl Status {
+    /// Every status, in code order.
+    pub const ALL: [Status; 6] = [
+        Status::Queued,
+        Status::Running,
+        Status::Done,
+        Status::Failed,
+        Status::Cancelled,
+        Status::Expired,
+    ];
+
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
+        }
+    }
+
+    /// The stored integer code.
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+
+    /// The status of a stored integer code.
+    pub fn from_code(code: i64) -> Result<Self> {
+        Status::ALL
+            .get(usize::try_from(code).unwrap_or(usize::MAX))
+            .copied()
+            .ok_or_else(|| Error::Corrupt(format!("unknown status code {code}")))
+    }
+
+    /// The status of a name.
+    pub fn parse(name: &str) -> Result<Self> {
+        Status::ALL
+            .iter()
+            .copied()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown status {name:?}")))
+    }
+
+    /// True for statuses a task never leaves on its own (done, failed,
+    /// cancelled, expired).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Unique in the store; for SQLite it also names the shard.
+    pub id: i64,
+    /// The queue it belongs to.
+    pub queue: String,
+    /// The registered name of the function that runs it.
+    pub name: String,
+    /// Serialised arguments.
+    pub payload: Vec<u8>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Where it is in its life.
+    pub status: Status,
+    /// Not claimed before this time (ms since the epoch).
+    pub run_at: i64,
+    /// Claims so far (a release does not count).
+    pub attempts: u32,
+    /// Claims allowed before it is failed for good.
+    pub max_attempts: u32,
+    /// While running: the lease deadline (ms).
+    pub lease_until: Option<i64>,
+    /// While running: the worker holding the lease.
+    pub worker: Option<String>,
+    /// Optional key, unique per queue (idempotency).
+    pub key: Option<String>,
+    /// Optional group label.
+    pub batch: Option<String>,
+    /// Last reported progress (0..=1).
+    pub progress: Option<f64>,
+    /// Serialised result, once done.
+    pub result: Option<Vec<u8>>,
+    /// Error text of the last failed attempt.
+    pub error: Option<String>,
+    /// Enqueue time (ms).
+    pub created_at: i64,
+    /// Start of the latest attempt (ms).
+    pub started_at: Option<i64>,
+    /// When it reached a final status (ms).
+    pub finished_at: Option<i64>,
+    /// Deadline: it expires if not started by then (ms).
+    pub expires_at: Option<i64>,
+    /// Small user JSON.
+    pub metadata: Option<String>,
+    /// Set when a running task was asked to stop.
+    pub cancel_requested: bool,
+    /// Its retry policy (the store default when None).
+    pub backoff: Option<Backoff>,
+    /// How long it is kept after finishing (ms); the store default when None.
+    pub result_ttl_ms: Option<i64>,
+}
+
+/// A task to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// Queue name (1..=200 bytes).
+    pub queue: String,
+    /// Function name (1..=500 bytes).
+    pub name: String,
+    /// Serialised arguments.
+    pub payload: Vec<u8>,
+    /// Higher runs first; within `PRIORITY_RANGE`.
+    pub priority: i32,
+    /// Earliest start (ms); None means now.
+    pub run_at: Option<i64>,
+    /// Claims allowed (1..=1000); retries + 1.
+    pub max_attempts: u32,
+    /// Optional idempotency key (unique per queue).
+    pub key: Option<String>,
+    /// Optional group label.
+    pub batch: Option<String>,
+    /// Deadline to start by (ms).
+    pub expires_at: Option<i64>,
+    /// Small user JSON.
+    pub metadata: Option<String>,
+    /// Retry policy; None uses the store default.
+    pub backoff: Option<Backoff>,
+    /// Retention after finishing (ms); None uses the store default.
+    pub result_ttl_ms: Option<i64>,
+}
+
+/// Priorities a task may have.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1_000_000..=1_000_000;
+/// Attempts a task may be given.
+pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000;
+
+impl NewTask {
+    /// A task with default options: priority 0, now, 1 attempt.
+    pub fn new(queue: impl Into<String>, name: impl Into<String>, payload: Vec<u8>) -> Self {
+        NewTask {
+            queue: queue.into(),
+            name: name.into(),
+            payload,
+            priority: 0,
+            run_at: None,
+            max_attempts: 1,
+            key: None,
+            batch: None,
+            expires_at: None,
+            metadata: None,
+            backoff: None,
+            result_ttl_ms: None,
+        }
+    }
+
+    /// Checks every field is in range; `max_payload` is the store's limit.
+    pub fn validate(&self, max_payload: usize) -> Result<()> {
+        check_name("queue", &self.queue, 200)?;
+        check_name("task name", &self.name, 500)?;
+        if self.payload.len() > max_payload {
+            return Err(Error::PayloadTooLarge {
+                what: "payload",
+                size: self.payload.len(),
+                limit: max_payload,
+            });
+        }
+        if !PRIORITY_RANGE.contains(&self.priority) {
+            return Err(Error::InvalidArgument(format!(
+                "priority {} is outside {}..={}",
+                self.priority,
+                PRIORITY_RANGE.start(),
+                PRIORITY_RANGE.end()
+            )));
+        }
+        if !MAX_ATTEMPTS_RANGE.contains(&self.max_attempts) {
+            return Err(Error::InvalidArgument(format!(
+                "max_attempts {} is outside {}..={}",
+                self.max_attempts,
+                MAX_ATTEMPTS_RANGE.start(),
+                MAX_ATTEMPTS_RANGE.end()
+            )));
+        }
+        if let Some(k) = &self.key {
+            check_name("key", k, 1_000)?;
+        }
+        if let Some(b) = &self.batch {
+            check_name("batch", b, 1_000)?;
+        }
+        if let Some(m) = &self.metadata {
+            if m.len() > 65_536 {
+                return Err(Error::PayloadTooLarge { what: "metadata", size: m.len(), limit: 65_536 });
+            }
+        }
+        if let Some(ttl) = self.result_ttl_ms {
+            if ttl < 0 {
+                return Err(Error::InvalidArgument(format!("result_ttl must be >= 0, got {ttl} ms")));
+            }
+        }
+        if let Some(b) = &self.backoff {
+            b.validate()?;
+        }
+        Ok(())
+    }
+}
+
+fn check_name(what: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} must not be empty")));
+    }
+    if value.len() > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {} bytes long; the limit is {max}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
