@@ -1,0 +1,84 @@
+"""ferroq: a persistent task queue for Python with a Rust core.
+
+Tasks live in SQLite files (no server to run), survive crashes and restarts,
+and run on worker threads::
+
+    from ferroq import Queue, QueueScheduler
+
+    queue = Queue("tasks.db")
+
+    @queue.task(retries=3)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with QueueScheduler(queue):
+        print(add.send(2, 3).result(timeout=10))
+"""
+
+from ._core import Task as TaskRecord
+from ._core import TokenBucket
+from ._errors import (
+    AlreadyFinishedError,
+    CorruptStoreError,
+    FerroqError,
+    InvalidArgumentError,
+    InvalidTransitionError,
+    LeaseLostError,
+    NotAStoreError,
+    PayloadTooLargeError,
+    QueueFullError,
+    SerializationError,
+    ShardMismatchError,
+    StoreError,
+    StorePermissionError,
+    StoreUnavailableError,
+    TaskCancelledError,
+    TaskExpiredError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+    UnknownTaskError,
+)
+from .backoff import Backoff
+from .context import Retry, TaskContext, current_task
+from .handle import TaskHandle
+from .queue import Queue, default_queue, set_default_queue
+from .scheduler import QueueScheduler
+from .task import TaskFunction, discover, task
+
+__all__ = [
+    "AlreadyFinishedError",
+    "Backoff",
+    "CorruptStoreError",
+    "FerroqError",
+    "InvalidArgumentError",
+    "InvalidTransitionError",
+    "LeaseLostError",
+    "NotAStoreError",
+    "PayloadTooLargeError",
+    "Queue",
+    "QueueFullError",
+    "QueueScheduler",
+    "Retry",
+    "SerializationError",
+    "ShardMismatchError",
+    "StoreError",
+    "StorePermissionError",
+    "StoreUnavailableError",
+    "TaskCancelledError",
+    "TaskContext",
+    "TaskExpiredError",
+    "TaskFailedError",
+    "TaskFunction",
+    "TaskHandle",
+    "TaskNotFoundError",
+    "TaskRecord",
+    "TaskTimeoutError",
+    "TokenBucket",
+    "UnknownTaskError",
+    "current_task",
+    "default_queue",
+    "discover",
+    "set_default_queue",
+    "task",
+]

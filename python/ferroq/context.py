@@ -1,0 +1,82 @@
+"""What a running task can see of itself: :func:`current_task`."""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Optional
+
+from ._errors import TaskCancelledError
+
+if TYPE_CHECKING:
+    from . import _core
+
+__all__ = ["Retry", "TaskContext", "current_task"]
+
+_current: ContextVar[Optional[TaskContext]] = ContextVar("ferroq_current_task", default=None)
+
+# How stale the cancellation flag may be before is_cancelled() asks the store.
+_CANCEL_CHECK_S = 0.2
+
+
+class Retry(Exception):
+    """Raise inside a task to ask for another attempt after ``delay`` seconds
+    (the task's backoff when None). Counts as an attempt; a task out of
+    attempts fails with ``reason``."""
+
+    def __init__(self, delay: Optional[float] = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class TaskContext:
+    """The running task's own view: id, attempt, progress and cancellation."""
+
+    def __init__(self, store: _core.Store, task: _core.Task, worker: str) -> None:
+        self._store = store
+        self.id: int = task.id
+        self.name: str = task.name
+        self.queue: str = task.queue
+        self.attempt: int = task.attempts
+        self.max_attempts: int = task.max_attempts
+        self.key: Optional[str] = task.key
+        self.batch: Optional[str] = task.batch
+        self.worker = worker
+        self._cancelled = task.cancel_requested
+        self._checked = time.monotonic()
+
+    def progress(self, value: float) -> None:
+        """Records progress (0..1), readable through ``handle.progress()``."""
+        self._store.progress(self.id, self.worker, float(value))
+
+    def is_cancelled(self) -> bool:
+        """True once someone asked this task to stop. Long tasks should check
+        it and return (or call :meth:`raise_if_cancelled`)."""
+        if not self._cancelled and time.monotonic() - self._checked > _CANCEL_CHECK_S:
+            self._checked = time.monotonic()
+            t = self._store.get(self.id)
+            self._cancelled = t is None or t.cancel_requested or t.status != "running"
+        return self._cancelled
+
+    def raise_if_cancelled(self) -> None:
+        """Raises :class:`TaskCancelledError` if the task was asked to stop."""
+        if self.is_cancelled():
+            raise TaskCancelledError(f"task {self.id} was cancelled")
+
+    def _flag_cancelled(self) -> None:
+        self._cancelled = True
+
+    def __repr__(self) -> str:
+        return f"TaskContext(id={self.id}, name={self.name!r}, attempt={self.attempt})"
+
+
+def current_task() -> TaskContext:
+    """The context of the task running in this thread (or coroutine).
+
+    Raises ``RuntimeError`` when called outside a task.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("current_task() called outside a running ferroq task")
+    return ctx

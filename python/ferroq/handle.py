@@ -1,0 +1,149 @@
+"""``TaskHandle``: the caller's view of one sent task."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
+
+from . import _errors
+from ._errors import (
+    TaskCancelledError,
+    TaskExpiredError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+)
+from .serialization import decode
+
+if TYPE_CHECKING:
+    from . import _core
+    from .queue import Queue
+    from .task import TaskFunction
+
+__all__ = ["TaskHandle"]
+
+R = TypeVar("R")
+
+# Longest single wait slice for result(timeout=None).
+_FOREVER_SLICE = 3600.0
+
+
+class TaskHandle(Generic[R]):
+    """A sent task: its id, status, progress, and (once done) its result."""
+
+    __slots__ = ("_fn", "id", "queue")
+
+    def __init__(self, queue: Queue, id: int, fn: Optional[TaskFunction[Any, R]] = None) -> None:
+        self.queue = queue
+        self.id = id
+        self._fn = fn
+
+    def info(self) -> _core.Task:
+        """The stored task record."""
+        t = self.queue.store.get(self.id)
+        if t is None:
+            raise TaskNotFoundError(f"task {self.id} not found (purged after its retention?)")
+        return t
+
+    def status(self) -> str:
+        """``queued``, ``running``, ``done``, ``failed``, ``cancelled`` or ``expired``."""
+        return self.info().status
+
+    def progress(self) -> Optional[float]:
+        """The last progress (0..1) the task reported, if any."""
+        return self.info().progress
+
+    def cancel(self) -> str:
+        """Cancels the task: a queued one at once (returns ``cancelled``); a
+        running one is asked to stop (returns ``running``)."""
+        return self.queue.store.cancel(self.id)
+
+    def result(self, timeout: Optional[float] = None) -> R:
+        """Waits for the task to finish and returns its result.
+
+        Raises the task's own exception type when it can be rebuilt (else
+        :class:`TaskFailedError`), :class:`TaskCancelledError`,
+        :class:`TaskExpiredError`, or :class:`TaskTimeoutError` (a
+        ``TimeoutError``) when ``timeout`` seconds pass first.
+        """
+        store = self.queue.store
+        if timeout is None:
+            t = store.wait_finished(self.id, _FOREVER_SLICE)
+            while t.status in ("queued", "running"):
+                t = store.wait_finished(self.id, _FOREVER_SLICE)
+        else:
+            t = store.wait_finished(self.id, max(0.0, timeout))
+        return outcome(t, self._fn, allow_pickle=self.queue.serializer == "pickle")
+
+    def __repr__(self) -> str:
+        name = self._fn.name if self._fn else "?"
+        return f"<TaskHandle {self.id} {name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskHandle) and other.id == self.id and other.queue is self.queue
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+def outcome(t: _core.Task, fn: Optional[TaskFunction[Any, Any]], *, allow_pickle: bool) -> Any:
+    """The result of a finished task, or the exception it stands for."""
+    if t.status == "done":
+        raw = t.result
+        if raw is None:
+            return None
+        if fn is not None and fn.defaults.serializer == "pickle":
+            allow_pickle = True
+        value = decode(raw, allow_pickle=allow_pickle)
+        return fn.binder.result(value) if fn is not None else value
+    if t.status == "failed":
+        raise failure(t)
+    if t.status == "cancelled":
+        raise TaskCancelledError(f"task {t.id} ({t.name}) was cancelled")
+    if t.status == "expired":
+        raise TaskExpiredError(f"task {t.id} ({t.name}) expired before it started")
+    raise TaskTimeoutError(f"task {t.id} ({t.name}) is still {t.status}")
+
+
+def failure(t: _core.Task) -> BaseException:
+    """Rebuilds the exception a failed task stored: its own class when that
+    class is already imported here and takes a message, else
+    :class:`TaskFailedError`; the remote traceback rides along."""
+    try:
+        info = json.loads(t.error or "{}")
+    except ValueError:
+        info = {"type": "", "message": t.error or "", "traceback": ""}
+    exc_type = str(info.get("type", ""))
+    message = str(info.get("message", ""))
+    tb = str(info.get("traceback", ""))
+    summary = f"task {t.id} ({t.name}) failed: {exc_type.rsplit('.', 1)[-1]}: {message}"
+    wrapper = TaskFailedError(
+        summary, exc_type=exc_type, exc_message=message, traceback=tb, task_id=t.id
+    )
+    rebuilt = _rebuild(exc_type, message)
+    if rebuilt is None:
+        return wrapper
+    rebuilt.__cause__ = wrapper
+    if hasattr(rebuilt, "add_note") and tb:
+        rebuilt.add_note(f"Remote traceback (task {t.id}):\n{tb}")
+    return rebuilt
+
+
+def _rebuild(exc_type: str, message: str) -> Optional[BaseException]:
+    module_name, _, qualname = exc_type.rpartition(".")
+    module = sys.modules.get(module_name or "builtins")
+    if module is None:
+        return None
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if not (isinstance(obj, type) and issubclass(obj, Exception)):
+        return None
+    if obj.__module__ == _errors.__name__:
+        return None
+    try:
+        exc = obj(message)
+    except Exception:
+        return None
+    return exc if isinstance(exc, Exception) else None

@@ -1,0 +1,274 @@
+"""``Queue``: a store opened from a URL, and the verbs users call on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any, Callable, Optional, TypeVar, Union, overload
+
+from typing_extensions import ParamSpec
+
+from . import _core
+from ._errors import FerroqError, InvalidArgumentError
+from .handle import TaskHandle
+from .receive import ReceiveLoop
+from .serialization import encode, serializer_name
+from .task import (
+    SendOptions,
+    TaskFunction,
+    TaskOptions,
+    lookup,
+    make_task,
+)
+
+__all__ = ["Queue", "default_queue", "set_default_queue"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "expired")
+
+_default: Optional[Queue] = None
+_default_lock = threading.Lock()
+
+
+class Queue:
+    """A ferroq store: where tasks are sent, and what schedulers serve.
+
+    ``url`` is a directory path (``"tasks.db"``), ``sqlite:///path?shards=4``
+    (options: ``shards``, ``synchronous=normal|full``, ``max_payload``,
+    ``retention_s``), or ``memory://`` for tests. ``serializer`` is the
+    default for tasks that do not choose one (``"json"``; ``"pickle"`` to
+    opt in everywhere).
+    """
+
+    def __init__(self, url: str = "memory://", *, serializer: str = "json") -> None:
+        self.url = url
+        self.serializer = serializer_name(serializer)
+        self.store = _core.Store(url)
+        self._receiver: Optional[ReceiveLoop] = None
+        self._receiver_lock = threading.Lock()
+
+    # -- tasks ---------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: Optional[str] = None,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        backoff: Optional[Any] = None,
+        timeout: Optional[float] = None,
+        result_ttl: Optional[float] = None,
+        expires: Optional[float] = None,
+        serializer: Optional[str] = None,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def task(
+        self,
+        fn: Optional[Callable[P, R]] = None,
+        /,
+        *,
+        name: Optional[str] = None,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        backoff: Optional[Any] = None,
+        timeout: Optional[float] = None,
+        result_ttl: Optional[float] = None,
+        expires: Optional[float] = None,
+        serializer: Optional[str] = None,
+    ) -> Union[TaskFunction[P, R], Callable[[Callable[P, R]], TaskFunction[P, R]]]:
+        """``@queue.task``: like :func:`ferroq.task`, bound to this queue, so
+        ``fn.send(...)`` always enqueues here."""
+        options = TaskOptions(
+            queue=queue,
+            priority=priority,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            result_ttl=result_ttl,
+            expires=expires,
+            serializer=serializer or self.serializer,
+        )
+        if fn is not None:
+            return make_task(fn, self, name, options)
+
+        def decorate(f: Callable[P, R]) -> TaskFunction[P, R]:
+            return make_task(f, self, name, options)
+
+        return decorate
+
+    def send(
+        self, task: Union[TaskFunction[P, R], str], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[Any]:
+        """Enqueues ``task`` (a task function or its registered name) with
+        these arguments in this queue."""
+        fn = lookup(task) if isinstance(task, str) else task
+        if not isinstance(fn, TaskFunction):
+            raise InvalidArgumentError(f"send() needs a @task function or its name, got {task!r}")
+        callback = kwargs.pop("callback", None)
+        return self._send(fn, args, kwargs, SendOptions(callback=callback))
+
+    def _send(
+        self,
+        fn: TaskFunction[Any, R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        o: SendOptions,
+    ) -> TaskHandle[R]:
+        d = fn.defaults
+        payload = encode([args, kwargs], d.serializer)
+        now = time.time()
+        run_at: Optional[int] = None
+        if o.run_at is not None:
+            run_at = int(o.run_at.timestamp() * 1000)
+        elif o.delay is not None:
+            if o.delay < 0:
+                raise InvalidArgumentError(f"delay must be >= 0 seconds, got {o.delay}")
+            run_at = int((now + o.delay) * 1000)
+        expires = o.expires if o.expires is not None else d.expires
+        retries = o.retries if o.retries is not None else d.retries
+        if not isinstance(retries, int) or not 0 <= retries <= 999:
+            raise InvalidArgumentError(f"retries must be an int within 0..999, got {retries!r}")
+        metadata = None
+        if o.metadata is not None:
+            try:
+                metadata = json.dumps(o.metadata)
+            except (TypeError, ValueError) as e:
+                raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
+        task_id, _inserted = self.store.enqueue(
+            o.queue or d.queue,
+            fn.name,
+            payload,
+            priority=o.priority if o.priority is not None else d.priority,
+            run_at=run_at,
+            max_attempts=retries + 1,
+            key=o.key,
+            batch=o.batch,
+            expires_at=int((now + expires) * 1000) if expires is not None else None,
+            metadata=metadata,
+            backoff=d.backoff.encode() if d.backoff is not None else None,
+            result_ttl_ms=int(d.result_ttl * 1000) if d.result_ttl is not None else None,
+        )
+        handle: TaskHandle[R] = TaskHandle(self, task_id, fn)
+        if o.callback is not None:
+            self._receive_loop().watch(handle, o.callback)
+        return handle
+
+    def handle(self, id: int, task: Optional[TaskFunction[Any, R]] = None) -> TaskHandle[R]:
+        """A handle for an existing task id (typed by ``task`` when given)."""
+        return TaskHandle(self, id, task)
+
+    def get(self, id: int) -> Optional[_core.Task]:
+        """The stored record of a task, or None."""
+        return self.store.get(id)
+
+    def get_by_key(self, key: str, queue: str = "default") -> Optional[_core.Task]:
+        """The stored record of the task with this key in ``queue``, or None."""
+        return self.store.get_by_key(queue, key)
+
+    def cancel(self, id: int) -> str:
+        """Cancels a task (see :meth:`TaskHandle.cancel`)."""
+        return self.store.cancel(id)
+
+    def retry(self, id: int) -> None:
+        """Requeues a failed, cancelled or expired task with fresh attempts."""
+        self.store.retry(id)
+
+    def list(
+        self,
+        *,
+        queue: Optional[str] = None,
+        status: Optional[str] = None,
+        batch: Optional[str] = None,
+        after_id: Optional[int] = None,
+        limit: int = 100,
+    ) -> list[_core.Task]:
+        """A page of task records in id order; pass the last id as
+        ``after_id`` for the next page."""
+        return self.store.list(
+            queue=queue, status=status, batch=batch, after_id=after_id, limit=limit
+        )
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Task counts per queue and status, every status present:
+        ``{"default": {"queued": 3, "running": 1, "done": 10, ...}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for queue, status, count in self.store.counts():
+            out.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = count
+        return out
+
+    def purge(self, older_than: Optional[float] = None) -> int:
+        """Deletes finished tasks past their retention, and (when
+        ``older_than`` seconds is given) every task that finished longer ago
+        than that; returns how many."""
+        before = None
+        if older_than is not None:
+            if older_than < 0:
+                raise InvalidArgumentError("older_than must be >= 0 seconds")
+            before = int((time.time() - older_than) * 1000)
+        return self.store.purge(before)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def _receive_loop(self) -> ReceiveLoop:
+        with self._receiver_lock:
+            if self._receiver is None:
+                self._receiver = ReceiveLoop(self)
+                self._receiver.start()
+            return self._receiver
+
+    def close(self) -> None:
+        """Stops this queue's callback thread and closes the store."""
+        global _default
+        if self._receiver is not None:
+            self._receiver.stop()
+        self.store.close()
+        with _default_lock:
+            if _default is self:
+                _default = None
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self.store.closed
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.url!r}>"
+
+
+def set_default_queue(queue: Optional[Queue]) -> None:
+    """Sets the queue that module-level ``@task`` functions send into."""
+    global _default
+    with _default_lock:
+        _default = queue
+
+
+def default_queue() -> Queue:
+    """The queue module-level ``@task`` functions send into: the one given to
+    :func:`set_default_queue`, else one opened from ``$FERROQ_URL``."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            url = os.environ.get("FERROQ_URL")
+            if not url:
+                raise FerroqError(
+                    "no default queue: call ferroq.set_default_queue(Queue(url)), set "
+                    "FERROQ_URL, or bind the task with @queue.task"
+                )
+            _default = Queue(url)
+        return _default

@@ -1,0 +1,85 @@
+"""The receive loop: calls the callbacks given at send time, in the sending
+process, once their tasks have finished."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .handle import TaskHandle
+    from .queue import Queue
+
+__all__ = ["ReceiveLoop"]
+
+log = logging.getLogger("ferroq.receive")
+
+# Longest wait between looks when nothing signals a change.
+_IDLE_WAIT_S = 0.5
+
+
+class ReceiveLoop:
+    """Watches sent tasks and calls their callbacks once they finish."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self._pending: dict[int, list[tuple[TaskHandle[Any], Callable[[Any], None]]]] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, handle: TaskHandle[Any], callback: Callable[[Any], None]) -> None:
+        """Calls ``callback(handle)`` once the task has finished."""
+        with self._lock:
+            self._pending.setdefault(handle.id, []).append((handle, callback))
+
+    def tick(self) -> int:
+        """One step: looks up every watched task once and calls the callbacks
+        of those finished. Returns how many callbacks ran."""
+        with self._lock:
+            ids = list(self._pending)
+        if not ids:
+            return 0
+        ran = 0
+        for task in self.queue.store.get_many(ids):
+            if task is None or task.status in ("queued", "running"):
+                continue
+            with self._lock:
+                waiting = self._pending.pop(task.id, [])
+            for handle, callback in waiting:
+                ran += 1
+                try:
+                    callback(handle)
+                except Exception:
+                    log.exception("callback for task %s raised", task.id)
+        return ran
+
+    def run(self) -> None:
+        """Ticks until stopped, waking when the store changes."""
+        store = self.queue.store
+        while not self._stopped.is_set():
+            try:
+                token = store.change_token()
+                self.tick()
+                store.wait_for_change(token, _IDLE_WAIT_S)
+            except Exception:
+                if self._stopped.is_set() or store.closed:
+                    return
+                log.exception("receive loop error; retrying")
+                self._stopped.wait(_IDLE_WAIT_S)
+
+    def start(self) -> None:
+        """Starts the loop on a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="ferroq-receive", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops the loop, first delivering callbacks of tasks already finished."""
+        try:
+            self.tick()
+        except Exception:
+            pass
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)

@@ -1,0 +1,28 @@
+"""What the scheduler knows about each task it has claimed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from ... import _core
+    from ..context import TaskContext
+
+__all__ = ["InFlight"]
+
+
+class InFlight:
+    """A claimed task: not started yet, or running in a worker thread."""
+
+    __slots__ = ("abandoned", "cancel_requested", "ctx", "deadline", "started", "task")
+
+    def __init__(self, task: _core.Task) -> None:
+        self.task = task
+        self.ctx: Optional[TaskContext] = None
+        self.started: Optional[float] = None
+        # Monotonic time by which the attempt must finish (soft timeout).
+        self.deadline: Optional[float] = None
+        self.cancel_requested = False
+        # Set when the outcome no longer belongs to this worker (timed out,
+        # lease lost, released at stop): the worker must not store it.
+        self.abandoned = False

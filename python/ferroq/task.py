@@ -1,0 +1,319 @@
+"""``@task``: registering functions that can be sent to a queue."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import pkgutil
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Generic,
+    Optional,
+    TypeVar,
+    Union,
+    overload,
+)
+
+from typing_extensions import ParamSpec
+
+from ._errors import InvalidArgumentError, UnknownTaskError
+from .backoff import Backoff
+from .serialization import ArgBinder, serializer_name
+
+if TYPE_CHECKING:
+    from .handle import TaskHandle
+    from .queue import Queue
+
+__all__ = ["TaskCall", "TaskFunction", "TaskOptions", "discover", "lookup", "registered", "task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_registry: dict[str, TaskFunction[Any, Any]] = {}
+_registry_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """A task's defaults, set by ``@task(...)`` and overridable per send."""
+
+    queue: str = "default"
+    priority: int = 0
+    retries: int = 0
+    backoff: Optional[Backoff] = None
+    timeout: Optional[float] = None
+    result_ttl: Optional[float] = None
+    expires: Optional[float] = None
+    serializer: str = "json"
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """Per-call overrides (see :meth:`TaskFunction.options`)."""
+
+    queue: Optional[str] = None
+    priority: Optional[int] = None
+    delay: Optional[float] = None
+    run_at: Optional[datetime] = None
+    key: Optional[str] = None
+    batch: Optional[str] = None
+    retries: Optional[int] = None
+    expires: Optional[float] = None
+    metadata: Optional[dict[str, Any]] = None
+    callback: Optional[Callable[[Any], None]] = field(default=None, compare=False)
+
+
+class TaskFunction(Generic[P, R]):
+    """A function registered as a task. Calling it runs it here and now;
+    :meth:`send` enqueues it and returns a :class:`TaskHandle`."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        name: str,
+        options: TaskOptions,
+        queue: Optional[Queue] = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.defaults = options
+        self.bound_queue = queue
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.binder = ArgBinder(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__qualname__ = getattr(fn, "__qualname__", name)
+        self.__module__ = getattr(fn, "__module__", "")
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Runs the function directly, in this process."""
+        return self.fn(*args, **kwargs)
+
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Enqueues a call; returns its handle once the task is durable.
+
+        A ``callback=`` keyword is also accepted here (it is not passed to
+        the function); :meth:`options` is the typed way to give one.
+        """
+        callback = kwargs.pop("callback", None)
+        opts = SendOptions(callback=callback) if callback is not None else _NO_OVERRIDES
+        return TaskCall(self, opts).send(*args, **kwargs)
+
+    def options(
+        self,
+        *,
+        queue: Optional[str] = None,
+        priority: Optional[int] = None,
+        delay: Optional[Union[float, timedelta]] = None,
+        run_at: Optional[datetime] = None,
+        key: Optional[str] = None,
+        batch: Optional[str] = None,
+        retries: Optional[int] = None,
+        expires: Optional[Union[float, timedelta]] = None,
+        metadata: Optional[dict[str, Any]] = None,
+        callback: Optional[Callable[[TaskHandle[R]], None]] = None,
+    ) -> TaskCall[P, R]:
+        """Overrides for one send: ``fn.options(priority=5, key="a").send(x)``.
+
+        ``delay`` (seconds or timedelta) or ``run_at`` schedule the task;
+        ``key`` makes the send idempotent within the queue; ``expires``
+        (seconds from now) is a deadline to start by; ``callback`` is called
+        with the handle in this process once the task has finished.
+        """
+        if isinstance(delay, timedelta):
+            delay = delay.total_seconds()
+        if isinstance(expires, timedelta):
+            expires = expires.total_seconds()
+        return TaskCall(
+            self,
+            SendOptions(
+                queue=queue,
+                priority=priority,
+                delay=delay,
+                run_at=run_at,
+                key=key,
+                batch=batch,
+                retries=retries,
+                expires=expires,
+                metadata=metadata,
+                callback=callback,
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return f"<task {self.name} queue={self.defaults.queue!r}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        # Plain functions only: methods would need their instance serialised.
+        return self
+
+
+_NO_OVERRIDES = SendOptions()
+
+
+class TaskCall(Generic[P, R]):
+    """A task with per-call overrides, ready to :meth:`send`."""
+
+    def __init__(self, fn: TaskFunction[P, R], overrides: SendOptions) -> None:
+        self.fn = fn
+        self.overrides = overrides
+
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Enqueues the call with these overrides."""
+        from .queue import default_queue
+
+        queue = self.fn.bound_queue or default_queue()
+        return queue._send(self.fn, args, kwargs, self.overrides)
+
+    def options(self, **changes: Any) -> TaskCall[P, R]:
+        """Further overrides on top of these."""
+        return TaskCall(self.fn, replace(self.overrides, **changes))
+
+
+def _check_options(options: TaskOptions) -> TaskOptions:
+    if not isinstance(options.retries, int) or not 0 <= options.retries <= 999:
+        raise InvalidArgumentError(f"retries must be an int within 0..999, got {options.retries!r}")
+    if options.timeout is not None and options.timeout <= 0:
+        raise InvalidArgumentError(f"timeout must be > 0 seconds, got {options.timeout!r}")
+    if options.result_ttl is not None and options.result_ttl < 0:
+        raise InvalidArgumentError(f"result_ttl must be >= 0 seconds, got {options.result_ttl!r}")
+    if not options.queue:
+        raise InvalidArgumentError("queue name must not be empty")
+    serializer_name(options.serializer)
+    return options
+
+
+def register(fn: TaskFunction[Any, Any]) -> None:
+    """Adds a task function to the process-wide registry under its name."""
+    with _registry_lock:
+        _registry[fn.name] = fn
+
+
+def lookup(name: str) -> TaskFunction[Any, Any]:
+    """The task registered under ``name``; :class:`UnknownTaskError` if none."""
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownTaskError(
+            f"no task named {name!r} is registered in this process "
+            "(import its module, or use ferroq.discover(...))"
+        ) from None
+
+
+def registered() -> dict[str, TaskFunction[Any, Any]]:
+    """A snapshot of every registered task, by name."""
+    with _registry_lock:
+        return dict(_registry)
+
+
+def make_task(
+    fn: Callable[P, R], queue: Optional[Queue], name: Optional[str], options: TaskOptions
+) -> TaskFunction[P, R]:
+    """Builds and registers a :class:`TaskFunction`."""
+    if not callable(fn):
+        raise InvalidArgumentError(f"@task needs a function, got {fn!r}")
+    if isinstance(fn, TaskFunction):
+        fn = fn.fn
+    task_name = name or f"{fn.__module__}:{fn.__qualname__}"
+    if "<locals>" in task_name and name is None:
+        # Still usable in-process; a worker in another process could not import it.
+        pass
+    tf = TaskFunction(fn, task_name, _check_options(options), queue)
+    register(tf)
+    return tf
+
+
+@overload
+def task(fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: Optional[str] = None,
+    queue: str = "default",
+    priority: int = 0,
+    retries: int = 0,
+    backoff: Optional[Backoff] = None,
+    timeout: Optional[float] = None,
+    result_ttl: Optional[float] = None,
+    expires: Optional[float] = None,
+    serializer: str = "json",
+) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+
+def task(
+    fn: Optional[Callable[P, R]] = None,
+    /,
+    *,
+    name: Optional[str] = None,
+    queue: str = "default",
+    priority: int = 0,
+    retries: int = 0,
+    backoff: Optional[Backoff] = None,
+    timeout: Optional[float] = None,
+    result_ttl: Optional[float] = None,
+    expires: Optional[float] = None,
+    serializer: str = "json",
+) -> Union[TaskFunction[P, R], Callable[[Callable[P, R]], TaskFunction[P, R]]]:
+    """Registers a function as a task, bare (``@task``) or with options.
+
+    The task is registered as ``module:qualname`` unless ``name`` is given.
+    ``fn.send(...)`` from a module-level task goes to the process's default
+    queue (:func:`ferroq.set_default_queue`, or the ``FERROQ_URL``
+    environment variable); ``@queue.task`` binds it to that queue instead.
+
+    Options: ``queue`` (queue name inside the store), ``priority`` (higher
+    first), ``retries`` (extra attempts after the first), ``backoff`` (a
+    :class:`Backoff`; exponential from 1 s by default), ``timeout``
+    (seconds per attempt), ``result_ttl`` (seconds a finished task is
+    kept), ``expires`` (seconds after sending by which it must start),
+    ``serializer`` (``"json"`` or ``"pickle"``).
+    """
+    options = TaskOptions(
+        queue=queue,
+        priority=priority,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+        result_ttl=result_ttl,
+        expires=expires,
+        serializer=serializer,
+    )
+    if fn is not None:
+        return make_task(fn, None, name, options)
+
+    def decorate(f: Callable[P, R]) -> TaskFunction[P, R]:
+        return make_task(f, None, name, options)
+
+    return decorate
+
+
+def discover(package: str) -> list[TaskFunction[Any, Any]]:
+    """Imports a module or package (every submodule, recursively) and
+    returns the tasks registered from it."""
+    module = importlib.import_module(package)
+    if hasattr(module, "__path__"):
+        for info in pkgutil.walk_packages(module.__path__, prefix=package + "."):
+            importlib.import_module(info.name)
+    prefix = package + "."
+    return [
+        t
+        for t in registered().values()
+        if t.__module__ == package or t.__module__.startswith(prefix)
+    ]
+
+
+def run_function(fn: TaskFunction[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Runs a task function to completion in this thread (``async def``
+    functions on a private event loop)."""
+    if fn.is_async:
+        return asyncio.run(fn.fn(*args, **kwargs))
+    return fn.fn(*args, **kwargs)

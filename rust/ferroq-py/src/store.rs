@@ -1,0 +1,532 @@
+//! `Store` for Python: each method extracts its arguments, releases the GIL
+//! for the core call, and converts the answer back.
+
+use crate::errors::{to_py, IntoPyResult};
+use crate::task::PyTask;
+use ferroq_core::store::{
+    CancelParams, ClaimParams, CompleteParams, FailParams, HeartbeatParams, ListParams,
+    ProgressParams, PurgeParams, RecoverParams, ReleaseParams, Retry,
+};
+use ferroq_core::{Backoff, BackoffStrategy, NewTask, Status, Store};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long one GIL-free wait slice lasts before Ctrl+C is checked.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// A ferroq store opened from a URL (`memory://`, a path, `sqlite:///...`).
+#[pyclass(name = "Store", module = "ferroq._core", frozen)]
+pub struct PyStore {
+    inner: RwLock<Option<Arc<dyn Store>>>,
+    url: String,
+}
+
+/// A value given once for all rows, or one per row.
+#[derive(FromPyObject)]
+enum OneOrMany<T> {
+    Many(Vec<T>),
+    One(T),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    fn at(&self, i: usize) -> T {
+        match self {
+            OneOrMany::One(v) => v.clone(),
+            OneOrMany::Many(v) => v[i].clone(),
+        }
+    }
+    fn check_len(&self, what: &str, n: usize) -> PyResult<()> {
+        match self {
+            OneOrMany::Many(v) if v.len() != n => Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "{what} has {} values for {n} tasks",
+                v.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn parse_retry(retry: Option<&Bound<'_, PyAny>>) -> PyResult<Retry> {
+    let Some(r) = retry else { return Ok(Retry::Backoff) };
+    if r.is_none() {
+        return Ok(Retry::Backoff);
+    }
+    if let Ok(ms) = r.extract::<i64>() {
+        return Ok(Retry::After(ms));
+    }
+    match r.extract::<String>()?.as_str() {
+        "backoff" => Ok(Retry::Backoff),
+        "never" => Ok(Retry::Never),
+        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "retry must be 'backoff', 'never' or a delay in ms, got {other:?}"
+        ))),
+    }
+}
+
+fn parse_backoff(text: Option<&str>) -> ferroq_core::Result<Option<Backoff>> {
+    text.map(Backoff::decode).transpose()
+}
+
+fn tasks_to_py(py: Python<'_>, tasks: Vec<ferroq_core::Task>) -> PyResult<Bound<'_, PyList>> {
+    PyList::new(py, tasks.into_iter().map(PyTask::from))
+}
+
+fn item_errors(py: Python<'_>, results: Vec<ferroq_core::Result<()>>) -> Vec<Option<Py<PyAny>>> {
+    results
+        .into_iter()
+        .map(|r| r.err().map(|e| to_py(py, e).into_value(py).into_any()))
+        .collect()
+}
+
+impl PyStore {
+    fn store(&self) -> PyResult<Arc<dyn Store>> {
+        self.inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("store lock poisoned"))?
+            .clone()
+            .ok_or_else(|| PyRuntimeError::new_err(format!("store {} is closed", self.url)))
+    }
+
+    /// Runs `f` in slices of at most SLICE with the GIL released, checking
+    /// Ctrl+C between slices, until it yields Some or `total` passes.
+    fn sliced<T: Send>(
+        py: Python<'_>,
+        total: Duration,
+        mut f: impl FnMut(Duration) -> ferroq_core::Result<Option<T>> + Send,
+    ) -> PyResult<Option<T>> {
+        let deadline = Instant::now() + total;
+        loop {
+            let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
+            if let Some(v) = py.detach(|| f(slice)).py(py)? {
+                return Ok(Some(v));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            py.check_signals()?;
+        }
+    }
+}
+
+#[pymethods]
+impl PyStore {
+    #[new]
+    fn new(py: Python<'_>, url: String) -> PyResult<Self> {
+        let store = py.detach(|| ferroq_core::open(&url)).py(py)?;
+        Ok(PyStore { inner: RwLock::new(Some(store)), url })
+    }
+
+    /// The URL the store was opened with.
+    #[getter]
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Closes the store; later calls raise.
+    fn close(&self) -> PyResult<()> {
+        let taken = self.inner.write().map_err(|_| PyRuntimeError::new_err("store lock poisoned"))?.take();
+        drop(taken);
+        Ok(())
+    }
+
+    /// True once closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.read().map(|g| g.is_none()).unwrap_or(true)
+    }
+
+    /// The store clock's wall time in ms.
+    fn now_ms(&self) -> PyResult<i64> {
+        Ok(self.store()?.clock().now_ms())
+    }
+
+    /// Enqueues one task; returns (id, inserted).
+    #[pyo3(signature = (queue, name, payload, *, priority=0, run_at=None, max_attempts=1, key=None,
+        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &self,
+        py: Python<'_>,
+        queue: String,
+        name: String,
+        payload: Vec<u8>,
+        priority: i32,
+        run_at: Option<i64>,
+        max_attempts: u32,
+        key: Option<String>,
+        batch: Option<String>,
+        expires_at: Option<i64>,
+        metadata: Option<String>,
+        backoff: Option<String>,
+        result_ttl_ms: Option<i64>,
+    ) -> PyResult<(i64, bool)> {
+        let store = self.store()?;
+        let out = py
+            .detach(|| {
+                let task = NewTask {
+                    queue,
+                    name,
+                    payload,
+                    priority,
+                    run_at,
+                    max_attempts,
+                    key,
+                    batch,
+                    expires_at,
+                    metadata,
+                    backoff: parse_backoff(backoff.as_deref())?,
+                    result_ttl_ms,
+                };
+                store.enqueue(std::slice::from_ref(&task))
+            })
+            .py(py)?;
+        let first = out.first().ok_or_else(|| PyRuntimeError::new_err("enqueue returned nothing"))?;
+        Ok((first.id, first.inserted))
+    }
+
+    /// Enqueues many tasks in one call (one transaction per shard). Every
+    /// per-task option is either one value for all or a list with one value
+    /// per payload. Returns (ids, inserted flags).
+    #[pyo3(signature = (queue, name, payloads, *, priority=OneOrMany::One(0), run_at=None,
+        max_attempts=1, keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue_many(
+        &self,
+        py: Python<'_>,
+        queue: String,
+        name: OneOrMany<String>,
+        payloads: Vec<Vec<u8>>,
+        priority: OneOrMany<i32>,
+        run_at: Option<OneOrMany<i64>>,
+        max_attempts: u32,
+        keys: Option<Vec<Option<String>>>,
+        batch: Option<String>,
+        expires_at: Option<i64>,
+        backoff: Option<String>,
+        result_ttl_ms: Option<i64>,
+    ) -> PyResult<(Vec<i64>, Vec<bool>)> {
+        let n = payloads.len();
+        name.check_len("name", n)?;
+        priority.check_len("priority", n)?;
+        if let Some(r) = &run_at {
+            r.check_len("run_at", n)?;
+        }
+        if let Some(k) = &keys {
+            if k.len() != n {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "keys has {} values for {n} tasks",
+                    k.len()
+                )));
+            }
+        }
+        let store = self.store()?;
+        let out = py
+            .detach(|| {
+                let backoff = parse_backoff(backoff.as_deref())?;
+                let mut keys = keys.map(|k| k.into_iter());
+                let tasks: Vec<NewTask> = payloads
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, payload)| NewTask {
+                        queue: queue.clone(),
+                        name: name.at(i),
+                        payload,
+                        priority: priority.at(i),
+                        run_at: run_at.as_ref().map(|r| r.at(i)),
+                        max_attempts,
+                        key: keys.as_mut().and_then(|k| k.next()).flatten(),
+                        batch: batch.clone(),
+                        expires_at,
+                        metadata: None,
+                        backoff,
+                        result_ttl_ms,
+                    })
+                    .collect();
+                store.enqueue(&tasks)
+            })
+            .py(py)?;
+        Ok(out.into_iter().map(|e| (e.id, e.inserted)).unzip())
+    }
+
+    /// Claims up to `limit` ready tasks of `queue` for `worker` with a lease
+    /// of `lease_ms`, waiting up to `wait` seconds for work (GIL released).
+    #[pyo3(signature = (queue, worker, limit=1, lease_ms=30_000, wait=0.0))]
+    fn claim<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        worker: String,
+        limit: u32,
+        lease_ms: i64,
+        wait: f64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let p = ClaimParams { queue, worker, limit, lease_ms };
+        let tasks = if wait <= 0.0 {
+            py.detach(|| store.claim(&p)).py(py)?
+        } else {
+            Self::sliced(py, Duration::from_secs_f64(wait), |slice| {
+                let got = store.claim_wait(&p, slice)?;
+                Ok(if got.is_empty() { None } else { Some(got) })
+            })?
+            .unwrap_or_default()
+        };
+        tasks_to_py(py, tasks)
+    }
+
+    /// Extends leases; returns [(id, held, cancel_requested)].
+    fn heartbeat(&self, py: Python<'_>, ids: Vec<i64>, worker: String, lease_ms: i64) -> PyResult<Vec<(i64, bool, bool)>> {
+        let store = self.store()?;
+        let p = HeartbeatParams { ids, worker, lease_ms };
+        let out = py.detach(|| store.heartbeat(&p)).py(py)?;
+        Ok(out.into_iter().map(|h| (h.id, h.held, h.cancel_requested)).collect())
+    }
+
+    /// Records progress (0..=1) of a running task.
+    fn progress(&self, py: Python<'_>, id: i64, worker: String, progress: f64) -> PyResult<()> {
+        let store = self.store()?;
+        let p = [ProgressParams { id, worker, progress }];
+        let mut out = py.detach(|| store.progress(&p)).py(py)?;
+        out.pop().unwrap_or(Ok(())).py(py)
+    }
+
+    /// Finishes a running task with its serialised result.
+    fn complete(&self, py: Python<'_>, id: i64, worker: String, result: Vec<u8>) -> PyResult<()> {
+        let store = self.store()?;
+        let p = [CompleteParams { id, worker, result }];
+        let mut out = py.detach(|| store.complete(&p)).py(py)?;
+        out.pop().unwrap_or(Ok(())).py(py)
+    }
+
+    /// Finishes many running tasks in one call; returns one exception (or
+    /// None) per task.
+    fn complete_many(&self, py: Python<'_>, ids: Vec<i64>, worker: String, results: Vec<Vec<u8>>) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        if ids.len() != results.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err("ids and results differ in length"));
+        }
+        let store = self.store()?;
+        let p: Vec<CompleteParams> = ids
+            .into_iter()
+            .zip(results)
+            .map(|(id, result)| CompleteParams { id, worker: worker.clone(), result })
+            .collect();
+        let out = py.detach(|| store.complete(&p)).py(py)?;
+        Ok(item_errors(py, out))
+    }
+
+    /// Records a failed attempt. `retry` is 'backoff' (the task's policy),
+    /// 'never', or a delay in ms. Returns the new status ('queued' or 'failed').
+    #[pyo3(signature = (id, worker, error, retry=None))]
+    fn fail(&self, py: Python<'_>, id: i64, worker: String, error: String, retry: Option<&Bound<'_, PyAny>>) -> PyResult<&'static str> {
+        let store = self.store()?;
+        let p = [FailParams { id, worker, error, retry: parse_retry(retry)? }];
+        let mut out = py.detach(|| store.fail(&p)).py(py)?;
+        let status = out.pop().unwrap_or(Ok(Status::Failed)).py(py)?;
+        Ok(status.as_str())
+    }
+
+    /// Cancels a task: a queued one at once ('cancelled'), a running one is
+    /// flagged ('running'). With `worker`, the holder acknowledges a
+    /// cancellation of its running task.
+    #[pyo3(signature = (id, worker=None))]
+    fn cancel(&self, py: Python<'_>, id: i64, worker: Option<String>) -> PyResult<&'static str> {
+        let store = self.store()?;
+        let p = [CancelParams { id, worker }];
+        let mut out = py.detach(|| store.cancel(&p)).py(py)?;
+        let status = out.pop().unwrap_or(Ok(Status::Cancelled)).py(py)?;
+        Ok(status.as_str())
+    }
+
+    /// Gives claimed tasks back without counting the attempt; returns one
+    /// exception (or None) per task.
+    fn release(&self, py: Python<'_>, ids: Vec<i64>, worker: String) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        let store = self.store()?;
+        let p: Vec<ReleaseParams> = ids.into_iter().map(|id| ReleaseParams { id, worker: worker.clone() }).collect();
+        let out = py.detach(|| store.release(&p)).py(py)?;
+        Ok(item_errors(py, out))
+    }
+
+    /// Requeues a failed, cancelled or expired task with fresh attempts.
+    fn retry(&self, py: Python<'_>, id: i64) -> PyResult<()> {
+        let store = self.store()?;
+        let mut out = py.detach(|| store.retry(&[id])).py(py)?;
+        out.pop().unwrap_or(Ok(())).py(py)
+    }
+
+    /// Recovers running tasks whose lease expired (or all of `worker`'s);
+    /// returns [(id, new status)].
+    #[pyo3(signature = (worker=None))]
+    fn recover(&self, py: Python<'_>, worker: Option<String>) -> PyResult<Vec<(i64, &'static str)>> {
+        let store = self.store()?;
+        let p = RecoverParams { worker };
+        let out = py.detach(|| store.recover(&p)).py(py)?;
+        Ok(out.into_iter().map(|(id, s)| (id, s.as_str())).collect())
+    }
+
+    /// Moves queued tasks past their deadline to 'expired'; returns their ids.
+    fn expire(&self, py: Python<'_>) -> PyResult<Vec<i64>> {
+        let store = self.store()?;
+        py.detach(|| store.expire()).py(py)
+    }
+
+    /// One task by id, or None.
+    fn get(&self, py: Python<'_>, id: i64) -> PyResult<Option<PyTask>> {
+        let store = self.store()?;
+        let mut out = py.detach(|| store.get(&[id])).py(py)?;
+        Ok(out.pop().flatten().map(PyTask::from))
+    }
+
+    /// Tasks by id (None where missing).
+    fn get_many(&self, py: Python<'_>, ids: Vec<i64>) -> PyResult<Vec<Option<PyTask>>> {
+        let store = self.store()?;
+        let out = py.detach(|| store.get(&ids)).py(py)?;
+        Ok(out.into_iter().map(|t| t.map(PyTask::from)).collect())
+    }
+
+    /// One task by key within a queue, or None.
+    fn get_by_key(&self, py: Python<'_>, queue: String, key: String) -> PyResult<Option<PyTask>> {
+        let store = self.store()?;
+        let mut out = py.detach(|| store.get_by_key(&queue, std::slice::from_ref(&key))).py(py)?;
+        Ok(out.pop().flatten().map(PyTask::from))
+    }
+
+    /// Waits up to `timeout` seconds for a task to finish; returns it as last seen.
+    fn wait_finished(&self, py: Python<'_>, id: i64, timeout: f64) -> PyResult<PyTask> {
+        let store = self.store()?;
+        let total = Duration::from_secs_f64(timeout.max(0.0));
+        let mut last = None;
+        let done = Self::sliced(py, total, |slice| {
+            let t = store.wait_finished(id, slice)?;
+            if t.status.is_finished() {
+                return Ok(Some(t));
+            }
+            last = Some(t);
+            Ok(None)
+        })?;
+        match done.or(last) {
+            Some(t) => Ok(PyTask::from(t)),
+            None => Err(to_py(py, ferroq_core::Error::NotFound(format!("task {id}")))),
+        }
+    }
+
+    /// A page of tasks in id order.
+    #[pyo3(signature = (*, queue=None, status=None, batch=None, after_id=None, limit=100))]
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        queue: Option<String>,
+        status: Option<String>,
+        batch: Option<String>,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let status = status.as_deref().map(Status::parse).transpose().py(py)?;
+        let p = ListParams { queue, status, batch, after_id, limit };
+        let out = py.detach(|| store.list(&p)).py(py)?;
+        tasks_to_py(py, out)
+    }
+
+    /// Counts per queue and status: [(queue, status, count)].
+    fn counts(&self, py: Python<'_>) -> PyResult<Vec<(String, &'static str, u64)>> {
+        let store = self.store()?;
+        let out = py.detach(|| store.counts()).py(py)?;
+        Ok(out.into_iter().map(|c| (c.queue, c.status.as_str(), c.count)).collect())
+    }
+
+    /// Queued + running tasks in a queue.
+    fn unfinished(&self, py: Python<'_>, queue: String) -> PyResult<u64> {
+        let store = self.store()?;
+        py.detach(|| store.unfinished(&queue)).py(py)
+    }
+
+    /// Deletes finished tasks past retention, and those finished before
+    /// `finished_before` (ms) when given; returns how many.
+    #[pyo3(signature = (finished_before=None))]
+    fn purge(&self, py: Python<'_>, finished_before: Option<i64>) -> PyResult<u64> {
+        let store = self.store()?;
+        let p = PurgeParams { finished_before };
+        py.detach(|| store.purge(&p)).py(py)
+    }
+
+    /// Sets listen data; returns the change's version.
+    fn listen_set(&self, py: Python<'_>, key: String, value: Vec<u8>) -> PyResult<i64> {
+        let store = self.store()?;
+        py.detach(|| store.listen_set(&key, &value)).py(py)
+    }
+
+    /// Listen changes after `since`: [(version, key, value, at_ms)].
+    #[pyo3(signature = (since, limit=1000))]
+    fn listen_changes<'py>(&self, py: Python<'py>, since: i64, limit: u32) -> PyResult<Vec<(i64, String, Bound<'py, PyBytes>, i64)>> {
+        let store = self.store()?;
+        let out = py.detach(|| store.listen_changes(since, limit)).py(py)?;
+        Ok(out.into_iter().map(|c| (c.version, c.key, PyBytes::new(py, &c.value), c.at)).collect())
+    }
+
+    /// The latest (version, value) of a listen key, or None.
+    fn listen_get<'py>(&self, py: Python<'py>, key: String) -> PyResult<Option<(i64, Bound<'py, PyBytes>)>> {
+        let store = self.store()?;
+        let out = py.detach(|| store.listen_get(&key)).py(py)?;
+        Ok(out.map(|c| (c.version, PyBytes::new(py, &c.value))))
+    }
+
+    /// The newest listen version.
+    fn listen_head(&self, py: Python<'_>) -> PyResult<i64> {
+        let store = self.store()?;
+        py.detach(|| store.listen_head()).py(py)
+    }
+
+    /// A value that changes whenever any process commits to the store.
+    fn change_token(&self, py: Python<'_>) -> PyResult<u64> {
+        let store = self.store()?;
+        py.detach(|| store.change_token()).py(py)
+    }
+
+    /// Waits up to `timeout` seconds for the change token to move; true if it did.
+    fn wait_for_change(&self, py: Python<'_>, token: u64, timeout: f64) -> PyResult<bool> {
+        let store = self.store()?;
+        let changed = Self::sliced(py, Duration::from_secs_f64(timeout.max(0.0)), |slice| {
+            Ok(store.wait_for_change(token, slice)?.then_some(()))
+        })?;
+        Ok(changed.is_some())
+    }
+
+    fn __repr__(&self) -> String {
+        match self.store() {
+            Ok(s) => format!("<Store {}>", s.describe()),
+            Err(_) => format!("<Store {} (closed)>", self.url),
+        }
+    }
+}
+
+/// The delay in ms before retry `attempt` under a backoff policy.
+#[pyfunction]
+#[pyo3(signature = (strategy, base_ms, multiplier, max_ms, jitter, attempt))]
+pub fn backoff_delay_ms(
+    py: Python<'_>,
+    strategy: &str,
+    base_ms: i64,
+    multiplier: f64,
+    max_ms: i64,
+    jitter: f64,
+    attempt: u32,
+) -> PyResult<(i64, String)> {
+    let strategy = match strategy {
+        "fixed" => BackoffStrategy::Fixed,
+        "linear" => BackoffStrategy::Linear,
+        "exponential" | "exp" => BackoffStrategy::Exponential,
+        other => {
+            return Err(to_py(
+                py,
+                ferroq_core::Error::InvalidArgument(format!(
+                    "unknown backoff strategy {other:?}: use fixed, linear or exponential"
+                )),
+            ))
+        }
+    };
+    let b = Backoff::new(strategy, base_ms, multiplier, max_ms, jitter).py(py)?;
+    Ok((b.delay_ms(attempt), b.encode()))
+}
