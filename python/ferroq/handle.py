@@ -74,7 +74,8 @@ class TaskHandle(Generic[R]):
                 t = store.wait_finished(self.id, _FOREVER_SLICE)
         else:
             t = store.wait_finished(self.id, max(0.0, timeout))
-        return outcome(t, self._fn, allow_pickle=self.queue.serializer == "pickle")
+        value: R = outcome(t, self._fn, allow_pickle=self.queue.serializer == "pickle")
+        return value
 
     def __repr__(self) -> str:
         name = self._fn.name if self._fn else "?"
@@ -140,7 +141,7 @@ def _rebuild(exc_type: str, message: str) -> Optional[BaseException]:
         obj = getattr(obj, part, None)
     if not (isinstance(obj, type) and issubclass(obj, Exception)):
         return None
-    if obj.__module__ == _errors.__name__:
+    if obj is _errors.TaskFailedError:
         return None
     try:
         exc = obj(message)

@@ -12,6 +12,7 @@ from typing_extensions import ParamSpec
 
 from . import _core
 from ._errors import FerroqError, InvalidArgumentError
+from .backoff import Backoff
 from .handle import TaskHandle
 from .receive import ReceiveLoop
 from .serialization import encode, serializer_name
@@ -59,12 +60,13 @@ class Queue:
     @overload
     def task(
         self,
+        /,
         *,
         name: Optional[str] = None,
         queue: str = "default",
         priority: int = 0,
         retries: int = 0,
-        backoff: Optional[Any] = None,
+        backoff: Optional[Backoff] = None,
         timeout: Optional[float] = None,
         result_ttl: Optional[float] = None,
         expires: Optional[float] = None,
@@ -80,7 +82,7 @@ class Queue:
         queue: str = "default",
         priority: int = 0,
         retries: int = 0,
-        backoff: Optional[Any] = None,
+        backoff: Optional[Backoff] = None,
         timeout: Optional[float] = None,
         result_ttl: Optional[float] = None,
         expires: Optional[float] = None,
@@ -194,7 +196,7 @@ class Queue:
     ) -> list[_core.Task]:
         """A page of task records in id order; pass the last id as
         ``after_id`` for the next page."""
-        return self.store.list(
+        return self.store.list_tasks(
             queue=queue, status=status, batch=batch, after_id=after_id, limit=limit
         )
 

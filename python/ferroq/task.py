@@ -17,6 +17,7 @@ from typing import (
     Optional,
     TypeVar,
     Union,
+    cast,
     overload,
 )
 
@@ -102,7 +103,7 @@ class TaskFunction(Generic[P, R]):
         A ``callback=`` keyword is also accepted here (it is not passed to
         the function); :meth:`options` is the typed way to give one.
         """
-        callback = kwargs.pop("callback", None)
+        callback = cast(Optional[Callable[[Any], None]], kwargs.pop("callback", None))
         opts = SendOptions(callback=callback) if callback is not None else _NO_OVERRIDES
         return TaskCall(self, opts).send(*args, **kwargs)
 

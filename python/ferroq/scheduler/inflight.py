@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from ... import _core
+    from .. import _core
     from ..context import TaskContext
 
 __all__ = ["InFlight"]

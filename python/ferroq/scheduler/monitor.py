@@ -20,6 +20,8 @@ log = logging.getLogger("ferroq.monitor")
 
 # Granularity of soft timeouts and cancellation delivery.
 _TICK_S = 0.05
+# How often expired leases (of any worker) are recovered.
+_RECOVER_EVERY_S = 1.0
 
 
 class MonitorLoop:
@@ -29,14 +31,19 @@ class MonitorLoop:
         self.s = scheduler
         self._stopped = threading.Event()
         self._next_heartbeat = 0.0
+        self._next_recover = 0.0
 
     def tick(self, now: float) -> None:
-        """One step at monotonic time ``now``: heartbeat when due, then time
-        out attempts past their deadline."""
+        """One step at monotonic time ``now``: heartbeat when due, recover
+        expired leases when due, then time out attempts past their deadline."""
         s = self.s
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + s.lease_ms / 3000.0
             self.heartbeat()
+        if now >= self._next_recover:
+            self._next_recover = now + _RECOVER_EVERY_S
+            for task_id, status in s.store.recover():
+                log.info("recovered task %s from an expired lease: now %s", task_id, status)
         with s.lock:
             overdue = [
                 item

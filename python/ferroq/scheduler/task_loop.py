@@ -10,11 +10,10 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Optional
 
-from .. import task as task_module
 from .._errors import SerializationError, TaskCancelledError, UnknownTaskError
 from ..context import Retry, TaskContext, _current
 from ..serialization import decode, encode
-from ..task import run_function
+from ..task import _registry, run_function
 from .inflight import InFlight
 
 if TYPE_CHECKING:
@@ -131,7 +130,7 @@ class TaskLoop:
         if item.cancel_requested:
             self._finish_cancelled(t.id, item)
             return
-        fn = task_module._registry.get(t.name)
+        fn = _registry.get(t.name)
         if fn is None:
             err = UnknownTaskError(
                 f"no task named {t.name!r} is registered in worker {s.worker_id}"
@@ -178,11 +177,13 @@ class TaskLoop:
             abandoned = item.abandoned
         if abandoned:
             return
-        if result is not None:
+        if cancelled or ctx._cancelled:
+            # Asked to stop: whatever the function did after that, the
+            # caller sees the cancellation it asked for.
+            self._finish_cancelled(t.id, item)
+        elif result is not None:
             self._done_ids.append(t.id)
             self._done_results.append(result)
-        elif cancelled or (ctx._cancelled and error is not None):
-            self._finish_cancelled(t.id, item)
         elif error is not None:
             self._fail(t.id, item, error, retry)
 

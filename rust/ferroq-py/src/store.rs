@@ -414,7 +414,7 @@ impl PyStore {
 
     /// A page of tasks in id order.
     #[pyo3(signature = (*, queue=None, status=None, batch=None, after_id=None, limit=100))]
-    fn list<'py>(
+    fn list_tasks<'py>(
         &self,
         py: Python<'py>,
         queue: Option<String>,

@@ -1,0 +1,1 @@
+"""A small task package used by the subprocess tests (CLI, crashes, discover)."""

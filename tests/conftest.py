@@ -1,0 +1,60 @@
+"""Shared fixtures: every queue-level test runs on memory://, SQLite with one
+shard and SQLite with four shards, on real files in a temp directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ferroq import Queue
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ["memory", "sqlite-1", "sqlite-4"]
+
+
+def store_url(kind: str, tmp_path: Path) -> str:
+    """The URL of a fresh store of the given kind."""
+    if kind == "memory":
+        return "memory://"
+    shards = kind.split("-")[1]
+    return f"sqlite://{tmp_path}/store?shards={shards}"
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_url(request.param, tmp_path)
+
+
+@pytest.fixture(params=["sqlite-1", "sqlite-4"])
+def disk_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def queue(url: str) -> Iterator[Queue]:
+    q = Queue(url)
+    yield q
+    q.close()
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses that import the test task package."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def spawn_worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """Starts ``ferroq worker app.tasks`` on ``url`` in a subprocess."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ferroq.cli", "worker", "app.tasks", "--url", url, *args],
+        env=python_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
