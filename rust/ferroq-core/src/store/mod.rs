@@ -233,7 +233,8 @@ pub trait Store: Send + Sync {
     fn listen_get(&self, key: &str) -> Result<Option<ListenChange>>;
     /// The newest listen version (0 when none).
     fn listen_head(&self) -> Result<i64>;
-    /// Earliest run_at among the queue's queued tasks.
+    /// Earliest run_at among the queue's queued tasks that can still run
+    /// (tasks past their deadline are left out).
     fn next_run_at(&self, queue: &str) -> Result<Option<i64>>;
     /// An opaque value that changes whenever any process commits to the store.
     fn change_token(&self) -> Result<u64>;

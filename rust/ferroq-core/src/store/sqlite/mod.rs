@@ -1,16 +1,19 @@
 //! The embedded default backend: a directory of SQLite shard files in WAL
 //! mode (or in-memory databases for `memory://`).
 //!
-//! A task's id says its shard: `id = local_rowid * shards + shard`. With
-//! round-robin routing this makes id order follow enqueue order across
-//! shards, which is the last tie-break of the claim order. Tasks with a key
-//! are routed by a hash of (queue, key) so that dedup and lookup by key hit
-//! one shard.
+//! A task's id says its shard: `id = local_id * shards + shard`. Local ids
+//! come from one counter shared by all the shards of a store handle, so id
+//! order follows enqueue order across shards (within a process; across
+//! processes it is approximate), which is the last tie-break of the claim
+//! order. Unkeyed tasks are spread round-robin; tasks with a key are routed
+//! by a hash of (queue, key) so that dedup and lookup by key hit one shard.
 
 mod schema;
 pub mod sql;
 
 pub use schema::Pragmas;
+
+use schema::ShardInfo;
 
 use super::config::{StoreConfig, MAX_SHARDS};
 use super::{
@@ -26,7 +29,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +59,8 @@ pub struct SqliteStore {
     config: StoreConfig,
     clock: Arc<dyn Clock>,
     next_shard: AtomicUsize,
+    /// The last local id handed out, in any shard (see the module doc).
+    last_local: AtomicI64,
     wake: Wake,
     label: String,
 }
@@ -63,6 +68,21 @@ pub struct SqliteStore {
 /// The file name of shard `i` inside the store directory.
 pub fn shard_file(i: u32) -> String {
     format!("shard-{i:03}.db")
+}
+
+/// The file-system reason a shard file cannot be opened for writing, when
+/// there is one to find, by opening it (and its write-ahead log) for
+/// writing as SQLite must. Called only after SQLite failed to open the
+/// shard; at worst it leaves an empty shard or WAL file, which SQLite
+/// treats as new.
+fn why_unavailable(path: &Path) -> Option<Error> {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    for p in [path, wal.as_path()] {
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(p) {
+            return Some(io_error(p, e));
+        }
+    }
+    None
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
@@ -83,6 +103,10 @@ fn route_hash(queue: &str, key: &str) -> u64 {
     }
     h
 }
+
+/// A running task whose lease ended, as `EXPIRED_LEASES` reads it:
+/// (local id, attempts, max_attempts, backoff, worker).
+type ExpiredLease = (i64, u32, u32, Option<String>, Option<String>);
 
 /// Why a guarded statement changed no row.
 #[derive(Clone, Copy)]
@@ -105,11 +129,16 @@ impl SqliteStore {
             None => (Self::open_memory(&config)?, "memory://".to_string()),
             Some(dir) => (Self::open_dir(dir, &config)?, dir.display().to_string()),
         };
+        let mut last_local = 0;
+        for shard in &shards {
+            last_local = last_local.max(schema::last_local_id(&shard.conn.lock())?);
+        }
         Ok(SqliteStore {
             shards,
             config,
             clock,
             next_shard: AtomicUsize::new(0),
+            last_local: AtomicI64::new(last_local),
             wake: Wake { generation: Mutex::new(0), cv: Condvar::new() },
             label,
         })
@@ -135,8 +164,15 @@ impl SqliteStore {
             )));
         }
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let first = Self::open_shard(dir, 0, config.shards, config)?;
-        let n = first.1;
+        if !dir.join(shard_file(0)).exists() && dir.join(shard_file(1)).exists() {
+            return Err(Error::Corrupt(format!(
+                "{} is missing from {} (other shards are there)",
+                shard_file(0),
+                dir.display()
+            )));
+        }
+        let (first, info) = Self::open_shard(dir, 0, config.shards, config, true)?;
+        let n = info.shards;
         if let Some(want) = config.shards {
             if want != n {
                 return Err(Error::ShardMismatch {
@@ -149,9 +185,12 @@ impl SqliteStore {
         if !(1..=MAX_SHARDS).contains(&n) {
             return Err(Error::Corrupt(format!("{} records {n} shards", dir.display())));
         }
-        let mut shards = vec![first.0];
+        let mut shards = vec![first];
         for i in 1..n {
-            let (shard, count) = Self::open_shard(dir, i, Some(n), config)?;
+            // Until shard 0 says the store is complete, shard files are
+            // created as needed; afterwards a missing one is damage, and
+            // recreating it empty would silently lose its tasks.
+            let (shard, ShardInfo { shards: count, .. }) = Self::open_shard(dir, i, Some(n), config, info.creating)?;
             if count != n {
                 return Err(Error::Corrupt(format!(
                     "shard {i} of {} records {count} shards, shard 0 records {n}",
@@ -160,20 +199,36 @@ impl SqliteStore {
             }
             shards.push(shard);
         }
+        if info.creating {
+            schema::finish_creating(&shards[0].conn.lock())?;
+        }
         Ok(shards)
     }
 
-    fn open_shard(dir: &Path, i: u32, want: Option<u32>, config: &StoreConfig) -> Result<(Shard, u32)> {
+    fn open_shard(
+        dir: &Path,
+        i: u32,
+        want: Option<u32>,
+        config: &StoreConfig,
+        may_create: bool,
+    ) -> Result<(Shard, ShardInfo)> {
         let path: PathBuf = dir.join(shard_file(i));
         let label = path.display().to_string();
-        if i > 0 && !path.exists() && want.is_none() {
+        if !may_create && !path.exists() {
             return Err(Error::Corrupt(format!("{label} is missing")));
         }
-        let mut conn = Connection::open(&path).map_err(|e| match Error::from(e) {
-            Error::Unavailable(m) => Error::Unavailable(format!("{label}: {m}")),
+        let opened = Connection::open(&path).map_err(Error::from).and_then(|conn| {
+            conn.busy_timeout(config.busy_timeout)?;
+            schema::identify(&conn, &label)?;
+            schema::configure(&conn, config, false)?;
+            Ok(conn)
+        });
+        let mut conn = opened.map_err(|e| match e {
+            // SQLite says only "unable to open database file"; ask the
+            // file system why, so that a permission problem says so.
+            Error::Unavailable(m) => why_unavailable(&path).unwrap_or_else(|| Error::Unavailable(format!("{label}: {m}"))),
             other => other,
         })?;
-        schema::configure(&conn, config, false)?;
         let n = schema::prepare(&mut conn, i, want, &label)?;
         let watch = Connection::open_with_flags(
             &path,
@@ -390,9 +445,14 @@ impl Store for SqliteStore {
             };
             groups[s].push(i);
         }
+        // Local ids for the batch, in input order (see the module doc); a
+        // shard whose own sequence is ahead (another process, or another
+        // thread's batch committed first) continues from there instead.
+        let first_local = self.last_local.fetch_add(tasks.len() as i64, Ordering::Relaxed) + 1;
         let mut out = vec![Enqueued { id: 0, inserted: false }; tasks.len()];
         for (s, idxs) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
             self.write(s, |tx| {
+                let mut last = schema::last_local_id(tx)?;
                 let mut insert = tx.prepare_cached(sql::INSERT_TASK)?;
                 for &i in idxs {
                     let t = &tasks[i];
@@ -406,6 +466,7 @@ impl Store for SqliteStore {
                             continue;
                         }
                     }
+                    let local = (first_local + i as i64).max(last + 1);
                     insert.execute(params![
                         t.queue,
                         t.name,
@@ -420,9 +481,12 @@ impl Store for SqliteStore {
                         t.metadata,
                         t.backoff.map(|b| b.encode()),
                         t.result_ttl_ms,
+                        local,
                     ])?;
-                    out[i] = Enqueued { id: self.global(s, tx.last_insert_rowid()), inserted: true };
+                    last = local;
+                    out[i] = Enqueued { id: self.global(s, local), inserted: true };
                 }
+                self.last_local.fetch_max(last, Ordering::Relaxed);
                 Ok(())
             })?;
         }
@@ -588,7 +652,7 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for s in 0..self.shards.len() {
             let moved = self.write(s, |tx| {
-                let expired: Vec<(i64, u32, u32, Option<String>, Option<String>)> = tx
+                let expired: Vec<ExpiredLease> = tx
                     .prepare_cached(sql::EXPIRED_LEASES)?
                     .query_map(params![now, p.worker], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -775,9 +839,11 @@ impl Store for SqliteStore {
 
     fn next_run_at(&self, queue: &str) -> Result<Option<i64>> {
         let mut best: Option<i64> = None;
+        let now = self.clock.now_ms();
         for shard in &self.shards {
             let conn = shard.conn.lock();
-            let at: Option<i64> = conn.prepare_cached(sql::NEXT_RUN_AT)?.query_row([queue], |r| r.get(0))?;
+            let at: Option<i64> =
+                conn.prepare_cached(sql::NEXT_RUN_AT)?.query_row(params![queue, now], |r| r.get(0))?;
             best = match (best, at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

@@ -61,31 +61,34 @@ pub fn read_pragmas(conn: &Connection) -> Result<Pragmas> {
     })
 }
 
-/// Creates the schema in an empty shard, or checks that an existing one is
-/// a ferroq shard of this store. Returns the store's shard count.
-///
-/// `want` is the shard count asked for (None = whatever exists, else 1).
-pub fn prepare(conn: &mut Connection, index: u32, want: Option<u32>, label: &str) -> Result<u32> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+/// What [`prepare`] found in a shard file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The store's shard count, as this shard records it.
+    pub shards: u32,
+    /// True while the store is still being created (shard 0 carries the
+    /// mark until every shard file exists): only then may a missing shard
+    /// file be created.
+    pub creating: bool,
+}
+
+/// Refuses a database that is not a ferroq shard (a SQLite file of
+/// another application, or of a newer ferroq) — before [`configure`], so
+/// that a refused file is left exactly as it was (not even switched to WAL).
+pub fn identify(conn: &Connection, label: &str) -> Result<()> {
+    let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    check_identity(conn, app_id, version, label)
+}
+
+fn check_identity(conn: &Connection, app_id: i64, version: i64, label: &str) -> Result<()> {
     if app_id == 0 && version == 0 {
-        let objects: i64 = tx.query_row(sql::SCHEMA_OBJECTS, [], |r| r.get(0))?;
+        let objects: i64 = conn.query_row(sql::SCHEMA_OBJECTS, [], |r| r.get(0))?;
         if objects != 0 {
             return Err(Error::NotAStore(format!(
                 "{label} is a SQLite database of something else (it has tables but no ferroq schema)"
             )));
         }
-        let shards = want.unwrap_or(1);
-        tx.execute_batch(sql::SCHEMA_V1)?;
-        tx.execute(sql::META_SET, ("app", "ferroq"))?;
-        tx.execute(sql::META_SET, ("shards", shards.to_string()))?;
-        tx.execute(sql::META_SET, ("shard", index.to_string()))?;
-        tx.execute_batch(&format!(
-            "PRAGMA application_id = {}; PRAGMA user_version = {};",
-            sql::APPLICATION_ID,
-            sql::SCHEMA_VERSION
-        ))?;
     } else if app_id != sql::APPLICATION_ID {
         return Err(Error::NotAStore(format!(
             "{label} is a SQLite database of another application (application_id {app_id:#x})"
@@ -95,6 +98,35 @@ pub fn prepare(conn: &mut Connection, index: u32, want: Option<u32>, label: &str
             "{label} was written by a newer ferroq (schema version {version}; this build reads up to {})",
             sql::SCHEMA_VERSION
         )));
+    }
+    Ok(())
+}
+
+/// Creates the schema in an empty shard, or checks that an existing one is
+/// a ferroq shard of this store.
+///
+/// `want` is the shard count asked for (None = whatever exists, else 1).
+pub fn prepare(conn: &mut Connection, index: u32, want: Option<u32>, label: &str) -> Result<ShardInfo> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // Checked again inside the write transaction: another process may have
+    // created the file since `identify` looked.
+    check_identity(&tx, app_id, version, label)?;
+    if app_id == 0 && version == 0 {
+        let shards = want.unwrap_or(1);
+        tx.execute_batch(sql::SCHEMA_V1)?;
+        tx.execute(sql::META_SET, ("app", "ferroq"))?;
+        tx.execute(sql::META_SET, ("shards", shards.to_string()))?;
+        tx.execute(sql::META_SET, ("shard", index.to_string()))?;
+        if index == 0 && shards > 1 {
+            tx.execute(sql::META_SET, (META_CREATING, "1"))?;
+        }
+        tx.execute_batch(&format!(
+            "PRAGMA application_id = {}; PRAGMA user_version = {};",
+            sql::APPLICATION_ID,
+            sql::SCHEMA_VERSION
+        ))?;
     }
     let has_meta: i64 = tx.query_row(sql::TABLE_EXISTS, ["meta"], |r| r.get(0))?;
     if has_meta == 0 {
@@ -112,6 +144,21 @@ pub fn prepare(conn: &mut Connection, index: u32, want: Option<u32>, label: &str
             "{label} is shard {stored_index:?} of its store, expected shard {index}"
         )));
     }
+    let creating = meta(META_CREATING)?.is_some();
     tx.commit()?;
-    Ok(shards)
+    Ok(ShardInfo { shards, creating })
+}
+
+/// The meta entry shard 0 holds while a multi-shard store is being created.
+const META_CREATING: &str = "creating";
+
+/// Clears the creation mark once every shard file exists.
+pub fn finish_creating(conn: &Connection) -> Result<()> {
+    conn.execute(sql::META_DELETE, [META_CREATING])?;
+    Ok(())
+}
+
+/// The highest local task id a shard has ever handed out (0 when none).
+pub fn last_local_id(conn: &Connection) -> Result<i64> {
+    Ok(conn.prepare_cached(sql::LAST_LOCAL_ID)?.query_row([], |r| r.get(0))?)
 }

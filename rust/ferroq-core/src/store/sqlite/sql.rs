@@ -101,6 +101,8 @@ CREATE INDEX listen_log_key ON listen_log (key, version);
 pub const META_GET: &str = "SELECT value FROM meta WHERE name = ?1";
 /// Writes one meta value.
 pub const META_SET: &str = "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)";
+/// Deletes one meta value.
+pub const META_DELETE: &str = "DELETE FROM meta WHERE name = ?1";
 /// Counts schema objects (an empty file has none).
 pub const SCHEMA_OBJECTS: &str = "SELECT count(*) FROM sqlite_master";
 /// Tells whether a table exists.
@@ -110,10 +112,17 @@ pub const TABLE_EXISTS: &str = "SELECT count(*) FROM sqlite_master WHERE type = 
 pub const FIND_KEY: &str = "SELECT id FROM task WHERE queue = ?1 AND key = ?2
     UNION ALL SELECT id FROM task_done WHERE queue = ?1 AND key = ?2 LIMIT 1";
 
-/// Inserts a queued task.
-pub const INSERT_TASK: &str = "INSERT INTO task (queue, name, payload, priority, status, run_at,
+/// Inserts a queued task with local id ?14. The store picks ids from one
+/// counter for all its shards (so that id order follows enqueue order
+/// across shards), never at or below the shard's `LAST_LOCAL_ID`.
+pub const INSERT_TASK: &str = "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
     attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl)
-    VALUES (?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+    VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/// The highest local id the shard's `task` table ever handed out. Rows
+/// moved to `task_done` keep their ids, so this covers both tables.
+pub const LAST_LOCAL_ID: &str =
+    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'task'), 0)";
 
 /// The head of a queue's ready tasks, in claim order (multi-shard merge).
 pub const PEEK_READY: &str = "SELECT priority, run_at, id FROM task
@@ -133,8 +142,11 @@ pub const CLAIM: &str = concat!(
     task_columns!()
 );
 
-/// Earliest run_at among a queue's queued tasks.
-pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM task WHERE queue = ?1 AND status = 0";
+/// Earliest run_at among a queue's queued tasks that can still run at
+/// ?2 = now or later: one past its deadline never becomes claimable, and
+/// counting it would make a waiting claimer wake at once, again and again.
+pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM task WHERE queue = ?1 AND status = 0
+    AND (expires_at IS NULL OR expires_at > max(run_at, ?2))";
 
 /// Extends a lease held by worker ?2; returns the cancel flag.
 pub const HEARTBEAT: &str = "UPDATE task SET lease_until = ?3
