@@ -1,0 +1,51 @@
+//! The store conformance suite: one backend-blind description of how a
+//! ferroq store behaves, run against every backend.
+//!
+//! Each behaviour is a plain function taking a [`Backend`]; the
+//! `conformance!` macro turns it into one `#[test]` per backend
+//! (`memory`, `memory_4` = `memory://?shards=4`, `sqlite_1`, `sqlite_4`).
+//! Time is a [`ManualClock`], so lease expiry, backoff and deadlines are
+//! checked without sleeping. Tests that only make sense on disk (files,
+//! reopening, permissions) live in `on_disk.rs` and run on the SQLite
+//! backends only.
+//!
+//! A new store behaviour lands with a test here (STYLE.md habit 4).
+
+// Each module is a group of behaviours.
+mod bad_input;
+mod harness;
+mod on_disk;
+mod ordering;
+mod verbs;
+mod wake;
+
+/// Expands to one `#[test]` per backend for each named behaviour
+/// function of the enclosing module (`fn name(b: Backend)`).
+#[macro_export]
+macro_rules! conformance {
+    (@backend $mod:ident, $backend:expr, $($name:ident),* $(,)?) => {
+        mod $mod {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($backend)
+                }
+            )*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::conformance!(@backend memory, $crate::harness::Backend::Memory, $($name),*);
+        $crate::conformance!(@backend memory_4, $crate::harness::Backend::Memory4, $($name),*);
+        $crate::conformance!(@backend sqlite_1, $crate::harness::Backend::Sqlite1, $($name),*);
+        $crate::conformance!(@backend sqlite_4, $crate::harness::Backend::Sqlite4, $($name),*);
+    };
+}
+
+/// Like `conformance!`, for behaviours that need files: SQLite backends only.
+#[macro_export]
+macro_rules! conformance_on_disk {
+    ($($name:ident),* $(,)?) => {
+        $crate::conformance!(@backend sqlite_1, $crate::harness::Backend::Sqlite1, $($name),*);
+        $crate::conformance!(@backend sqlite_4, $crate::harness::Backend::Sqlite4, $($name),*);
+    };
+}
