@@ -1,0 +1,94 @@
+"""ferroq-only figures for the everyday path (the peer comparison lives in
+the harness): single sends, drain of N no-op tasks with a 4-thread
+scheduler, and enqueue->result latency with an idle worker in another
+process. Each figure is printed beside the check of what was processed.
+
+    python benches/python/basics.py [--tasks 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ferroq import Queue, QueueScheduler, task
+
+HERE = Path(__file__).resolve().parent
+
+
+@task(name="bench.noop")
+def noop(i: int) -> int:
+    """Returns its input."""
+    return i
+
+
+def bench_send(n: int, url: str) -> None:
+    with Queue(url) as q:
+        t0 = time.perf_counter()
+        handles = [q.send(noop, i) for i in range(n)]
+        dt = time.perf_counter() - t0
+        ok = q.stats()["default"]["queued"] == n and len({h.id for h in handles}) == n
+        print(f"send       {n:>8} single sends      {n / dt:>10,.0f} tasks/s   check={'ok' if ok else 'FAILED'}")
+
+
+def bench_drain(n: int, url: str) -> None:
+    with Queue(url) as q:
+        q.store.enqueue_many("default", "bench.noop", [b"J[[%d],{}]" % i for i in range(n)])
+        t0 = time.perf_counter()
+        with QueueScheduler(q, concurrency=4, queues=["default"]):
+            while q.stats()["default"]["done"] < n:
+                time.sleep(0.002)
+        dt = time.perf_counter() - t0
+        done = q.list(status="done", limit=n)
+        ok = len(done) == n and all(t.result == b"J%d" % (int(t.payload[3:-5])) for t in done)
+        print(f"drain      {n:>8} no-op tasks, c=4  {n / dt:>10,.0f} tasks/s   check={'ok' if ok else 'FAILED'}")
+
+
+def bench_latency(n: int, path: str) -> None:
+    worker = subprocess.Popen(
+        [sys.executable, str(HERE / "basics.py"), "--serve", path],
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+    )
+    try:
+        with Queue(path) as q:
+            time.sleep(1.0)  # let the worker start and go idle
+            lat = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                value = q.send(noop, i).result(timeout=10)
+                lat.append((time.perf_counter() - t0) * 1000)
+                assert value == i
+            lat.sort()
+            p = lambda x: lat[min(len(lat) - 1, int(x * len(lat)))]  # noqa: E731
+            print(
+                f"latency    {n:>8} sequential sends  p50 {p(0.5):.2f} ms  p95 {p(0.95):.2f} ms  "
+                f"p99 {p(0.99):.2f} ms  mean {statistics.mean(lat):.2f} ms   check=ok"
+            )
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=20_000)
+    ap.add_argument("--serve")
+    args = ap.parse_args()
+    if args.serve:
+        with Queue(args.serve) as q:
+            QueueScheduler(q, concurrency=4, queues=["default"]).run_forever()
+        return
+    tmp = Path(tempfile.mkdtemp())
+    bench_send(args.tasks, str(tmp / "send"))
+    bench_drain(args.tasks, str(tmp / "drain"))
+    bench_latency(200, str(tmp / "latency"))
+
+
+if __name__ == "__main__":
+    main()
