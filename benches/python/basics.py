@@ -34,7 +34,8 @@ def bench_send(n: int, url: str) -> None:
         handles = [q.send(noop, i) for i in range(n)]
         dt = time.perf_counter() - t0
         ok = q.stats()["default"]["queued"] == n and len({h.id for h in handles}) == n
-        print(f"send       {n:>8} single sends      {n / dt:>10,.0f} tasks/s   check={'ok' if ok else 'FAILED'}")
+        check = "ok" if ok else "FAILED"
+        print(f"send       {n:>8} single sends      {n / dt:>10,.0f} tasks/s   check={check}")
 
 
 def bench_drain(n: int, url: str) -> None:
@@ -47,7 +48,8 @@ def bench_drain(n: int, url: str) -> None:
         dt = time.perf_counter() - t0
         done = q.list(status="done", limit=n)
         ok = len(done) == n and all(t.result == b"J%d" % (int(t.payload[3:-5])) for t in done)
-        print(f"drain      {n:>8} no-op tasks, c=4  {n / dt:>10,.0f} tasks/s   check={'ok' if ok else 'FAILED'}")
+        check = "ok" if ok else "FAILED"
+        print(f"drain      {n:>8} no-op tasks, c=4  {n / dt:>10,.0f} tasks/s   check={check}")
 
 
 def bench_latency(n: int, path: str) -> None:

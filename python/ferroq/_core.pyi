@@ -2,6 +2,7 @@
 
 from typing import Optional, Union, final
 
+__all__ = ["Store", "Task", "TokenBucket", "__version__", "backoff_delay_ms"]
 __version__: str
 
 @final
@@ -102,7 +103,7 @@ class Store:
         name: Union[str, list[str]],
         payloads: list[bytes],
         *,
-        priority: Union[int, list[int]] = 0,
+        priority: Union[int, list[int], None] = None,
         run_at: Union[int, list[int], None] = None,
         max_attempts: int = 1,
         keys: Optional[list[Optional[str]]] = None,

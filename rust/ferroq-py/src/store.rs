@@ -14,6 +14,9 @@ use pyo3::types::{PyBytes, PyList};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+/// One listen change as Python sees it: (version, key, value, at_ms).
+type ListenRow<'py> = (i64, String, Bound<'py, PyBytes>, i64);
+
 /// How long one GIL-free wait slice lasts before Ctrl+C is checked.
 const SLICE: Duration = Duration::from_millis(100);
 
@@ -190,7 +193,7 @@ impl PyStore {
     /// Enqueues many tasks in one call (one transaction per shard). Every
     /// per-task option is either one value for all or a list with one value
     /// per payload. Returns (ids, inserted flags).
-    #[pyo3(signature = (queue, name, payloads, *, priority=OneOrMany::One(0), run_at=None,
+    #[pyo3(signature = (queue, name, payloads, *, priority=None, run_at=None,
         max_attempts=1, keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue_many(
@@ -199,7 +202,7 @@ impl PyStore {
         queue: String,
         name: OneOrMany<String>,
         payloads: Vec<Vec<u8>>,
-        priority: OneOrMany<i32>,
+        priority: Option<OneOrMany<i32>>,
         run_at: Option<OneOrMany<i64>>,
         max_attempts: u32,
         keys: Option<Vec<Option<String>>>,
@@ -209,6 +212,7 @@ impl PyStore {
         result_ttl_ms: Option<i64>,
     ) -> PyResult<(Vec<i64>, Vec<bool>)> {
         let n = payloads.len();
+        let priority = priority.unwrap_or(OneOrMany::One(0));
         name.check_len("name", n)?;
         priority.check_len("priority", n)?;
         if let Some(r) = &run_at {
@@ -460,7 +464,7 @@ impl PyStore {
 
     /// Listen changes after `since`: [(version, key, value, at_ms)].
     #[pyo3(signature = (since, limit=1000))]
-    fn listen_changes<'py>(&self, py: Python<'py>, since: i64, limit: u32) -> PyResult<Vec<(i64, String, Bound<'py, PyBytes>, i64)>> {
+    fn listen_changes<'py>(&self, py: Python<'py>, since: i64, limit: u32) -> PyResult<Vec<ListenRow<'py>>> {
         let store = self.store()?;
         let out = py.detach(|| store.listen_changes(since, limit)).py(py)?;
         Ok(out.into_iter().map(|c| (c.version, c.key, PyBytes::new(py, &c.value), c.at)).collect())
