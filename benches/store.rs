@@ -103,7 +103,7 @@ fn claim_complete(c: &mut Criterion) {
         let (_dir, store) = fresh_store(shards);
         let done = Cell::new(0u64);
         let params =
-            ClaimParams { queue: "bench".into(), worker: "w".into(), limit: CLAIM_BATCH, lease_ms: 60_000 };
+            ClaimParams { queue: "bench".into(), worker: "w".into(), limit: CLAIM_BATCH, lease_ms: 60_000, resources: None };
         let fill: Vec<NewTask> = (0..BATCH).map(|_| task()).collect();
         g.bench_function(shards_label(shards), |b| {
             b.iter_custom(|iters| {

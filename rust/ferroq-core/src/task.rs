@@ -140,6 +140,9 @@ pub struct Task {
     pub backoff: Option<Backoff>,
     /// How long it is kept after finishing (ms); the store default when None.
     pub result_ttl_ms: Option<i64>,
+    /// What a worker must have to claim it: a JSON object of numbers
+    /// (`{"gpu_memory_gb": 8}`), each a minimum.
+    pub requires: Option<String>,
 }
 
 /// A task to enqueue.
@@ -169,6 +172,8 @@ pub struct NewTask {
     pub backoff: Option<Backoff>,
     /// Retention after finishing (ms); None uses the store default.
     pub result_ttl_ms: Option<i64>,
+    /// What a worker must have to claim it (see [`Task::requires`]).
+    pub requires: Option<String>,
 }
 
 /// Priorities a task may have.
@@ -192,6 +197,7 @@ impl NewTask {
             metadata: None,
             backoff: None,
             result_ttl_ms: None,
+            requires: None,
         }
     }
 
@@ -241,8 +247,28 @@ impl NewTask {
         if let Some(b) = &self.backoff {
             b.validate()?;
         }
+        if let Some(r) = &self.requires {
+            check_resources("requires", r)?;
+        }
         Ok(())
     }
+}
+
+/// Checks a resource map: a JSON object whose values are numbers >= 0.
+pub fn check_resources(what: &str, json: &str) -> Result<()> {
+    let bad = |why: &str| Error::InvalidArgument(format!("{what} must be a JSON object of numbers >= 0: {why}"));
+    if json.len() > 65_536 {
+        return Err(bad("longer than 64 KiB"));
+    }
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
+    let map = value.as_object().ok_or_else(|| bad("not an object"))?;
+    for (k, v) in map {
+        match v.as_f64() {
+            Some(n) if n >= 0.0 && n.is_finite() => {}
+            _ => return Err(bad(&format!("{k:?} is {v}"))),
+        }
+    }
+    Ok(())
 }
 
 fn check_name(what: &str, value: &str, max: usize) -> Result<()> {

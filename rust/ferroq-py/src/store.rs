@@ -268,7 +268,7 @@ impl PyStore {
         wait: f64,
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        let p = ClaimParams { queue, worker, limit, lease_ms };
+        let p = ClaimParams { queue, worker, limit, lease_ms, resources: None };
         let tasks = if wait <= 0.0 {
             py.detach(|| store.claim(&p)).py(py)?
         } else {

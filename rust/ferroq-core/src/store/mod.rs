@@ -38,6 +38,11 @@ pub struct ClaimParams {
     pub limit: u32,
     /// Lease length in ms (1 ms ..= 7 days).
     pub lease_ms: i64,
+    /// What this worker has, as a JSON object of numbers
+    /// (`{"gpu_memory_gb": 24}`). A task is claimed only if each of its
+    /// requirements is at most the worker's resource of that name (missing
+    /// counts as 0); tasks without requirements are always claimable.
+    pub resources: Option<String>,
 }
 
 /// Extend the leases of `ids` held by `worker`.
@@ -183,6 +188,64 @@ pub struct ListenChange {
     pub at: i64,
 }
 
+/// A worker process as recorded in the store (for crash detection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Unique worker id (also the lease holder name).
+    pub id: String,
+    /// Host name the worker runs on.
+    pub host: String,
+    /// Process id on that host.
+    pub pid: u32,
+    /// First registration (ms; set by the store).
+    pub started_at: i64,
+    /// Last registration or heartbeat (ms; set by the store).
+    pub heartbeat_at: i64,
+    /// Queues it serves.
+    pub queues: Vec<String>,
+}
+
+/// A store-wide limit on one task function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionLimit {
+    /// The task name.
+    pub name: String,
+    /// At most this many running at once, across every worker.
+    pub max_running: Option<u32>,
+    /// At most this many claims per second, across every worker.
+    pub rate_per_s: Option<f64>,
+    /// Burst for the rate (default: max(1, rate)).
+    pub burst: Option<f64>,
+}
+
+impl FunctionLimit {
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() {
+            return Err(Error::InvalidArgument("limit needs a task name".into()));
+        }
+        if self.max_running == Some(0) {
+            return Err(Error::InvalidArgument("max_running must be >= 1".into()));
+        }
+        if let Some(r) = self.rate_per_s {
+            if !r.is_finite() || r <= 0.0 {
+                return Err(Error::InvalidArgument(format!("rate must be > 0 per second, got {r}")));
+            }
+        }
+        if let Some(b) = self.burst {
+            if !b.is_finite() || b < 1.0 {
+                return Err(Error::InvalidArgument(format!("burst must be >= 1, got {b}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bucket size in effect.
+    pub fn effective_burst(&self) -> f64 {
+        self.burst.unwrap_or_else(|| self.rate_per_s.unwrap_or(1.0).max(1.0))
+    }
+}
+
 /// The storage seam. Everything above it is backend-blind.
 pub trait Store: Send + Sync {
     /// Enqueues tasks. A task whose `key` already exists in its queue stores
@@ -236,6 +299,23 @@ pub trait Store: Send + Sync {
     /// Earliest run_at among the queue's queued tasks that can still run
     /// (tasks past their deadline are left out).
     fn next_run_at(&self, queue: &str) -> Result<Option<i64>>;
+    /// Records (or refreshes) a worker; the store sets `heartbeat_at` (and
+    /// `started_at` on first registration) from its clock.
+    fn register_worker(&self, w: &WorkerInfo) -> Result<()>;
+    /// Every recorded worker, by id.
+    fn workers(&self) -> Result<Vec<WorkerInfo>>;
+    /// Forgets a worker; true if it was recorded.
+    fn remove_worker(&self, id: &str) -> Result<bool>;
+    /// Sets (or with None removes) a queue's maximum of unfinished tasks.
+    /// Enqueue beyond it fails with [`Error::QueueFull`] and stores nothing.
+    fn set_capacity(&self, queue: &str, capacity: Option<u64>) -> Result<()>;
+    /// A queue's capacity, if it has one.
+    fn capacity(&self, queue: &str) -> Result<Option<u64>>;
+    /// Sets a store-wide limit on a task function (upsert by name; a limit
+    /// with neither max_running nor rate removes it). Claims honour it.
+    fn set_function_limit(&self, limit: &FunctionLimit) -> Result<()>;
+    /// Every function limit, by name.
+    fn function_limits(&self) -> Result<Vec<FunctionLimit>>;
     /// An opaque value that changes whenever any process commits to the store.
     fn change_token(&self) -> Result<u64>;
     /// Waits until the change token differs from `token` or `timeout` passes;
@@ -303,6 +383,9 @@ pub fn open_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store
 
 /// Checks a claim's numbers.
 pub(crate) fn check_claim(p: &ClaimParams) -> Result<()> {
+    if let Some(r) = &p.resources {
+        crate::task::check_resources("resources", r)?;
+    }
     if !(1..=10_000).contains(&p.limit) {
         return Err(Error::InvalidArgument(format!("claim limit {} is outside 1..=10000", p.limit)));
     }

@@ -121,7 +121,7 @@ impl Env {
     /// Claims with a given lease.
     pub fn claim_lease(&self, queue: &str, worker: &str, limit: u32, lease_ms: i64) -> Vec<Task> {
         self.store
-            .claim(&ClaimParams { queue: queue.into(), worker: worker.into(), limit, lease_ms })
+            .claim(&ClaimParams { queue: queue.into(), worker: worker.into(), limit, lease_ms, resources: None })
             .unwrap()
     }
 

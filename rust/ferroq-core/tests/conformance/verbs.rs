@@ -59,6 +59,7 @@ fn enqueue_one_stores_every_field(b: Backend) {
         metadata: Some(r#"{"a":1}"#.into()),
         backoff: Some(backoff),
         result_ttl_ms: Some(1_234),
+        requires: None,
     };
     let e = env.enqueue(t.clone());
     assert!(e.inserted);

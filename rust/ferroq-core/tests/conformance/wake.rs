@@ -22,7 +22,7 @@ crate::conformance!(
 pub const LONG_WAIT: Duration = Duration::from_secs(20);
 
 pub fn claim_params(queue: &str, worker: &str) -> ClaimParams {
-    ClaimParams { queue: queue.into(), worker: worker.into(), limit: 10, lease_ms: 30_000 }
+    ClaimParams { queue: queue.into(), worker: worker.into(), limit: 10, lease_ms: 30_000, resources: None }
 }
 
 fn claim_wait_returns_when_another_thread_enqueues(b: Backend) {

@@ -17,7 +17,7 @@ use schema::ShardInfo;
 
 use super::config::{StoreConfig, MAX_SHARDS};
 use super::{
-    check_claim, check_lease, CancelParams, ClaimParams, CompleteParams, Enqueued, FailParams,
+    check_claim, check_lease, CancelParams, FunctionLimit, WorkerInfo, ClaimParams, CompleteParams, Enqueued, FailParams,
     HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ProgressParams, PurgeParams,
     QueueCount, RecoverParams, ReleaseParams, Retry, Store,
 };
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::task::{NewTask, Status, Task};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -107,6 +107,38 @@ fn route_hash(queue: &str, key: &str) -> u64 {
 /// A running task whose lease ended, as `EXPIRED_LEASES` reads it:
 /// (local id, attempts, max_attempts, backoff, worker).
 type ExpiredLease = (i64, u32, u32, Option<String>, Option<String>);
+
+/// The parts of a claim every shard's statement shares.
+struct ClaimCtx<'a> {
+    now: i64,
+    resources: &'a str,
+    /// JSON array of task names that must not be claimed now.
+    excluded: Option<&'a str>,
+}
+
+/// A function limit with its stored bucket level.
+struct StoredLimit {
+    limit: FunctionLimit,
+    tokens: f64,
+    refilled_at: i64,
+}
+
+fn read_limits(conn: &Connection) -> Result<Vec<StoredLimit>> {
+    let mut stmt = conn.prepare_cached(sql::LIMITS)?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredLimit {
+            limit: FunctionLimit {
+                name: r.get(0)?,
+                max_running: r.get(1)?,
+                rate_per_s: r.get(2)?,
+                burst: r.get(3)?,
+            },
+            tokens: r.get(4)?,
+            refilled_at: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
 
 /// Why a guarded statement changed no row.
 #[derive(Clone, Copy)]
@@ -392,6 +424,7 @@ impl SqliteStore {
             cancel_requested: row.get::<_, i64>(21)? != 0,
             backoff: backoff.as_deref().map(Backoff::decode).transpose()?,
             result_ttl_ms: row.get(23)?,
+            requires: row.get(25)?,
         })
     }
 
@@ -405,10 +438,170 @@ impl SqliteStore {
         Ok(out)
     }
 
-    fn claim_shard(&self, shard: usize, p: &ClaimParams, limit: u32, now: i64) -> Result<Vec<Task>> {
-        self.write(shard, |tx| {
-            self.query_tasks(tx, shard, sql::CLAIM, params![p.queue, now, limit, p.worker, now + p.lease_ms])
-        })
+    /// Claims up to `limit` tasks in one shard's transaction. With an
+    /// allowance (function limits in force), tasks of a limited name beyond
+    /// what it allows are given back at once, uncounted.
+    fn claim_in(&self, tx: &Transaction, shard: usize, p: &ClaimParams, limit: u32, c: &ClaimCtx<'_>, allowance: &mut Option<HashMap<String, u64>>) -> Result<Vec<Task>> {
+        let claimed = self.query_tasks(
+            tx,
+            shard,
+            sql::CLAIM,
+            params![p.queue, c.now, limit, p.worker, c.now + p.lease_ms, c.resources, c.excluded],
+        )?;
+        let Some(allow) = allowance else { return Ok(claimed) };
+        let mut kept = Vec::with_capacity(claimed.len());
+        let mut sorted = claimed;
+        sorted.sort_by(Self::claim_order);
+        for t in sorted {
+            match allow.get_mut(&t.name) {
+                Some(0) => {
+                    tx.prepare_cached(sql::UNCLAIM)?.execute([t.id / self.n()])?;
+                }
+                Some(n) => {
+                    *n -= 1;
+                    kept.push(t);
+                }
+                None => kept.push(t),
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Peeks every shard, merges the heads in claim order and claims the
+    /// best `p.limit`. `tx0` is shard 0's open transaction when the caller
+    /// holds it (limited claims), so shard 0 is used through it.
+    fn claim_merged(&self, p: &ClaimParams, c: &ClaimCtx<'_>, tx0: Option<&Transaction>, allowance: &mut Option<HashMap<String, u64>>) -> Result<Vec<Task>> {
+        // Peek (a read, no write lock) so an idle claim never blocks writers,
+        // and so several shards can be merged in priority order.
+        let peek_limit = if self.shards.len() == 1 { 1 } else { p.limit };
+        let mut heads: Vec<(i32, i64, i64, usize)> = Vec::new();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let guard;
+            let conn: &Connection = match tx0 {
+                Some(tx) if s == 0 => tx,
+                _ => {
+                    guard = shard.conn.lock();
+                    &guard
+                }
+            };
+            let mut stmt = conn.prepare_cached(sql::PEEK_READY)?;
+            let mut rows = stmt.query(params![p.queue, c.now, peek_limit, c.resources, c.excluded])?;
+            while let Some(r) = rows.next()? {
+                heads.push((r.get(0)?, r.get(1)?, self.global(s, r.get(2)?), s));
+            }
+        }
+        if heads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut per_shard = vec![0u32; self.shards.len()];
+        if self.shards.len() == 1 {
+            per_shard[0] = p.limit;
+        } else {
+            heads.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            for h in heads.iter().take(p.limit as usize) {
+                per_shard[h.3] += 1;
+            }
+        }
+        let mut all = Vec::new();
+        for (s, k) in per_shard.into_iter().enumerate().filter(|(_, k)| *k > 0) {
+            let got = match tx0 {
+                Some(tx) if s == 0 => self.claim_in(tx, s, p, k, c, allowance)?,
+                _ => self.write(s, |tx| self.claim_in(tx, s, p, k, c, allowance))?,
+            };
+            all.extend(got);
+        }
+        all.sort_by(Self::claim_order);
+        Ok(all)
+    }
+
+    /// A claim while function limits are in force: shard 0's write lock
+    /// serialises every such claim store-wide, so running counts and rate
+    /// buckets are exact across processes.
+    fn claim_limited(&self, p: &ClaimParams, now: i64, resources: &str, mut conn0: parking_lot::MutexGuard<'_, Connection>) -> Result<Vec<Task>> {
+        let tx0 = conn0.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let limits = read_limits(&tx0)?;
+        let mut running: HashMap<String, u64> = HashMap::new();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let guard;
+            let conn: &Connection = if s == 0 {
+                &tx0
+            } else {
+                guard = shard.conn.lock();
+                &guard
+            };
+            let mut stmt = conn.prepare_cached(sql::RUNNING_BY_NAME)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                *running.entry(r.get(0)?).or_default() += r.get::<_, i64>(1)? as u64;
+            }
+        }
+        let mut allowance: HashMap<String, u64> = HashMap::new();
+        let mut levels: HashMap<String, f64> = HashMap::new();
+        for l in &limits {
+            let mut allow = u64::MAX;
+            if let Some(max) = l.limit.max_running {
+                allow = allow.min((max as u64).saturating_sub(running.get(&l.limit.name).copied().unwrap_or(0)));
+            }
+            if let Some(rate) = l.limit.rate_per_s {
+                let elapsed = (now - l.refilled_at).max(0) as f64 / 1000.0;
+                let level = (l.tokens + elapsed * rate).min(l.limit.effective_burst());
+                levels.insert(l.limit.name.clone(), level);
+                allow = allow.min(level.floor().max(0.0) as u64);
+            }
+            allowance.insert(l.limit.name.clone(), allow);
+        }
+        let full: Vec<&String> = allowance.iter().filter(|(_, a)| **a == 0).map(|(n, _)| n).collect();
+        let excluded = if full.is_empty() { None } else { serde_json::to_string(&full).ok() };
+        let before = allowance.clone();
+        let c = ClaimCtx { now, resources, excluded: excluded.as_deref() };
+        let mut allow = Some(allowance);
+        let tasks = self.claim_merged(p, &c, Some(&tx0), &mut allow)?;
+        let after = allow.unwrap_or_default();
+        for (name, level) in levels {
+            let used = before.get(&name).copied().unwrap_or(0) - after.get(&name).copied().unwrap_or(0);
+            tx0.prepare_cached(sql::LIMIT_TOKENS)?.execute(params![name, level - used as f64, now])?;
+        }
+        tx0.commit()?;
+        Ok(tasks)
+    }
+
+    /// Refuses a batch that would take a capped queue over its capacity.
+    /// Checked before writing; producers in other processes racing this one
+    /// can overshoot by their own in-flight sends.
+    fn check_capacity(&self, tasks: &[NewTask]) -> Result<()> {
+        let caps: Vec<(String, u64)> = {
+            let conn = self.shards[0].conn.lock();
+            let any: i64 = conn.prepare_cached(sql::CAPACITY_ANY)?.query_row([], |r| r.get(0))?;
+            if any == 0 {
+                return Ok(());
+            }
+            let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            let mut caps = Vec::new();
+            for q in queues {
+                let cap: Option<i64> =
+                    conn.prepare_cached(sql::CAPACITY_GET)?.query_row([q], |r| r.get(0)).optional()?;
+                if let Some(cap) = cap {
+                    caps.push((q.to_string(), cap.max(0) as u64));
+                }
+            }
+            caps
+        };
+        for (queue, cap) in caps {
+            let mut new = 0u64;
+            for t in tasks.iter().filter(|t| t.queue == queue) {
+                let exists = match &t.key {
+                    Some(k) => self.get_by_key(&queue, std::slice::from_ref(k))?.pop().flatten().is_some(),
+                    None => false,
+                };
+                new += u64::from(!exists);
+            }
+            if new > 0 && self.unfinished(&queue)? + new > cap {
+                return Err(Error::QueueFull { queue, limit: cap });
+            }
+        }
+        Ok(())
     }
 
     fn claim_order(a: &Task, b: &Task) -> std::cmp::Ordering {
@@ -436,6 +629,7 @@ impl Store for SqliteStore {
         for t in tasks {
             t.validate(self.config.max_payload)?;
         }
+        self.check_capacity(tasks)?;
         let now = self.clock.now_ms();
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
         for (i, t) in tasks.iter().enumerate() {
@@ -482,6 +676,7 @@ impl Store for SqliteStore {
                         t.backoff.map(|b| b.encode()),
                         t.result_ttl_ms,
                         local,
+                        t.requires,
                     ])?;
                     last = local;
                     out[i] = Enqueued { id: self.global(s, local), inserted: true };
@@ -499,37 +694,14 @@ impl Store for SqliteStore {
     fn claim(&self, p: &ClaimParams) -> Result<Vec<Task>> {
         check_claim(p)?;
         let now = self.clock.now_ms();
-        // Peek (a read, no write lock) so an idle claim never blocks writers,
-        // and so several shards can be merged in priority order.
-        let peek_limit = if self.shards.len() == 1 { 1 } else { p.limit };
-        let mut heads: Vec<(i32, i64, i64, usize)> = Vec::new();
-        for (s, shard) in self.shards.iter().enumerate() {
-            let conn = shard.conn.lock();
-            let mut stmt = conn.prepare_cached(sql::PEEK_READY)?;
-            let mut rows = stmt.query(params![p.queue, now, peek_limit])?;
-            while let Some(r) = rows.next()? {
-                heads.push((r.get(0)?, r.get(1)?, self.global(s, r.get(2)?), s));
-            }
+        let resources = p.resources.as_deref().unwrap_or("{}");
+        let conn0 = self.shards[0].conn.lock();
+        let limited: i64 = conn0.prepare_cached(sql::LIMITS_ANY)?.query_row([], |r| r.get(0))?;
+        if limited > 0 {
+            return self.claim_limited(p, now, resources, conn0);
         }
-        if heads.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tasks = if self.shards.len() == 1 {
-            self.claim_shard(0, p, p.limit, now)?
-        } else {
-            heads.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-            let mut per_shard = vec![0u32; self.shards.len()];
-            for h in heads.iter().take(p.limit as usize) {
-                per_shard[h.3] += 1;
-            }
-            let mut all = Vec::new();
-            for (s, k) in per_shard.into_iter().enumerate().filter(|(_, k)| *k > 0) {
-                all.extend(self.claim_shard(s, p, k, now)?);
-            }
-            all
-        };
-        tasks.sort_by(Self::claim_order);
-        Ok(tasks)
+        drop(conn0);
+        self.claim_merged(p, &ClaimCtx { now, resources, excluded: None }, None, &mut None)
     }
 
     fn heartbeat(&self, p: &HeartbeatParams) -> Result<Vec<HeartbeatOutcome>> {
@@ -850,6 +1022,85 @@ impl Store for SqliteStore {
             };
         }
         Ok(best)
+    }
+
+    fn register_worker(&self, w: &WorkerInfo) -> Result<()> {
+        let queues = serde_json::to_string(&w.queues).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let now = self.clock.now_ms();
+        self.write(0, |tx| {
+            tx.prepare_cached(sql::WORKER_UPSERT)?.execute(params![w.id, w.host, w.pid, now, queues])?;
+            Ok(())
+        })
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let conn = self.shards[0].conn.lock();
+        let mut stmt = conn.prepare_cached(sql::WORKERS)?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let queues: String = r.get(5)?;
+            out.push(WorkerInfo {
+                id: r.get(0)?,
+                host: r.get(1)?,
+                pid: r.get(2)?,
+                started_at: r.get(3)?,
+                heartbeat_at: r.get(4)?,
+                queues: serde_json::from_str(&queues).map_err(|e| Error::Corrupt(e.to_string()))?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn remove_worker(&self, id: &str) -> Result<bool> {
+        self.write(0, |tx| Ok(tx.prepare_cached(sql::WORKER_DELETE)?.execute([id])? == 1))
+    }
+
+    fn set_capacity(&self, queue: &str, capacity: Option<u64>) -> Result<()> {
+        if queue.is_empty() {
+            return Err(Error::InvalidArgument("queue name must not be empty".into()));
+        }
+        let cap = capacity.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+        self.write(0, |tx| {
+            match cap {
+                Some(c) => tx.prepare_cached(sql::CAPACITY_SET)?.execute(params![queue, c])?,
+                None => tx.prepare_cached(sql::CAPACITY_DELETE)?.execute([queue])?,
+            };
+            Ok(())
+        })
+    }
+
+    fn capacity(&self, queue: &str) -> Result<Option<u64>> {
+        let conn = self.shards[0].conn.lock();
+        let cap: Option<i64> = conn.prepare_cached(sql::CAPACITY_GET)?.query_row([queue], |r| r.get(0)).optional()?;
+        Ok(cap.map(|c| c.max(0) as u64))
+    }
+
+    fn set_function_limit(&self, limit: &FunctionLimit) -> Result<()> {
+        limit.validate()?;
+        let now = self.clock.now_ms();
+        self.write(0, |tx| {
+            if limit.max_running.is_none() && limit.rate_per_s.is_none() {
+                tx.prepare_cached(sql::LIMIT_DELETE)?.execute([&limit.name])?;
+            } else {
+                tx.prepare_cached(sql::LIMIT_SET)?.execute(params![
+                    limit.name,
+                    limit.max_running,
+                    limit.rate_per_s,
+                    limit.burst,
+                    now,
+                    limit.effective_burst()
+                ])?;
+            }
+            Ok(())
+        })?;
+        self.wake.bump();
+        Ok(())
+    }
+
+    fn function_limits(&self) -> Result<Vec<FunctionLimit>> {
+        let conn = self.shards[0].conn.lock();
+        Ok(read_limits(&conn)?.into_iter().map(|l| l.limit).collect())
     }
 
     fn change_token(&self) -> Result<u64> {

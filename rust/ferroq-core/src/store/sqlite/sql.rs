@@ -17,7 +17,8 @@ macro_rules! task_columns {
     () => {
         "id, queue, name, payload, priority, status, run_at, attempts, max_attempts, \
          lease_until, worker, key, batch, progress, result, error, created_at, started_at, \
-         finished_at, expires_at, metadata, cancel_requested, backoff, result_ttl, purge_at"
+         finished_at, expires_at, metadata, cancel_requested, backoff, result_ttl, purge_at, \
+         requires"
     };
 }
 
@@ -49,7 +50,8 @@ CREATE TABLE task (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     backoff TEXT,
     result_ttl INTEGER,
-    purge_at INTEGER
+    purge_at INTEGER,
+    requires TEXT
 );
 -- Same columns, same order as ORDER BY in CLAIM / PEEK_READY.
 CREATE INDEX task_ready ON task (queue, priority DESC, run_at, id) WHERE status = 0;
@@ -82,7 +84,8 @@ CREATE TABLE task_done (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     backoff TEXT,
     result_ttl INTEGER,
-    purge_at INTEGER
+    purge_at INTEGER,
+    requires TEXT
 );
 CREATE UNIQUE INDEX task_done_key ON task_done (queue, key) WHERE key IS NOT NULL;
 CREATE INDEX task_done_finished ON task_done (finished_at);
@@ -95,6 +98,24 @@ CREATE TABLE listen_log (
     at INTEGER NOT NULL
 );
 CREATE INDEX listen_log_key ON listen_log (key, version);
+-- Store-wide tables; only shard 0's copies are used.
+CREATE TABLE worker (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    queues TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE queue_setting (queue TEXT PRIMARY KEY, capacity INTEGER) WITHOUT ROWID;
+CREATE TABLE function_limit (
+    name TEXT PRIMARY KEY,
+    max_running INTEGER,
+    rate_per_s REAL,
+    burst REAL,
+    tokens REAL NOT NULL,
+    refilled_at INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Reads one meta value.
@@ -116,31 +137,102 @@ pub const FIND_KEY: &str = "SELECT id FROM task WHERE queue = ?1 AND key = ?2
 /// counter for all its shards (so that id order follows enqueue order
 /// across shards), never at or below the shard's `LAST_LOCAL_ID`.
 pub const INSERT_TASK: &str = "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
-    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl)
-    VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
+    requires)
+    VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15)";
 
 /// The highest local id the shard's `task` table ever handed out. Rows
 /// moved to `task_done` keep their ids, so this covers both tables.
 pub const LAST_LOCAL_ID: &str =
     "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'task'), 0)";
 
+/// A task's requirements are met by the worker's resources (JSON ?R);
+/// `requires IS NULL` first so tasks without requirements cost nothing.
+macro_rules! requirements_met {
+    ($r:literal) => {
+        concat!(
+            "(requires IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(requires) AS r
+              WHERE r.value > coalesce(json_extract(",
+            $r,
+            ", '$.\"' || r.key || '\"'), 0)))"
+        )
+    };
+}
+
 /// The head of a queue's ready tasks, in claim order (multi-shard merge).
-pub const PEEK_READY: &str = "SELECT priority, run_at, id FROM task
+/// ?4 resources (JSON), ?5 task names not to claim (JSON array or NULL).
+pub const PEEK_READY: &str = concat!(
+    "SELECT priority, run_at, id FROM task
     WHERE queue = ?1 AND status = 0 AND run_at <= ?2
       AND (expires_at IS NULL OR expires_at > ?2)
-    ORDER BY priority DESC, run_at, id LIMIT ?3";
+      AND (?5 IS NULL OR name NOT IN (SELECT value FROM json_each(?5)))
+      AND ",
+    requirements_met!("?4"),
+    " ORDER BY priority DESC, run_at, id LIMIT ?3"
+);
 
-/// Claims up to ?3 ready tasks of queue ?1 for worker ?4 with lease ?5.
+/// Claims up to ?3 ready tasks of queue ?1 for worker ?4 with lease ?5;
+/// ?6 resources (JSON), ?7 task names not to claim (JSON array or NULL).
 pub const CLAIM: &str = concat!(
     "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = ?5, worker = ?4,
         started_at = ?2, cancel_requested = 0
     WHERE id IN (SELECT id FROM task
         WHERE queue = ?1 AND status = 0 AND run_at <= ?2
           AND (expires_at IS NULL OR expires_at > ?2)
-        ORDER BY priority DESC, run_at, id LIMIT ?3)
+          AND (?7 IS NULL OR name NOT IN (SELECT value FROM json_each(?7)))
+          AND ",
+    requirements_met!("?6"),
+    " ORDER BY priority DESC, run_at, id LIMIT ?3)
     RETURNING ",
     task_columns!()
 );
+
+/// Gives back a task a limited claim took beyond its allowance (the attempt
+/// is not counted: it never started).
+pub const UNCLAIM: &str = "UPDATE task SET status = 0, attempts = attempts - 1,
+    lease_until = NULL, worker = NULL, started_at = NULL WHERE id = ?1 AND status = 1";
+
+/// Running tasks per name.
+pub const RUNNING_BY_NAME: &str =
+    "SELECT name, count(*) FROM task WHERE status = 1 GROUP BY name";
+
+/// Records or refreshes a worker (?4 = now).
+pub const WORKER_UPSERT: &str = "INSERT INTO worker (id, host, pid, started_at, heartbeat_at, queues)
+    VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+    ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+        heartbeat_at = excluded.heartbeat_at, queues = excluded.queues";
+/// Every worker.
+pub const WORKERS: &str =
+    "SELECT id, host, pid, started_at, heartbeat_at, queues FROM worker ORDER BY id";
+/// Forgets a worker.
+pub const WORKER_DELETE: &str = "DELETE FROM worker WHERE id = ?1";
+
+/// Sets a queue's capacity.
+pub const CAPACITY_SET: &str = "INSERT INTO queue_setting (queue, capacity) VALUES (?1, ?2)
+    ON CONFLICT (queue) DO UPDATE SET capacity = excluded.capacity";
+/// Removes a queue's capacity.
+pub const CAPACITY_DELETE: &str = "DELETE FROM queue_setting WHERE queue = ?1";
+/// One queue's capacity.
+pub const CAPACITY_GET: &str = "SELECT capacity FROM queue_setting WHERE queue = ?1";
+/// Whether any queue has a capacity (skips the per-send check when none does).
+pub const CAPACITY_ANY: &str = "SELECT count(*) FROM queue_setting";
+
+/// Sets a function limit; a new bucket starts full (?6 = the burst in
+/// effect, ?5 = now).
+pub const LIMIT_SET: &str = "INSERT INTO function_limit
+    (name, max_running, rate_per_s, burst, tokens, refilled_at) VALUES (?1, ?2, ?3, ?4, ?6, ?5)
+    ON CONFLICT (name) DO UPDATE SET max_running = excluded.max_running,
+        rate_per_s = excluded.rate_per_s, burst = excluded.burst, tokens = min(tokens, ?6)";
+/// Removes a function limit.
+pub const LIMIT_DELETE: &str = "DELETE FROM function_limit WHERE name = ?1";
+/// Whether any function limit exists (plain claims skip the limit logic).
+pub const LIMITS_ANY: &str = "SELECT count(*) FROM function_limit";
+/// Every function limit with its bucket.
+pub const LIMITS: &str = "SELECT name, max_running, rate_per_s, burst, tokens, refilled_at
+    FROM function_limit ORDER BY name";
+/// Stores a bucket's new level.
+pub const LIMIT_TOKENS: &str =
+    "UPDATE function_limit SET tokens = ?2, refilled_at = ?3 WHERE name = ?1";
 
 /// Earliest run_at among a queue's queued tasks that can still run at
 /// ?2 = now or later: one past its deadline never becomes claimable, and
@@ -181,7 +273,7 @@ pub const MOVE_TO_DONE: &str = concat!(
     ") SELECT id, queue, name, payload, priority, ?2, run_at, attempts, max_attempts,
         NULL, worker, key, batch, progress, ?3, coalesce(?4, error), created_at, started_at,
         ?5, expires_at, metadata, cancel_requested, backoff, result_ttl,
-        ?5 + coalesce(result_ttl, ?6)
+        ?5 + coalesce(result_ttl, ?6), requires
     FROM task WHERE id = ?1 AND status = ?7 AND (?8 IS NULL OR worker = ?8)"
 );
 /// Second half of a move: drop the row from `task`.
@@ -193,7 +285,7 @@ pub const RETRY_FROM_DONE: &str = concat!(
     task_columns!(),
     ") SELECT id, queue, name, payload, priority, 0, ?2, 0, max_attempts,
         NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
-        NULL, NULL, metadata, 0, backoff, result_ttl, NULL
+        NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires
     FROM task_done WHERE id = ?1 AND status IN (3, 4, 5)"
 );
 /// Second half of a retry: drop the row from `task_done`.
