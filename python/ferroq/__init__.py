@@ -42,14 +42,18 @@ from ._errors import (
 from .backoff import Backoff
 from .context import Retry, TaskContext, current_task
 from .handle import TaskHandle
-from .queue import Queue, default_queue, set_default_queue
-from .scheduler import QueueScheduler
+from .listen import listener
+from .queue import ExternalTask, Queue, default_queue, set_default_queue
+from .resources import default_probe, gpu_probe
+from .scheduler import CleanupIntervals, QueueScheduler
 from .task import TaskFunction, discover, task
 
 __all__ = [
     "AlreadyFinishedError",
     "Backoff",
+    "CleanupIntervals",
     "CorruptStoreError",
+    "ExternalTask",
     "FerroqError",
     "InvalidArgumentError",
     "InvalidTransitionError",
@@ -77,8 +81,11 @@ __all__ = [
     "TokenBucket",
     "UnknownTaskError",
     "current_task",
+    "default_probe",
     "default_queue",
     "discover",
+    "gpu_probe",
+    "listener",
     "set_default_queue",
     "task",
 ]

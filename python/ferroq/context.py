@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ._errors import TaskCancelledError
 
@@ -33,8 +33,15 @@ class Retry(Exception):
 class TaskContext:
     """The running task's own view: id, attempt, progress and cancellation."""
 
-    def __init__(self, store: _core.Store, task: _core.Task, worker: str) -> None:
+    def __init__(
+        self,
+        store: Optional[_core.Store],
+        task: _core.Task,
+        worker: str,
+        report_progress: Optional[Callable[[float], None]] = None,
+    ) -> None:
         self._store = store
+        self._report_progress = report_progress
         self.id: int = task.id
         self.name: str = task.name
         self.queue: str = task.queue
@@ -48,12 +55,19 @@ class TaskContext:
 
     def progress(self, value: float) -> None:
         """Records progress (0..1), readable through ``handle.progress()``."""
-        self._store.progress(self.id, self.worker, float(value))
+        if self._report_progress is not None:
+            self._report_progress(float(value))
+        elif self._store is not None:
+            self._store.progress(self.id, self.worker, float(value))
 
     def is_cancelled(self) -> bool:
         """True once someone asked this task to stop. Long tasks should check
         it and return (or call :meth:`raise_if_cancelled`)."""
-        if not self._cancelled and time.monotonic() - self._checked > _CANCEL_CHECK_S:
+        if (
+            not self._cancelled
+            and self._store is not None
+            and time.monotonic() - self._checked > _CANCEL_CHECK_S
+        ):
             self._checked = time.monotonic()
             t = self._store.get(self.id)
             self._cancelled = t is None or t.cancel_requested or t.status != "running"

@@ -4,30 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 from typing_extensions import ParamSpec
 
 from . import _core
-from ._errors import FerroqError, InvalidArgumentError
+from ._errors import FerroqError, InvalidArgumentError, QueueFullError
 from .backoff import Backoff
 from .handle import TaskHandle
+from .listen import listener
 from .receive import ReceiveLoop
-from .serialization import encode, serializer_name
+from .serialization import decode, encode, serializer_name
 from .task import (
     SendOptions,
     TaskFunction,
     TaskOptions,
     lookup,
     make_task,
+    parse_rate,
 )
 
 __all__ = ["Queue", "default_queue", "set_default_queue"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[[Any], Any])
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "expired")
 
@@ -51,6 +56,9 @@ class Queue:
         self.store = _core.Store(url)
         self._receiver: Optional[ReceiveLoop] = None
         self._receiver_lock = threading.Lock()
+        #: The worker name :meth:`claim` uses when none is given.
+        self.external_worker = f"external:{socket.gethostname()}:{os.getpid()}"
+
 
     # -- tasks ---------------------------------------------------------------
 
@@ -71,6 +79,9 @@ class Queue:
         result_ttl: Optional[float] = None,
         expires: Optional[float] = None,
         serializer: Optional[str] = None,
+        concurrency: Optional[int] = None,
+        rate_limit: Union[str, float, None] = None,
+        requires: Optional[dict[str, float]] = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
     def task(
@@ -87,6 +98,9 @@ class Queue:
         result_ttl: Optional[float] = None,
         expires: Optional[float] = None,
         serializer: Optional[str] = None,
+        concurrency: Optional[int] = None,
+        rate_limit: Union[str, float, None] = None,
+        requires: Optional[dict[str, float]] = None,
     ) -> Union[TaskFunction[P, R], Callable[[Callable[P, R]], TaskFunction[P, R]]]:
         """``@queue.task``: like :func:`ferroq.task`, bound to this queue, so
         ``fn.send(...)`` always enqueues here."""
@@ -99,6 +113,9 @@ class Queue:
             result_ttl=result_ttl,
             expires=expires,
             serializer=serializer or self.serializer,
+            concurrency=concurrency,
+            rate_limit=parse_rate(rate_limit),
+            requires=requires,
         )
         if fn is not None:
             return make_task(fn, self, name, options)
@@ -146,10 +163,8 @@ class Queue:
                 metadata = json.dumps(o.metadata)
             except (TypeError, ValueError) as e:
                 raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
-        task_id, _inserted = self.store.enqueue(
-            o.queue or d.queue,
-            fn.name,
-            payload,
+        queue_name = o.queue or d.queue
+        kwargs_: dict[str, Any] = dict(
             priority=o.priority if o.priority is not None else d.priority,
             run_at=run_at,
             max_attempts=retries + 1,
@@ -159,7 +174,20 @@ class Queue:
             metadata=metadata,
             backoff=d.backoff.encode() if d.backoff is not None else None,
             result_ttl_ms=int(d.result_ttl * 1000) if d.result_ttl is not None else None,
+            requires=json.dumps(d.requires) if d.requires is not None else None,
         )
+        deadline = None if o.wait is None else time.monotonic() + o.wait
+        while True:
+            token = self.store.change_token()
+            try:
+                task_id, _inserted = self.store.enqueue(queue_name, fn.name, payload, **kwargs_)
+                break
+            except QueueFullError:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is None or left <= 0:
+                    raise
+                # A task finishing somewhere commits, which moves the token.
+                self.store.wait_for_change(token, min(left, 0.5))
         handle: TaskHandle[R] = TaskHandle(self, task_id, fn)
         if o.callback is not None:
             self._receive_loop().watch(handle, o.callback)
@@ -219,6 +247,79 @@ class Queue:
             before = int((time.time() - older_than) * 1000)
         return self.store.purge(before)
 
+    # -- listen data ---------------------------------------------------------
+
+    def update_listen_data(self, key: str, value: Any) -> int:
+        """Sets the listen data under ``key``: every scheduler with a
+        ``@listener(key)`` runs it once with ``value``. Returns the change's
+        version."""
+        return self.store.listen_set(key, encode(value, self.serializer))
+
+    def listen_data(self, key: str, default: Any = None) -> Any:
+        """The latest value set under ``key`` (``default`` when none)."""
+        found = self.store.listen_get(key)
+        if found is None:
+            return default
+        return decode(found[1], allow_pickle=self.serializer == "pickle")
+
+    def listener(self, key: str) -> Callable[[F], F]:
+        """``@queue.listener("key")``: a listener run only by this queue's schedulers."""
+        return listener(key, queue=self)
+
+    # -- capacity ------------------------------------------------------------
+
+    def set_capacity(self, queue: str, capacity: Optional[int]) -> None:
+        """Caps the unfinished tasks of ``queue`` (None removes the cap).
+        Sends beyond it raise :class:`QueueFullError`, or wait with
+        ``fn.options(wait=seconds)``."""
+        if capacity is not None and capacity < 0:
+            raise InvalidArgumentError(f"capacity must be >= 0, got {capacity}")
+        self.store.set_capacity(queue, capacity)
+
+    def capacity(self, queue: str) -> Optional[int]:
+        """The cap on unfinished tasks of ``queue``, if any."""
+        return self.store.capacity(queue)
+
+    # -- tasks finished from outside ----------------------------------------
+
+    def claim(
+        self, queue: str = "default", *, worker: Optional[str] = None, lease: float = 300.0
+    ) -> Optional[ExternalTask]:
+        """Hands out the next ready task of ``queue`` to be finished by
+        something other than a worker function (a person, another service),
+        with a lease of ``lease`` seconds. Finish it with :meth:`complete` or
+        :meth:`fail` under the same ``worker`` name (default: this process's)."""
+        who = worker or self.external_worker
+        got = self.store.claim(queue, who, 1, int(lease * 1000))
+        return ExternalTask(self, got[0], who) if got else None
+
+    def active(
+        self, queue: str = "default", *, worker: Optional[str] = None, lease: float = 300.0
+    ) -> Optional[ExternalTask]:
+        """The one task currently handed out in a queue served one at a
+        time; when none is, the next one is handed out (None if the queue is
+        empty)."""
+        who = worker or self.external_worker
+        running = self.store.list_tasks(queue=queue, status="running", limit=1)
+        if running:
+            t = running[0]
+            return ExternalTask(self, t, t.worker or who)
+        return self.claim(queue, worker=who, lease=lease)
+
+    def complete(self, id: int, result: Any = None, *, worker: Optional[str] = None) -> None:
+        """Finishes a task handed out by :meth:`claim` with ``result``."""
+        self.store.complete(id, worker or self.external_worker, encode(result, self.serializer))
+
+    def fail(
+        self, id: int, error: str, *, worker: Optional[str] = None, retry: bool = False
+    ) -> str:
+        """Fails a task handed out by :meth:`claim`; with ``retry`` it goes
+        back to the queue while attempts remain. Returns its new status."""
+        return self.store.fail(
+            id, worker or self.external_worker, _external_error(error),
+            "backoff" if retry else "never",
+        )
+
     # -- lifecycle -----------------------------------------------------------
 
     def _receive_loop(self) -> ReceiveLoop:
@@ -251,6 +352,45 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<Queue {self.url!r}>"
+
+
+def _external_error(message: str) -> str:
+    return json.dumps({"type": "ferroq.ExternalError", "message": message, "traceback": ""})
+
+
+@dataclass
+class ExternalTask:
+    """A task handed out by :meth:`Queue.claim` to be finished from outside."""
+
+    queue: Queue
+    record: _core.Task
+    worker: str
+
+    @property
+    def id(self) -> int:
+        """The task id."""
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        """The task name it was sent under."""
+        return self.record.name
+
+    @property
+    def args(self) -> tuple[list[Any], dict[str, Any]]:
+        """The decoded (positional, keyword) arguments it was sent with."""
+        args, kwargs = decode(
+            self.record.payload, allow_pickle=self.queue.serializer == "pickle"
+        )
+        return list(args), dict(kwargs)
+
+    def complete(self, result: Any = None) -> None:
+        """Finishes the task with ``result``."""
+        self.queue.complete(self.id, result, worker=self.worker)
+
+    def fail(self, error: str, *, retry: bool = False) -> str:
+        """Fails the task (see :meth:`Queue.fail`)."""
+        return self.queue.fail(self.id, error, worker=self.worker, retry=retry)
 
 
 def set_default_queue(queue: Optional[Queue]) -> None:

@@ -52,6 +52,30 @@ class TaskOptions:
     result_ttl: Optional[float] = None
     expires: Optional[float] = None
     serializer: str = "json"
+    concurrency: Optional[int] = None
+    rate_limit: Optional[float] = None
+    requires: Optional[dict[str, float]] = None
+
+
+def parse_rate(rate: Union[str, float, None]) -> Optional[float]:
+    """Parses a rate limit: ``"100/s"``, ``"30/m"``, ``"500/h"`` or a number
+    per second."""
+    if rate is None:
+        return None
+    if isinstance(rate, (int, float)):
+        per_s = float(rate)
+    else:
+        count, _, unit = str(rate).partition("/")
+        seconds = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+        try:
+            per_s = float(count) / seconds[unit.strip() or "s"]
+        except (KeyError, ValueError):
+            raise InvalidArgumentError(
+                f"rate_limit {rate!r} is not like '100/s', '30/m' or '500/h'"
+            ) from None
+    if not per_s > 0:
+        raise InvalidArgumentError(f"rate_limit must be > 0, got {rate!r}")
+    return per_s
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,7 @@ class SendOptions:
     retries: Optional[int] = None
     expires: Optional[float] = None
     metadata: Optional[dict[str, Any]] = None
+    wait: Optional[float] = None
     callback: Optional[Callable[[Any], None]] = field(default=None, compare=False)
 
 
@@ -119,14 +144,17 @@ class TaskFunction(Generic[P, R]):
         retries: Optional[int] = None,
         expires: Optional[Union[float, timedelta]] = None,
         metadata: Optional[dict[str, Any]] = None,
+        wait: Optional[float] = None,
         callback: Optional[Callable[[TaskHandle[R]], None]] = None,
     ) -> TaskCall[P, R]:
         """Overrides for one send: ``fn.options(priority=5, key="a").send(x)``.
 
         ``delay`` (seconds or timedelta) or ``run_at`` schedule the task;
         ``key`` makes the send idempotent within the queue; ``expires``
-        (seconds from now) is a deadline to start by; ``callback`` is called
-        with the handle in this process once the task has finished.
+        (seconds from now) is a deadline to start by; ``wait`` (seconds) waits
+        for room when the queue is at capacity instead of raising
+        :class:`QueueFullError`; ``callback`` is called with the handle in
+        this process once the task has finished.
         """
         if isinstance(delay, timedelta):
             delay = delay.total_seconds()
@@ -144,6 +172,7 @@ class TaskFunction(Generic[P, R]):
                 retries=retries,
                 expires=expires,
                 metadata=metadata,
+                wait=wait,
                 callback=callback,
             ),
         )
@@ -187,6 +216,14 @@ def _check_options(options: TaskOptions) -> TaskOptions:
         raise InvalidArgumentError(f"result_ttl must be >= 0 seconds, got {options.result_ttl!r}")
     if not options.queue:
         raise InvalidArgumentError("queue name must not be empty")
+    if options.concurrency is not None and (
+        not isinstance(options.concurrency, int) or options.concurrency < 1
+    ):
+        raise InvalidArgumentError(f"concurrency must be an int >= 1, got {options.concurrency!r}")
+    if options.requires is not None:
+        for k, v in options.requires.items():
+            if not isinstance(v, (int, float)) or v < 0:
+                raise InvalidArgumentError(f"requires[{k!r}] must be a number >= 0, got {v!r}")
     serializer_name(options.serializer)
     return options
 
@@ -247,6 +284,9 @@ def task(
     result_ttl: Optional[float] = None,
     expires: Optional[float] = None,
     serializer: str = "json",
+    concurrency: Optional[int] = None,
+    rate_limit: Union[str, float, None] = None,
+    requires: Optional[dict[str, float]] = None,
 ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
 
@@ -263,6 +303,9 @@ def task(
     result_ttl: Optional[float] = None,
     expires: Optional[float] = None,
     serializer: str = "json",
+    concurrency: Optional[int] = None,
+    rate_limit: Union[str, float, None] = None,
+    requires: Optional[dict[str, float]] = None,
 ) -> Union[TaskFunction[P, R], Callable[[Callable[P, R]], TaskFunction[P, R]]]:
     """Registers a function as a task, bare (``@task``) or with options.
 
@@ -276,7 +319,11 @@ def task(
     :class:`Backoff`; exponential from 1 s by default), ``timeout``
     (seconds per attempt), ``result_ttl`` (seconds a finished task is
     kept), ``expires`` (seconds after sending by which it must start),
-    ``serializer`` (``"json"`` or ``"pickle"``).
+    ``serializer`` (``"json"`` or ``"pickle"``), ``concurrency`` (at most
+    this many running at once across every worker of the store),
+    ``rate_limit`` (``"100/s"``, ``"30/m"``: claims per time across every
+    worker), ``requires`` (what a worker must offer, e.g.
+    ``{"gpu_memory_gb": 8}``; see ``QueueScheduler(resources=...)``).
     """
     options = TaskOptions(
         queue=queue,
@@ -287,6 +334,9 @@ def task(
         result_ttl=result_ttl,
         expires=expires,
         serializer=serializer,
+        concurrency=concurrency,
+        rate_limit=parse_rate(rate_limit),
+        requires=requires,
     )
     if fn is not None:
         return make_task(fn, None, name, options)

@@ -1,13 +1,22 @@
 """``QueueScheduler``: runs tasks in a long-lived process.
 
-It owns a few loops, one file each: the task loop (one per worker thread:
-claim a batch, run it, store the outcomes), the monitor loop (heartbeats,
-soft timeouts, cancellation flags), and uses the queue's receive loop for
-callbacks. Each loop has a ``tick()`` step that tests can drive directly.
+It owns a few loops, one file each, every one with a ``tick()`` step that
+tests can drive directly:
+
+* task loops — claim batches and run them: on threads (default), in child
+  processes (hard timeouts), or on an asyncio event loop;
+* the monitor — heartbeats, cancellation delivery, soft timeouts;
+* the cleanup loop — worker records, recovery of dead workers' tasks and of
+  expired leases, deadlines, retention;
+* the listen loop — ``@listener`` functions on listen-data changes.
+
+Callbacks given at send time are delivered by the sending queue's receive
+loop.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -16,31 +25,51 @@ import threading
 import time
 import uuid
 from types import FrameType
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Mapping, Optional, Sequence, Union
 
+from ..resources import ResourceProbe, default_probe
 from ..task import registered
+from .async_loop import AsyncTaskLoop
+from .cleanup import CleanupIntervals, CleanupLoop
 from .inflight import InFlight
+from .listen_loop import ListenLoop
 from .monitor import MonitorLoop
-from .task_loop import TaskLoop
+from .process_loop import ProcessTaskLoop
+from .task_loop import ClaimingLoop, ThreadTaskLoop
 
 if TYPE_CHECKING:
     from ..queue import Queue
 
-__all__ = ["QueueScheduler", "StatusHook"]
+__all__ = ["CleanupIntervals", "Mode", "QueueScheduler", "StatusHook"]
 
 log = logging.getLogger("ferroq.scheduler")
 
 StatusHook = Callable[[int, str, str], None]
+Mode = Literal["thread", "process", "asyncio"]
+_MODES = ("thread", "process", "asyncio")
+# How long a resource probe's answer is reused.
+_PROBE_TTL_S = 5.0
 
 
 class QueueScheduler:
-    """Claims and runs tasks from ``queue`` on ``concurrency`` threads.
+    """Claims and runs tasks from ``queue``.
 
-    ``queues`` names the queues to serve (default: ``"default"`` and every
-    queue a registered task uses). ``lease`` is how long a claim stays
-    valid without a heartbeat (heartbeats run every ``lease / 3``);
-    ``batch_size`` caps how many tasks one thread claims at once (it claims
-    about 50 ms of work, one at a time for slow tasks).
+    * ``concurrency``: worker threads (thread mode), child processes
+      (process mode), or tasks in flight (asyncio mode);
+    * ``queues``: queue names to serve (default: ``"default"`` and every
+      queue a registered task uses);
+    * ``mode``: ``"thread"`` (default), ``"process"`` (CPU-bound work; a
+      task past its timeout has its process killed), or ``"asyncio"``
+      (``async def`` tasks, hundreds in flight on one thread); ``modes``
+      overrides it per queue, e.g. ``{"render": "process"}``;
+    * ``lease``: seconds a claim stays valid without a heartbeat
+      (heartbeats run every ``lease / 3``);
+    * ``batch_size``: most tasks one thread claims at once (it claims about
+      50 ms of work; one at a time for slow tasks);
+    * ``resources``: what this host offers to tasks with ``requires=``: a
+      dict, a probe function, or None for :func:`ferroq.resources.default_probe`;
+    * ``cleanup``: :class:`CleanupIntervals`; ``replay_listen``: run
+      listeners for listen data set before the scheduler started.
 
     Use ``start()`` / ``stop(grace)``, a ``with`` block, or
     ``run_forever()``, which stops gracefully on SIGINT or SIGTERM.
@@ -52,9 +81,14 @@ class QueueScheduler:
         *,
         concurrency: int = 4,
         queues: Optional[Sequence[str]] = None,
+        mode: Mode = "thread",
+        modes: Optional[Mapping[str, Mode]] = None,
         lease: float = 30.0,
         batch_size: int = 32,
         hooks: Sequence[StatusHook] = (),
+        resources: Union[None, Mapping[str, float], ResourceProbe] = None,
+        cleanup: Optional[CleanupIntervals] = None,
+        replay_listen: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -62,9 +96,14 @@ class QueueScheduler:
             raise ValueError(f"lease must be > 0.1 seconds, got {lease}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for m in [mode, *(modes or {}).values()]:
+            if m not in _MODES:
+                raise ValueError(f"mode must be one of {_MODES}, got {m!r}")
         self.queue = queue
         self.store = queue.store
         self.concurrency = concurrency
+        self.mode: Mode = mode
+        self.modes = dict(modes or {})
         self.lease_ms = int(lease * 1000)
         self.batch_size = batch_size
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -74,8 +113,21 @@ class QueueScheduler:
         self.stopping = threading.Event()
         self._hooks: list[StatusHook] = list(hooks)
         self._threads: list[threading.Thread] = []
-        self.loops: list[TaskLoop] = []
+        self.loops: list[ClaimingLoop] = []
         self.monitor = MonitorLoop(self)
+        self.cleanup = CleanupLoop(self, cleanup or CleanupIntervals())
+        self.listen: Optional[ListenLoop] = None
+        self._replay_listen = replay_listen
+        self._probe: ResourceProbe
+        if resources is None:
+            self._probe = default_probe
+        elif callable(resources):
+            self._probe = resources
+        else:
+            fixed = {k: float(v) for k, v in resources.items()}
+            self._probe = lambda: fixed
+        self._resources_json: Optional[str] = None
+        self._probed_at = -_PROBE_TTL_S
         self._started = False
 
     @property
@@ -85,6 +137,18 @@ class QueueScheduler:
             names = {"default"} | {t.defaults.queue for t in registered().values()}
             return sorted(names)
         return list(self._queues)
+
+    def resources_json(self) -> str:
+        """What this host offers, as JSON, from the probe (cached briefly)."""
+        now = time.monotonic()
+        if self._resources_json is None or now - self._probed_at > _PROBE_TTL_S:
+            try:
+                self._resources_json = json.dumps(self._probe())
+            except Exception:
+                log.exception("resource probe failed; offering none")
+                self._resources_json = "{}"
+            self._probed_at = now
+        return self._resources_json
 
     def on_status_change(self, hook: StatusHook) -> StatusHook:
         """Registers ``hook(task_id, old_status, new_status)``, called for every
@@ -100,43 +164,70 @@ class QueueScheduler:
             except Exception:
                 log.exception("status hook %r raised", hook)
 
+    def _publish_limits(self) -> None:
+        for t in registered().values():
+            d = t.defaults
+            if d.concurrency is not None or d.rate_limit is not None:
+                self.store.set_function_limit(t.name, d.concurrency, d.rate_limit, None)
+
+    def _build_loops(self) -> list[ClaimingLoop]:
+        by_mode: dict[str, list[str]] = {}
+        for q in self.queues:
+            by_mode.setdefault(self.modes.get(q, self.mode), []).append(q)
+        loops: list[ClaimingLoop] = []
+        for mode, qs in sorted(by_mode.items()):
+            if mode == "asyncio":
+                loops.append(AsyncTaskLoop(self, qs))
+            elif mode == "process":
+                loops += [ProcessTaskLoop(self, qs) for _ in range(self.concurrency)]
+            else:
+                loops += [ThreadTaskLoop(self, qs) for _ in range(self.concurrency)]
+        return loops
+
     def start(self) -> QueueScheduler:
-        """Starts the worker threads and the monitor; returns self."""
+        """Starts the loops; returns self."""
         if self._started:
             raise RuntimeError("scheduler already started")
         self._started = True
         self.stopping.clear()
-        queues = self.queues
-        self.loops = [TaskLoop(self, queues) for _ in range(self.concurrency)]
+        self._publish_limits()
+        self.cleanup.tick(time.monotonic())  # register, and recover dead workers' tasks now
+        self.loops = self._build_loops()
+        self.listen = ListenLoop(self, self._replay_listen)
         self._threads = [
             threading.Thread(target=loop.run, name=f"ferroq-task-{i}", daemon=True)
             for i, loop in enumerate(self.loops)
         ]
-        self._threads.append(
-            threading.Thread(target=self.monitor.run, name="ferroq-monitor", daemon=True)
-        )
-        for th in self._threads:
+        support = [
+            threading.Thread(target=self.monitor.run, name="ferroq-monitor", daemon=True),
+            threading.Thread(target=self.cleanup.run, name="ferroq-cleanup", daemon=True),
+            threading.Thread(target=self.listen.run, name="ferroq-listen", daemon=True),
+        ]
+        for th in self._threads + support:
             th.start()
+        self._support = support
         return self
 
     def stop(self, grace: float = 10.0) -> None:
         """Stops gracefully: running tasks get ``grace`` seconds to finish,
         claimed tasks not yet started go back to the queue, and tasks still
-        running after the grace period are released for another worker."""
+        running after the grace period are stopped where the mode allows
+        (processes killed, coroutines cancelled) and released for another
+        worker."""
         if not self._started:
             return
         self.stopping.set()
         deadline = time.monotonic() + max(0.0, grace)
-        workers = self._threads[:-1]
-        for th in workers:
+        for th in self._threads:
             th.join(max(0.0, deadline - time.monotonic()))
-        stuck = [th.name for th in workers if th.is_alive()]
-        if stuck:
+        if any(th.is_alive() for th in self._threads):
             with self.lock:
                 leftovers = list(self.claimed.values())
                 for item in leftovers:
                     item.abandoned = True
                 self.claimed.clear()
+            for loop in self.loops:
+                loop.abort()
             if leftovers:
                 log.warning(
                     "%d task(s) still running after %.1fs grace; releasing them",
@@ -144,12 +235,15 @@ class QueueScheduler:
                     grace,
                 )
                 ids = [item.task.id for item in leftovers]
-                errors = self.store.release(ids, self.worker_id)
-                for task_id, err in zip(ids, errors):
+                for task_id, err in zip(ids, self.store.release(ids, self.worker_id)):
                     if err is None:
                         self.emit(task_id, "running", "queued")
         self.monitor.stop()
-        self._threads[-1].join(timeout=5.0)
+        self.cleanup.stop()
+        if self.listen is not None:
+            self.listen.stop()
+        for th in self._support:
+            th.join(timeout=5.0)
         self._started = False
 
     def run_forever(self, grace: float = 10.0) -> None:
@@ -179,4 +273,4 @@ class QueueScheduler:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<QueueScheduler {self.worker_id} concurrency={self.concurrency}>"
+        return f"<QueueScheduler {self.worker_id} mode={self.mode} concurrency={self.concurrency}>"

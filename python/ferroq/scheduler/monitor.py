@@ -1,5 +1,6 @@
 """The monitor loop: keeps the scheduler's leases alive, passes
-cancellation requests to running tasks, and enforces soft timeouts."""
+cancellation requests to running tasks, and enforces soft timeouts of
+thread-mode tasks."""
 
 from __future__ import annotations
 
@@ -8,42 +9,41 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .._errors import TaskTimeoutError
-from .task_loop import error_text
+from .execute import timeout_outcome
 
 if TYPE_CHECKING:
     from . import QueueScheduler
+    from .inflight import InFlight
 
 __all__ = ["MonitorLoop"]
 
 log = logging.getLogger("ferroq.monitor")
 
-# Granularity of soft timeouts and cancellation delivery.
+# Granularity of soft timeouts.
 _TICK_S = 0.05
-# How often expired leases (of any worker) are recovered.
-_RECOVER_EVERY_S = 1.0
+# How often running tasks are checked for a cancellation request.
+_CANCEL_POLL_S = 0.2
 
 
 class MonitorLoop:
-    """Heartbeats, cancellation flags and soft timeouts for one scheduler."""
+    """Heartbeats, cancellation and soft timeouts for one scheduler."""
 
     def __init__(self, scheduler: QueueScheduler) -> None:
         self.s = scheduler
         self._stopped = threading.Event()
         self._next_heartbeat = 0.0
-        self._next_recover = 0.0
+        self._next_cancel_poll = 0.0
 
     def tick(self, now: float) -> None:
-        """One step at monotonic time ``now``: heartbeat when due, recover
-        expired leases when due, then time out attempts past their deadline."""
+        """One step at monotonic time ``now``: heartbeat when due, deliver
+        cancellations when due, then time out attempts past their deadline."""
         s = self.s
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + s.lease_ms / 3000.0
             self.heartbeat()
-        if now >= self._next_recover:
-            self._next_recover = now + _RECOVER_EVERY_S
-            for task_id, status in s.store.recover():
-                log.info("recovered task %s from an expired lease: now %s", task_id, status)
+        if now >= self._next_cancel_poll:
+            self._next_cancel_poll = now + _CANCEL_POLL_S
+            self.poll_cancellations()
         with s.lock:
             overdue = [
                 item
@@ -55,9 +55,9 @@ class MonitorLoop:
                 s.claimed.pop(item.task.id, None)
         for item in overdue:
             t = item.task
-            exc = TaskTimeoutError(f"task {t.id} ({t.name}) ran past its timeout")
+            outcome = timeout_outcome(t.id, t.name)
             try:
-                status = s.store.fail(t.id, s.worker_id, error_text(exc, ""), "backoff")
+                status = s.store.fail(t.id, s.worker_id, outcome.error or "", outcome.retry)
             except Exception as e:
                 log.warning("could not record timeout of task %s: %s", t.id, e)
                 continue
@@ -80,9 +80,26 @@ class MonitorLoop:
                 log.warning("lease of task %s lost; its outcome will be dropped", task_id)
                 item.abandoned = True
             elif cancel:
-                item.cancel_requested = True
-                if item.ctx is not None:
-                    item.ctx._flag_cancelled()
+                self._cancel(item)
+
+    def poll_cancellations(self) -> None:
+        """Reads the cancel flags of the tasks this scheduler is running."""
+        s = self.s
+        with s.lock:
+            started = [i for i in s.claimed.values() if i.started is not None]
+        if not started:
+            return
+        for item, t in zip(started, s.store.get_many([i.task.id for i in started])):
+            if t is not None and t.cancel_requested and not item.cancel_requested:
+                self._cancel(item)
+
+    @staticmethod
+    def _cancel(item: InFlight) -> None:
+        item.cancel_requested = True
+        if item.ctx is not None:
+            item.ctx._flag_cancelled()
+        if item.on_cancel is not None:
+            item.on_cancel()
 
     def run(self) -> None:
         """Ticks until stopped."""

@@ -1,49 +1,46 @@
-"""The task loop: one per worker thread. Each tick claims a batch, runs it
-in this thread (no hand-off to another pool), and stores the outcomes in
-one call per batch."""
+"""The task loops. :class:`ClaimingLoop` holds what every execution mode
+shares — claiming batches, releasing, recording outcomes, flushing results
+in one call per batch — and :class:`ThreadTaskLoop` runs tasks in its own
+worker thread: each tick claims a batch, runs it here (no hand-off to
+another pool), and stores the outcomes."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Optional
 
-from .._errors import SerializationError, TaskCancelledError, UnknownTaskError
-from ..context import Retry, TaskContext, _current
-from ..serialization import decode, encode
-from ..task import _registry, run_function
+from .._errors import UnknownTaskError
+from ..context import TaskContext
+from ..task import TaskFunction, _registry
+from .execute import Outcome, error_text, execute_sync
 from .inflight import InFlight
 
 if TYPE_CHECKING:
     from .. import _core
     from . import QueueScheduler
 
-__all__ = ["TaskLoop", "error_text"]
+__all__ = ["ClaimingLoop", "ThreadTaskLoop", "error_text", "lookup_task"]
 
 log = logging.getLogger("ferroq.worker")
 
 # How much work (seconds) one claim should fetch, judged by recent task times.
 _CLAIM_SECONDS = 0.05
 # Longest claim wait, so a stop is noticed promptly.
-_WAIT_SLICE_S = 0.25
+WAIT_SLICE_S = 0.25
 
 
-def error_text(exc: BaseException, tb: Optional[str] = None) -> str:
-    """The stored form of an exception: JSON with type, message, traceback."""
-    cls = type(exc)
-    return json.dumps(
-        {
-            "type": f"{cls.__module__}.{cls.__qualname__}",
-            "message": str(exc),
-            "traceback": tb if tb is not None else "".join(traceback.format_exception(exc)),
-        }
-    )
+def lookup_task(name: str) -> Optional[TaskFunction[Any, Any]]:
+    """The registered function for a stored task name (a task sent from a
+    script's ``__main__`` is found under ``__mp_main__`` in spawned children)."""
+    fn = _registry.get(name)
+    if fn is None and name.startswith("__main__:"):
+        fn = _registry.get("__mp_main__:" + name[len("__main__:") :])
+    return fn
 
 
-class TaskLoop:
-    """Claims and runs tasks for one worker thread of a scheduler."""
+class ClaimingLoop:
+    """Claims tasks for one loop of a scheduler and records their outcomes."""
 
     def __init__(self, scheduler: QueueScheduler, queues: list[str]) -> None:
         self.s = scheduler
@@ -54,22 +51,27 @@ class TaskLoop:
         self._done_results: list[bytes] = []
 
     def batch_limit(self) -> int:
-        """How many tasks the next claim asks for."""
+        """How many tasks the next claim asks for (about 50 ms of work)."""
         return max(1, min(self.s.batch_size, int(_CLAIM_SECONDS / max(self._avg_seconds, 1e-6))))
 
-    def claim(self, wait: float) -> list[_core.Task]:
-        """Claims a batch from the served queues, waiting up to ``wait``."""
+    def observe(self, seconds: float) -> None:
+        """Feeds one task's run time into the claim sizing."""
+        self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * seconds
+
+    def claim(self, wait: float, limit: Optional[int] = None) -> list[_core.Task]:
+        """Claims up to ``limit`` tasks from the served queues, waiting up to ``wait``."""
         s = self.s
         store = s.store
-        limit = self.batch_limit()
+        limit = limit or self.batch_limit()
+        resources = s.resources_json()
         if len(self.queues) == 1:
-            tasks = store.claim(self.queues[0], s.worker_id, limit, s.lease_ms, wait)
+            tasks = store.claim(self.queues[0], s.worker_id, limit, s.lease_ms, wait, resources)
         else:
             token = store.change_token()
             tasks = []
             for i in range(len(self.queues)):
                 q = self.queues[(self._next_queue + i) % len(self.queues)]
-                tasks = store.claim(q, s.worker_id, limit, s.lease_ms, 0.0)
+                tasks = store.claim(q, s.worker_id, limit, s.lease_ms, 0.0, resources)
                 if tasks:
                     self._next_queue = (self._next_queue + i + 1) % len(self.queues)
                     break
@@ -84,32 +86,6 @@ class TaskLoop:
                 s.emit(t.id, "queued", "running")
         return tasks
 
-    def tick(self, wait: float = 0.0) -> int:
-        """One step: claim a batch (waiting up to ``wait``), run it, store
-        the outcomes. Returns how many tasks ran."""
-        tasks = self.claim(wait)
-        ran = 0
-        for i, t in enumerate(tasks):
-            if self.s.stopping.is_set():
-                self.release(tasks[i:])
-                break
-            self.run_one(t)
-            ran += 1
-        self.flush()
-        return ran
-
-    def run(self) -> None:
-        """Ticks until the scheduler stops."""
-        while not self.s.stopping.is_set():
-            try:
-                self.tick(_WAIT_SLICE_S)
-            except Exception:
-                if self.s.store.closed:
-                    return
-                log.exception("task loop error; retrying")
-                self.s.stopping.wait(0.5)
-        self.flush()
-
     def release(self, tasks: list[_core.Task]) -> None:
         """Gives claimed, unstarted tasks back to the queue."""
         s = self.s
@@ -121,87 +97,59 @@ class TaskLoop:
             if err is None:
                 s.emit(task_id, "running", "queued")
 
-    def run_one(self, t: _core.Task) -> None:
-        """Runs one claimed task and records its outcome."""
+    def begin(self, t: _core.Task) -> Optional[tuple[InFlight, TaskFunction[Any, Any]]]:
+        """Starts a claimed task's attempt: None when it must not run (asked
+        to cancel, no function registered — both recorded here)."""
         s = self.s
         item = s.claimed.get(t.id)
         if item is None or item.abandoned:
-            return
+            return None
         if item.cancel_requested:
-            self._finish_cancelled(t.id, item)
-            return
-        fn = _registry.get(t.name)
+            self.record(t, item, Outcome(cancelled=True))
+            return None
+        fn = lookup_task(t.name)
         if fn is None:
             err = UnknownTaskError(
                 f"no task named {t.name!r} is registered in worker {s.worker_id}"
             )
-            self._fail(t.id, item, error_text(err, ""), "never")
-            return
-        ctx = TaskContext(s.store, t, s.worker_id)
+            self.record(t, item, Outcome(error=error_text(err, ""), retry="never"))
+            return None
+        item.started = time.monotonic()
+        return item, fn
+
+    def context(self, t: _core.Task, item: InFlight) -> TaskContext:
+        """The task's :class:`TaskContext`, remembered on its in-flight record."""
+        ctx = TaskContext(self.s.store, t, self.s.worker_id)
         item.ctx = ctx
-        started = time.monotonic()
-        item.started = started
-        timeout = fn.defaults.timeout
-        if timeout is not None:
-            item.deadline = started + timeout
-        token = _current.set(ctx)
-        retry: Any = None
-        error: Optional[str] = None
-        result: Optional[bytes] = None
-        cancelled = False
-        try:
-            args, kwargs = decode(t.payload, allow_pickle=fn.defaults.serializer == "pickle")
-            args, kwargs = fn.binder.args(args, kwargs)
-        except Exception as e:
-            # Arguments that cannot be decoded will not decode next time either.
-            error, retry = error_text(e), "never"
-        else:
-            try:
-                value = run_function(fn, args, kwargs)
-                result = encode(value, fn.defaults.serializer)
-            except Retry as r:
-                error = error_text(r, "")
-                retry = "backoff" if r.delay is None else max(0, int(r.delay * 1000))
-            except TaskCancelledError:
-                cancelled = True
-            except SerializationError as e:
-                error, retry = error_text(e), "never"
-            except Exception as e:
-                error, retry = error_text(e), "backoff"
-        finally:
-            _current.reset(token)
-        elapsed = time.monotonic() - started
-        self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * elapsed
+        return ctx
+
+    def record(self, t: _core.Task, item: InFlight, outcome: Outcome) -> None:
+        """Stores an attempt's outcome (results are buffered until :meth:`flush`)."""
+        s = self.s
         with s.lock:
             s.claimed.pop(t.id, None)
             abandoned = item.abandoned
         if abandoned:
-            return
-        if cancelled or ctx._cancelled:
+            return  # timed out, lease lost or released: the outcome is not ours to store
+        if outcome.cancelled or (item.ctx is not None and item.ctx._cancelled) or (
+            item.cancel_requested and outcome.result is None
+        ):
             # Asked to stop: whatever the function did after that, the
             # caller sees the cancellation it asked for.
-            self._finish_cancelled(t.id, item)
-        elif result is not None:
+            self._store_cancelled(t.id)
+        elif outcome.result is not None:
             self._done_ids.append(t.id)
-            self._done_results.append(result)
-        elif error is not None:
-            self._fail(t.id, item, error, retry)
+            self._done_results.append(outcome.result)
+        elif outcome.error is not None:
+            try:
+                status = s.store.fail(t.id, s.worker_id, outcome.error, outcome.retry)
+            except Exception as e:
+                log.warning("could not record failure of task %s: %s", t.id, e)
+                return
+            s.emit(t.id, "running", status)
 
-    def _fail(self, task_id: int, item: InFlight, error: str, retry: Any) -> None:
+    def _store_cancelled(self, task_id: int) -> None:
         s = self.s
-        with s.lock:
-            s.claimed.pop(task_id, None)
-        try:
-            status = s.store.fail(task_id, s.worker_id, error, retry)
-        except Exception as e:
-            log.warning("could not record failure of task %s: %s", task_id, e)
-            return
-        s.emit(task_id, "running", status)
-
-    def _finish_cancelled(self, task_id: int, item: InFlight) -> None:
-        s = self.s
-        with s.lock:
-            s.claimed.pop(task_id, None)
         try:
             s.store.cancel(task_id, s.worker_id)
         except Exception as e:
@@ -222,3 +170,53 @@ class TaskLoop:
                 s.emit(task_id, "running", "done")
             else:
                 log.warning("result of task %s not stored: %s", task_id, err)
+
+    def run(self) -> None:
+        """The loop's thread: ticks until the scheduler stops."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Called when the grace period ran out: stop what can be stopped."""
+
+
+class ThreadTaskLoop(ClaimingLoop):
+    """Runs tasks in one worker thread (soft timeouts, cooperative cancel)."""
+
+    def tick(self, wait: float = 0.0) -> int:
+        """One step: claim a batch (waiting up to ``wait``), run it, store
+        the outcomes. Returns how many tasks ran."""
+        tasks = self.claim(wait)
+        ran = 0
+        for i, t in enumerate(tasks):
+            if self.s.stopping.is_set():
+                self.release(tasks[i:])
+                break
+            self.run_one(t)
+            ran += 1
+        self.flush()
+        return ran
+
+    def run(self) -> None:
+        """Ticks until the scheduler stops."""
+        while not self.s.stopping.is_set():
+            try:
+                self.tick(WAIT_SLICE_S)
+            except Exception:
+                if self.s.store.closed:
+                    return
+                log.exception("task loop error; retrying")
+                self.s.stopping.wait(0.5)
+        self.flush()
+
+    def run_one(self, t: _core.Task) -> None:
+        """Runs one claimed task here and records its outcome."""
+        begun = self.begin(t)
+        if begun is None:
+            return
+        item, fn = begun
+        if fn.defaults.timeout is not None and item.started is not None:
+            item.deadline = item.started + fn.defaults.timeout
+        ctx = self.context(t, item)
+        outcome = execute_sync(fn, t.payload, ctx)
+        self.observe(time.monotonic() - (item.started or time.monotonic()))
+        self.record(t, item, outcome)

@@ -4,7 +4,7 @@
 use crate::errors::{to_py, IntoPyResult};
 use crate::task::PyTask;
 use ferroq_core::store::{
-    CancelParams, ClaimParams, CompleteParams, FailParams, HeartbeatParams, ListParams,
+    CancelParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, HeartbeatParams, ListParams, WorkerInfo,
     ProgressParams, PurgeParams, RecoverParams, ReleaseParams, Retry,
 };
 use ferroq_core::{Backoff, BackoffStrategy, NewTask, Status, Store};
@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 /// One listen change as Python sees it: (version, key, value, at_ms).
 type ListenRow<'py> = (i64, String, Bound<'py, PyBytes>, i64);
+
+/// A worker as Python sees it: (id, host, pid, started_at, heartbeat_at, queues).
+type WorkerRow = (String, String, u32, i64, i64, Vec<String>);
+/// A function limit as Python sees it: (name, max_running, rate_per_s, burst).
+type LimitRow = (String, Option<u32>, Option<f64>, Option<f64>);
 
 /// How long one GIL-free wait slice lasts before Ctrl+C is checked.
 const SLICE: Duration = Duration::from_millis(100);
@@ -148,7 +153,7 @@ impl PyStore {
 
     /// Enqueues one task; returns (id, inserted).
     #[pyo3(signature = (queue, name, payload, *, priority=0, run_at=None, max_attempts=1, key=None,
-        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None))]
+        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None, requires=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -165,6 +170,7 @@ impl PyStore {
         metadata: Option<String>,
         backoff: Option<String>,
         result_ttl_ms: Option<i64>,
+        requires: Option<String>,
     ) -> PyResult<(i64, bool)> {
         let store = self.store()?;
         let out = py
@@ -182,6 +188,7 @@ impl PyStore {
                     metadata,
                     backoff: parse_backoff(backoff.as_deref())?,
                     result_ttl_ms,
+                    requires,
                 };
                 store.enqueue(std::slice::from_ref(&task))
             })
@@ -194,7 +201,8 @@ impl PyStore {
     /// per-task option is either one value for all or a list with one value
     /// per payload. Returns (ids, inserted flags).
     #[pyo3(signature = (queue, name, payloads, *, priority=None, run_at=None,
-        max_attempts=1, keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None))]
+        max_attempts=1, keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None,
+        requires=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue_many(
         &self,
@@ -210,6 +218,7 @@ impl PyStore {
         expires_at: Option<i64>,
         backoff: Option<String>,
         result_ttl_ms: Option<i64>,
+        requires: Option<String>,
     ) -> PyResult<(Vec<i64>, Vec<bool>)> {
         let n = payloads.len();
         let priority = priority.unwrap_or(OneOrMany::One(0));
@@ -247,6 +256,7 @@ impl PyStore {
                         metadata: None,
                         backoff,
                         result_ttl_ms,
+                        requires: requires.clone(),
                     })
                     .collect();
                 store.enqueue(&tasks)
@@ -257,7 +267,8 @@ impl PyStore {
 
     /// Claims up to `limit` ready tasks of `queue` for `worker` with a lease
     /// of `lease_ms`, waiting up to `wait` seconds for work (GIL released).
-    #[pyo3(signature = (queue, worker, limit=1, lease_ms=30_000, wait=0.0))]
+    #[pyo3(signature = (queue, worker, limit=1, lease_ms=30_000, wait=0.0, resources=None))]
+    #[allow(clippy::too_many_arguments)]
     fn claim<'py>(
         &self,
         py: Python<'py>,
@@ -266,9 +277,10 @@ impl PyStore {
         limit: u32,
         lease_ms: i64,
         wait: f64,
+        resources: Option<String>,
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        let p = ClaimParams { queue, worker, limit, lease_ms, resources: None };
+        let p = ClaimParams { queue, worker, limit, lease_ms, resources };
         let tasks = if wait <= 0.0 {
             py.detach(|| store.claim(&p)).py(py)?
         } else {
@@ -481,6 +493,61 @@ impl PyStore {
     fn listen_head(&self, py: Python<'_>) -> PyResult<i64> {
         let store = self.store()?;
         py.detach(|| store.listen_head()).py(py)
+    }
+
+    /// Records (or refreshes) a worker: (id, host, pid, queues).
+    fn register_worker(&self, py: Python<'_>, id: String, host: String, pid: u32, queues: Vec<String>) -> PyResult<()> {
+        let store = self.store()?;
+        let w = WorkerInfo { id, host, pid, started_at: 0, heartbeat_at: 0, queues };
+        py.detach(|| store.register_worker(&w)).py(py)
+    }
+
+    /// Recorded workers: [(id, host, pid, started_at, heartbeat_at, queues)].
+    fn workers(&self, py: Python<'_>) -> PyResult<Vec<WorkerRow>> {
+        let store = self.store()?;
+        let out = py.detach(|| store.workers()).py(py)?;
+        Ok(out.into_iter().map(|w| (w.id, w.host, w.pid, w.started_at, w.heartbeat_at, w.queues)).collect())
+    }
+
+    /// Forgets a worker; true if it was recorded.
+    fn remove_worker(&self, py: Python<'_>, id: String) -> PyResult<bool> {
+        let store = self.store()?;
+        py.detach(|| store.remove_worker(&id)).py(py)
+    }
+
+    /// Sets (None removes) a queue's maximum of unfinished tasks.
+    #[pyo3(signature = (queue, capacity=None))]
+    fn set_capacity(&self, py: Python<'_>, queue: String, capacity: Option<u64>) -> PyResult<()> {
+        let store = self.store()?;
+        py.detach(|| store.set_capacity(&queue, capacity)).py(py)
+    }
+
+    /// A queue's capacity, or None.
+    fn capacity(&self, py: Python<'_>, queue: String) -> PyResult<Option<u64>> {
+        let store = self.store()?;
+        py.detach(|| store.capacity(&queue)).py(py)
+    }
+
+    /// Sets a store-wide limit on a task function (both None removes it).
+    #[pyo3(signature = (name, max_running=None, rate_per_s=None, burst=None))]
+    fn set_function_limit(
+        &self,
+        py: Python<'_>,
+        name: String,
+        max_running: Option<u32>,
+        rate_per_s: Option<f64>,
+        burst: Option<f64>,
+    ) -> PyResult<()> {
+        let store = self.store()?;
+        let l = FunctionLimit { name, max_running, rate_per_s, burst };
+        py.detach(|| store.set_function_limit(&l)).py(py)
+    }
+
+    /// Function limits: [(name, max_running, rate_per_s, burst)].
+    fn function_limits(&self, py: Python<'_>) -> PyResult<Vec<LimitRow>> {
+        let store = self.store()?;
+        let out = py.detach(|| store.function_limits()).py(py)?;
+        Ok(out.into_iter().map(|l| (l.name, l.max_running, l.rate_per_s, l.burst)).collect())
     }
 
     /// A value that changes whenever any process commits to the store.

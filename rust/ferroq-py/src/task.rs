@@ -133,6 +133,11 @@ impl PyTask {
     fn backoff(&self) -> Option<String> {
         self.inner.backoff.map(|b| b.encode())
     }
+    /// What a worker must have to claim it (JSON object), if anything.
+    #[getter]
+    fn requires(&self) -> Option<&str> {
+        self.inner.requires.as_deref()
+    }
     /// Retention after finishing (ms), if the task set one.
     #[getter]
     fn result_ttl_ms(&self) -> Option<i64> {

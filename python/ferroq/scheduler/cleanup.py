@@ -1,0 +1,126 @@
+"""The cleanup loop: records this worker in the store, recovers the tasks
+of workers that are gone, recovers expired leases, expires tasks past
+their deadline and purges finished tasks past their retention."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import QueueScheduler
+
+__all__ = ["CleanupIntervals", "CleanupLoop", "pid_alive"]
+
+log = logging.getLogger("ferroq.cleanup")
+
+HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class CleanupIntervals:
+    """How often (seconds) each cleanup step runs."""
+
+    #: Refresh this worker's record in the store.
+    heartbeat: float = 2.0
+    #: Look for workers that are gone (dead pid on this host, or stale heartbeat).
+    dead_workers: float = 0.5
+    #: A worker whose record is older than this is gone.
+    stale_after: float = 30.0
+    #: Recover running tasks whose lease expired.
+    leases: float = 1.0
+    #: Move queued tasks past their deadline to ``expired``.
+    deadlines: float = 1.0
+    #: Delete finished tasks past their retention.
+    purge: float = 60.0
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CleanupLoop:
+    """Keeps the store healthy on behalf of one scheduler."""
+
+    def __init__(self, scheduler: QueueScheduler, intervals: CleanupIntervals) -> None:
+        self.s = scheduler
+        self.intervals = intervals
+        self._stopped = threading.Event()
+        self._due: dict[str, float] = {}
+
+    def _is_due(self, step: str, now: float, every: float) -> bool:
+        if now >= self._due.get(step, 0.0):
+            self._due[step] = now + every
+            return True
+        return False
+
+    def tick(self, now: float) -> None:
+        """One step at monotonic time ``now``: each cleanup step runs when due."""
+        iv = self.intervals
+        store = self.s.store
+        if self._is_due("heartbeat", now, iv.heartbeat):
+            store.register_worker(self.s.worker_id, HOST, os.getpid(), self.s.queues)
+        if self._is_due("dead", now, iv.dead_workers):
+            self.recover_dead_workers()
+        if self._is_due("leases", now, iv.leases):
+            for task_id, status in store.recover():
+                log.info("task %s: lease expired, now %s", task_id, status)
+        if self._is_due("deadlines", now, iv.deadlines):
+            expired = store.expire()
+            if expired:
+                log.info("%d task(s) expired before they started", len(expired))
+        if self._is_due("purge", now, iv.purge):
+            store.purge()
+
+    def recover_dead_workers(self) -> list[str]:
+        """Recovers every task of workers that are gone; returns their ids."""
+        store = self.s.store
+        now_ms = store.now_ms()
+        stale_ms = self.intervals.stale_after * 1000
+        gone = []
+        for wid, host, pid, _started, beat, _queues in store.workers():
+            if wid == self.s.worker_id:
+                continue
+            dead_here = host == HOST and not pid_alive(pid)
+            if dead_here or now_ms - beat > stale_ms:
+                recovered = store.recover(wid)
+                store.remove_worker(wid)
+                gone.append(wid)
+                log.warning(
+                    "worker %s is gone (%s); recovered %d task(s)",
+                    wid,
+                    "process exited" if dead_here else "heartbeat stale",
+                    len(recovered),
+                )
+        return gone
+
+    def run(self) -> None:
+        """Ticks until stopped."""
+        while not self._stopped.is_set():
+            try:
+                self.tick(time.monotonic())
+            except Exception:
+                if self.s.store.closed:
+                    return
+                log.exception("cleanup error; retrying")
+            self._stopped.wait(0.1)
+
+    def stop(self) -> None:
+        """Stops the loop and removes this worker's record."""
+        self._stopped.set()
+        try:
+            self.s.store.remove_worker(self.s.worker_id)
+        except Exception as e:
+            log.debug("could not remove worker record: %s", e)

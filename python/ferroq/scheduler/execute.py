@@ -1,0 +1,115 @@
+"""Running one task function and turning what happened into an
+:class:`Outcome`, the same way in every execution mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import json
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from .._errors import SerializationError, TaskCancelledError, TaskTimeoutError
+from ..context import Retry, TaskContext, _current
+from ..serialization import decode, encode
+from ..task import run_function
+
+if TYPE_CHECKING:
+    from ..task import TaskFunction
+
+__all__ = ["Outcome", "error_text", "execute_async", "execute_sync", "timeout_outcome"]
+
+RetrySpec = Union[str, int, None]
+
+
+def error_text(exc: BaseException, tb: Optional[str] = None) -> str:
+    """The stored form of an exception: JSON with type, message, traceback."""
+    cls = type(exc)
+    return json.dumps(
+        {
+            "type": f"{cls.__module__}.{cls.__qualname__}",
+            "message": str(exc),
+            "traceback": tb if tb is not None else "".join(traceback.format_exception(exc)),
+        }
+    )
+
+
+@dataclass
+class Outcome:
+    """What one attempt produced: a result, an error to retry (or not), or
+    a cancellation."""
+
+    result: Optional[bytes] = None
+    error: Optional[str] = None
+    retry: RetrySpec = None
+    cancelled: bool = False
+
+
+def timeout_outcome(task_id: int, name: str) -> Outcome:
+    """The outcome of an attempt that ran past its timeout (retried by backoff)."""
+    exc = TaskTimeoutError(f"task {task_id} ({name}) ran past its timeout")
+    return Outcome(error=error_text(exc, ""), retry="backoff")
+
+
+def _decode_args(fn: TaskFunction[Any, Any], payload: bytes) -> tuple[list[Any], dict[str, Any]]:
+    args, kwargs = decode(payload, allow_pickle=fn.defaults.serializer == "pickle")
+    return fn.binder.args(args, kwargs)
+
+
+def _failed(e: BaseException) -> Outcome:
+    if isinstance(e, Retry):
+        retry: RetrySpec = "backoff" if e.delay is None else max(0, int(e.delay * 1000))
+        return Outcome(error=error_text(e, ""), retry=retry)
+    if isinstance(e, TaskCancelledError):
+        return Outcome(cancelled=True)
+    if isinstance(e, SerializationError):
+        # A value that cannot be (de)serialised will not improve with a retry.
+        return Outcome(error=error_text(e), retry="never")
+    return Outcome(error=error_text(e), retry="backoff")
+
+
+def execute_sync(fn: TaskFunction[Any, Any], payload: bytes, ctx: TaskContext) -> Outcome:
+    """Runs ``fn`` on the payload in this thread (``async def`` on a private loop)."""
+    token = _current.set(ctx)
+    try:
+        try:
+            args, kwargs = _decode_args(fn, payload)
+        except Exception as e:
+            return Outcome(error=error_text(e), retry="never")
+        try:
+            value = run_function(fn, args, kwargs)
+            return Outcome(result=encode(value, fn.defaults.serializer))
+        except Exception as e:
+            return _failed(e)
+    finally:
+        _current.reset(token)
+
+
+async def execute_async(
+    fn: TaskFunction[Any, Any], payload: bytes, ctx: TaskContext, timeout: Optional[float]
+) -> Outcome:
+    """Runs ``fn`` on the running event loop: coroutines directly, plain
+    functions on the loop's thread pool. A timeout or ``Task.cancel()``
+    really cancels the coroutine."""
+    _current.set(ctx)  # this asyncio task's own context
+    try:
+        args, kwargs = _decode_args(fn, payload)
+    except Exception as e:
+        return Outcome(error=error_text(e), retry="never")
+    try:
+        if fn.is_async:
+            work = fn.fn(*args, **kwargs)
+        else:
+            call = functools.partial(fn.fn, *args, **kwargs)
+            run = contextvars.copy_context().run
+            work = asyncio.get_running_loop().run_in_executor(None, run, call)
+        value = await asyncio.wait_for(work, timeout)
+        return Outcome(result=encode(value, fn.defaults.serializer))
+    except asyncio.TimeoutError:
+        return timeout_outcome(ctx.id, ctx.name)
+    except asyncio.CancelledError:
+        return Outcome(cancelled=True)
+    except Exception as e:
+        return _failed(e)

@@ -1,0 +1,70 @@
+"""The listen loop: runs the listeners registered for a key once per
+change of that key's listen data, in order of change, on the loop's own
+thread (never blocking task execution)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from ..listen import listeners_for
+from ..serialization import decode
+
+if TYPE_CHECKING:
+    from . import QueueScheduler
+
+__all__ = ["ListenLoop"]
+
+log = logging.getLogger("ferroq.listen")
+
+_IDLE_WAIT_S = 0.5
+
+
+class ListenLoop:
+    """Follows the store's listen data and dispatches changes to listeners."""
+
+    def __init__(self, scheduler: QueueScheduler, replay: bool = False) -> None:
+        self.s = scheduler
+        self._stopped = threading.Event()
+        # Listeners see changes made after the scheduler started, unless asked to replay.
+        self.since = 0 if replay else scheduler.store.listen_head()
+
+    def tick(self) -> int:
+        """One step: dispatches every change after ``since``; returns how many ran."""
+        ran = 0
+        for version, key, value, _at in self.s.store.listen_changes(self.since, 1000):
+            self.since = version
+            fns = listeners_for(key, self.s.queue)
+            if not fns:
+                continue
+            try:
+                decoded = decode(value, allow_pickle=self.s.queue.serializer == "pickle")
+            except Exception:
+                log.exception("listen data for %r cannot be decoded", key)
+                continue
+            for fn in fns:
+                ran += 1
+                try:
+                    fn(decoded)
+                except Exception:
+                    log.exception("listener %r for %r raised", fn, key)
+        return ran
+
+    def run(self) -> None:
+        """Ticks until stopped, waking when the store changes."""
+        store = self.s.store
+        while not self._stopped.is_set():
+            try:
+                token = store.change_token()
+                self.tick()
+                store.wait_for_change(token, _IDLE_WAIT_S)
+            except Exception:
+                if self._stopped.is_set() or store.closed:
+                    return
+                log.exception("listen loop error; retrying")
+                self._stopped.wait(_IDLE_WAIT_S)
+
+    def stop(self) -> None:
+        """Stops the loop."""
+        self._stopped.set()
