@@ -50,10 +50,12 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def spawn_worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    """Starts ``ferroq worker app.tasks`` on ``url`` in a subprocess."""
+def spawn_worker(
+    url: str, *args: str, modules: tuple[str, ...] = ("app.tasks",), **env: str
+) -> subprocess.Popen[bytes]:
+    """Starts ``ferroq worker <modules>`` on ``url`` in a subprocess."""
     return subprocess.Popen(
-        [sys.executable, "-m", "ferroq.cli", "worker", "app.tasks", "--url", url, *args],
+        [sys.executable, "-m", "ferroq.cli", "worker", *modules, "--url", url, *args],
         env=python_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -246,6 +246,13 @@ impl FunctionLimit {
     }
 }
 
+/// A task whose worker crashed (its lease expired, or its worker is gone)
+/// goes back to the queue while it has had fewer than
+/// `max(max_attempts, RECOVERY_MIN_ATTEMPTS)` attempts. A crash is not the
+/// task's failure, so a task sent without retries still gets another go;
+/// the bound stops a task that kills its worker every time from looping.
+pub const RECOVERY_MIN_ATTEMPTS: u32 = 3;
+
 /// The storage seam. Everything above it is backend-blind.
 pub trait Store: Send + Sync {
     /// Enqueues tasks. A task whose `key` already exists in its queue stores
@@ -272,7 +279,8 @@ pub trait Store: Send + Sync {
     /// Puts failed, cancelled or expired tasks back in the queue with fresh attempts.
     fn retry(&self, ids: &[i64]) -> Result<Vec<Result<()>>>;
     /// Moves running tasks with expired leases (or all of a given worker's)
-    /// back to `queued`, or to `failed` when no attempts remain.
+    /// back to `queued`, or to `failed` when no attempts remain (see
+    /// [`RECOVERY_MIN_ATTEMPTS`]).
     fn recover(&self, p: &RecoverParams) -> Result<Vec<(i64, Status)>>;
     /// Moves queued tasks past their deadline to `expired`.
     fn expire(&self) -> Result<Vec<i64>>;

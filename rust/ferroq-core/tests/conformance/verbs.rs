@@ -472,6 +472,11 @@ fn recover_requeues_expired_leases_then_fails_them(b: Backend) {
     let t = env.claim_lease("q", "w3", 1, 1_000).pop().unwrap();
     assert_eq!((t.id, t.attempts), (id, 2));
     env.advance(1_001);
+    // Crashes get RECOVERY_MIN_ATTEMPTS attempts even when the task has fewer.
+    assert_eq!(env.store.recover(&RecoverParams::default()).unwrap(), vec![(id, Status::Queued)]);
+    let t = env.claim_lease("q", "w4", 1, 1_000).pop().unwrap();
+    assert_eq!((t.id, t.attempts), (id, ferroq_core::store::RECOVERY_MIN_ATTEMPTS));
+    env.advance(1_001);
     let out = env.store.recover(&RecoverParams::default()).unwrap();
     assert_eq!(out, vec![(id, Status::Failed)], "no attempts left: recovered into failed");
     assert_eq!(env.get(id).status, Status::Failed);

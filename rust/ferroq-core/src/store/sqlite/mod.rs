@@ -517,8 +517,12 @@ impl SqliteStore {
     /// A claim while function limits are in force: shard 0's write lock
     /// serialises every such claim store-wide, so running counts and rate
     /// buckets are exact across processes.
-    fn claim_limited(&self, p: &ClaimParams, now: i64, resources: &str, mut conn0: parking_lot::MutexGuard<'_, Connection>) -> Result<Vec<Task>> {
+    fn claim_limited(&self, p: &ClaimParams, resources: &str, mut conn0: parking_lot::MutexGuard<'_, Connection>) -> Result<Vec<Task>> {
         let tx0 = conn0.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read the clock only now that the lock is held: a time read before
+        // waiting for it could be older than a bucket's last refill, and
+        // moving `refilled_at` back would hand out its tokens twice.
+        let now = self.clock.now_ms();
         let limits = read_limits(&tx0)?;
         let mut running: HashMap<String, u64> = HashMap::new();
         for (s, shard) in self.shards.iter().enumerate() {
@@ -537,6 +541,7 @@ impl SqliteStore {
         }
         let mut allowance: HashMap<String, u64> = HashMap::new();
         let mut levels: HashMap<String, f64> = HashMap::new();
+        let mut refilled: HashMap<String, i64> = HashMap::new();
         for l in &limits {
             let mut allow = u64::MAX;
             if let Some(max) = l.limit.max_running {
@@ -544,6 +549,7 @@ impl SqliteStore {
             }
             if let Some(rate) = l.limit.rate_per_s {
                 let elapsed = (now - l.refilled_at).max(0) as f64 / 1000.0;
+                refilled.insert(l.limit.name.clone(), now.max(l.refilled_at));
                 let level = (l.tokens + elapsed * rate).min(l.limit.effective_burst());
                 levels.insert(l.limit.name.clone(), level);
                 allow = allow.min(level.floor().max(0.0) as u64);
@@ -559,7 +565,8 @@ impl SqliteStore {
         let after = allow.unwrap_or_default();
         for (name, level) in levels {
             let used = before.get(&name).copied().unwrap_or(0) - after.get(&name).copied().unwrap_or(0);
-            tx0.prepare_cached(sql::LIMIT_TOKENS)?.execute(params![name, level - used as f64, now])?;
+            let at = refilled.get(&name).copied().unwrap_or(now);
+            tx0.prepare_cached(sql::LIMIT_TOKENS)?.execute(params![name, level - used as f64, at])?;
         }
         tx0.commit()?;
         Ok(tasks)
@@ -698,7 +705,7 @@ impl Store for SqliteStore {
         let conn0 = self.shards[0].conn.lock();
         let limited: i64 = conn0.prepare_cached(sql::LIMITS_ANY)?.query_row([], |r| r.get(0))?;
         if limited > 0 {
-            return self.claim_limited(p, now, resources, conn0);
+            return self.claim_limited(p, resources, conn0);
         }
         drop(conn0);
         self.claim_merged(p, &ClaimCtx { now, resources, excluded: None }, None, &mut None)
@@ -836,7 +843,7 @@ impl Store for SqliteStore {
                         "lease lost: worker {} stopped before finishing attempt {attempts}",
                         worker.as_deref().unwrap_or("?")
                     );
-                    let status = if attempts < max_attempts {
+                    let status = if attempts < max_attempts.max(super::RECOVERY_MIN_ATTEMPTS) {
                         tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, now, why])?;
                         Status::Queued
                     } else {

@@ -1,0 +1,274 @@
+"""QueueScheduler beyond the everyday path: listeners, cleanup, crash
+recovery, process and asyncio modes, capacity, limits, external finishing."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from app import modes, more  # noqa: F401  (registers app.more.echo)
+from conftest import spawn_worker
+from test_processes import enqueue_slow, read_log, wait_for
+
+import ferroq
+from ferroq import CleanupIntervals, Queue, QueueScheduler, set_default_queue
+from ferroq.scheduler.cleanup import pid_alive
+
+
+@pytest.fixture
+def q(queue: Queue):  # type: ignore[no-untyped-def]
+    set_default_queue(queue)
+    yield queue
+    set_default_queue(None)
+
+
+def log_lines(path: Path, tag: str) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split()[1:] for line in path.read_text().splitlines() if line.startswith(tag)]
+
+
+def test_listener_in_another_process_sees_every_change_in_order(tmp_path: Path) -> None:
+    url = str(tmp_path / "listen")
+    log = tmp_path / "log.txt"
+    q = Queue(url)
+    q.update_listen_data("config", "before-start")  # not replayed
+    worker = spawn_worker(url, modules=("app.modes",), FERROQ_TEST_LOG=str(log))
+    try:
+        wait_for(lambda: len(q.store.workers()) == 1, 30, "worker to register")
+        for i in range(20):
+            q.update_listen_data("config", i)
+        wait_for(lambda: len(log_lines(log, "config")) >= 20, 30, "20 listener calls")
+        time.sleep(0.3)  # nothing more arrives
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+    values = [v for v, _pid in log_lines(log, "config")]
+    assert values == [str(i) for i in range(20)]
+    assert q.listen_data("config") == 19
+    q.close()
+
+
+def test_listener_replay_when_asked(q: Queue) -> None:
+    seen: list[object] = []
+    q.update_listen_data("replayed", {"a": 1})
+    q.listener("replayed")(seen.append)
+    s = QueueScheduler(q, replay_listen=True)
+    assert s.listen is None
+    s.start()
+    try:
+        wait_for(lambda: seen == [{"a": 1}], 10, "replayed value")
+    finally:
+        s.stop()
+
+
+def test_cleanup_steps_recover_leases_and_expire_deadlines(q: Queue) -> None:
+    s = QueueScheduler(q, cleanup=CleanupIntervals(leases=0, deadlines=0))
+    tid, _ = q.store.enqueue("default", "app.tasks:add", b"J[[1,2],{}]", max_attempts=2)
+    [t] = q.store.claim("default", "ghost-worker", 1, 20)  # 20 ms lease, never renewed
+    late = modes.sleep_for.options(expires=0.02).send(1.0)
+    time.sleep(0.05)
+    s.cleanup.tick(time.monotonic())
+    assert q.get(tid).status == "queued"  # type: ignore[union-attr]
+    assert "ghost-worker" in (q.get(tid).error or "")  # type: ignore[union-attr]
+    assert late.status() == "expired"
+    with pytest.raises(ferroq.TaskExpiredError):
+        late.result(timeout=1)
+    s.cleanup.stop()
+
+
+def test_dead_worker_on_this_host_is_recovered_at_once(q: Queue) -> None:
+    s = QueueScheduler(q)
+    q.store.register_worker("gone:1", ferroq.scheduler.cleanup.HOST, 2**22 + 12345, ["default"])
+    assert not pid_alive(2**22 + 12345)
+    tid, _ = q.store.enqueue("default", "f", b"J[[],{}]")
+    q.store.claim("default", "gone:1", 1, 3_600_000)
+    assert s.cleanup.recover_dead_workers() == ["gone:1"]
+    assert q.get(tid).status == "queued"  # type: ignore[union-attr]
+    assert [w[0] for w in q.store.workers()] == []
+
+
+def test_sigkill_then_restart_recovers_within_about_a_second(tmp_path: Path) -> None:
+    url = str(tmp_path / "fast")
+    log = tmp_path / "log.txt"
+    q = Queue(url)
+    enqueue_slow(q, 40, 2.0)  # long tasks: the kill leaves them running
+    first = spawn_worker(url, "--concurrency", "4", "--lease", "120", FERROQ_TEST_LOG=str(log))
+    wait_for(lambda: len(read_log(log)) >= 4, 30, "four tasks started")
+    first.kill()
+    first.wait(timeout=10)
+    stuck = {tid for tag, tid, _ in read_log(log) if tag == "start"}
+    assert len(stuck) == 4 and q.stats()["default"]["running"] == 4
+    restarted = time.monotonic()
+    second = spawn_worker(url, "--concurrency", "4", "--lease", "120", FERROQ_TEST_LOG=str(log))
+    try:
+        # With a 120 s lease only dead-worker detection can bring them back soon.
+        wait_for(
+            lambda: stuck <= {tid for tag, tid, pid in read_log(log) if pid == second.pid},
+            30,
+            "the killed worker's tasks to run again",
+        )
+        took = time.monotonic() - restarted
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=60)
+    print(f"killed worker's tasks running again {took:.2f}s after the restart")
+    assert took < 20
+    q.close()
+
+
+def test_process_mode_kills_a_hung_task_and_retries(tmp_path: Path) -> None:
+    url = str(tmp_path / "proc")
+    log = tmp_path / "log.txt"
+    import os
+
+    os.environ["FERROQ_TEST_LOG"] = str(log)
+    try:
+        with Queue(url) as q:
+            set_default_queue(q)
+            with QueueScheduler(q, mode="process", concurrency=1):
+                h = modes.hang_once.send()
+                assert h.result(timeout=60) == 2
+            info = h.info()
+            assert info.attempts == 2
+            [(first_attempt, pid1), (second_attempt, pid2)] = log_lines(log, "hang")
+            assert (first_attempt, second_attempt) == ("1", "2")
+            assert pid1 != pid2 and not pid_alive(int(pid1))
+    finally:
+        del os.environ["FERROQ_TEST_LOG"]
+        set_default_queue(None)
+
+
+def test_asyncio_mode_runs_hundreds_at_once(q: Queue) -> None:
+    modes.STATE["max_in_flight"] = 0
+    with QueueScheduler(q, mode="asyncio", concurrency=500, queues=["default"]):
+        t0 = time.monotonic()
+        handles = [modes.async_sleep.send(0.1) for _ in range(500)]
+        results = [h.result(timeout=30) for h in handles]
+        took = time.monotonic() - t0
+    assert results == [0.1] * 500
+    assert modes.STATE["max_in_flight"] >= 100
+    assert took < 2.0, took
+
+
+@pytest.mark.parametrize("mode", ["thread", "process", "asyncio"])
+def test_cancel_a_running_task_in_each_mode(mode: str, tmp_path: Path) -> None:
+    with Queue(str(tmp_path / mode)) as q:
+        set_default_queue(q)
+        try:
+            with QueueScheduler(q, mode=mode, concurrency=2):  # type: ignore[arg-type]
+                if mode == "asyncio":
+                    h = modes.async_sleep.send(30.0)
+                elif mode == "process":
+                    h = modes.sleep_for.send(30.0)  # type: ignore[assignment]
+                else:
+                    from test_tasks import STARTED, cooperative
+
+                    STARTED.clear()
+                    h = cooperative.send()  # type: ignore[assignment]
+                wait_for(lambda: h.status() == "running", 30, "task to start")
+                time.sleep(0.2)
+                t0 = time.monotonic()
+                assert h.cancel() == "running"
+                with pytest.raises(ferroq.TaskCancelledError):
+                    h.result(timeout=20)
+                assert time.monotonic() - t0 < 10
+        finally:
+            set_default_queue(None)
+
+
+def test_capacity_refuses_or_waits(q: Queue) -> None:
+    q.set_capacity("default", 2)
+    assert q.capacity("default") == 2
+    modes.sleep_for.send(0.2)
+    modes.sleep_for.send(0.2)
+    with pytest.raises(ferroq.QueueFullError, match="full"):
+        modes.sleep_for.send(0.2)
+    assert q.stats()["default"]["queued"] == 2
+    with QueueScheduler(q, concurrency=2):
+        h = modes.sleep_for.options(wait=20).send(0.0)  # waits for a free place
+        assert h.result(timeout=20) == "slept"
+    q.set_capacity("default", None)
+
+
+def test_tasks_finished_from_outside(q: Queue) -> None:
+    a = q.send("app.more.echo", {"question": "approve?"})
+    b = q.send("app.more.echo", {"question": "second"})
+    active = q.active()
+    assert active is not None and active.id == a.id
+    assert q.active().id == a.id  # type: ignore[union-attr]  # still the same one
+    args, kwargs = active.args
+    assert args == [{"question": "approve?"}] and kwargs == {}
+    active.complete({"approved": True})
+    assert a.result(timeout=1) == {"approved": True}
+    nxt = q.active()
+    assert nxt is not None and nxt.id == b.id
+    assert nxt.fail("rejected by reviewer") == "failed"
+    with pytest.raises(ferroq.TaskFailedError, match="rejected by reviewer"):
+        b.result(timeout=1)
+    assert q.claim() is None
+    c = q.send("app.more.echo", 3)
+    held = q.claim(worker="reviewer-1")
+    assert held is not None and held.id == c.id
+    with pytest.raises(ferroq.LeaseLostError):
+        q.complete(c.id, 1, worker="someone-else")
+    with pytest.raises(ferroq.AlreadyFinishedError):
+        q.complete(b.id, 1, worker=nxt.worker)
+    held.complete(3)
+    assert c.result(timeout=1) == 3
+
+
+def test_concurrency_limit_holds_under_four_workers(q: Queue) -> None:
+    modes.STATE["max_running"] = 0
+    handles = [modes.limited.send(0.05) for _ in range(16)]
+    schedulers = [QueueScheduler(q, concurrency=4, queues=["default"]) for _ in range(4)]
+    for s in schedulers:
+        s.start()
+    try:
+        for h in handles:
+            h.result(timeout=60)
+    finally:
+        for s in schedulers:
+            s.stop()
+    assert modes.STATE["max_running"] == 2
+
+
+def test_rate_limit_holds_under_four_workers(q: Queue) -> None:
+    modes.STARTS.clear()
+    handles = [modes.rated.send() for _ in range(60)]
+    schedulers = [QueueScheduler(q, concurrency=4, queues=["default"]) for _ in range(4)]
+    for s in schedulers:
+        s.start()
+    try:
+        for h in handles:
+            h.result(timeout=60)
+    finally:
+        for s in schedulers:
+            s.stop()
+    starts = sorted(modes.STARTS)
+    assert len(starts) == 60
+    # In any one-second window: at most the burst (20) plus 20 refilled.
+    worst = max(sum(1 for t in starts if s0 <= t < s0 + 1.0) for s0 in starts)
+    assert worst <= 40, worst
+
+
+def test_resource_requirements_pick_the_right_worker(q: Queue) -> None:
+    h = modes.needs_gpu.send()
+    with QueueScheduler(q, resources={"gpu_memory_gb": 4}):
+        time.sleep(0.5)
+        assert h.status() == "queued"
+    with QueueScheduler(q, resources=lambda: {"gpu_memory_gb": 16.0}):
+        assert h.result(timeout=10) == "ran"
+    assert ferroq.gpu_probe() == {} or "gpu_memory_gb" in ferroq.gpu_probe()
+
+
+def test_threads_stop_is_graceful_with_thread_threads_count() -> None:
+    # A scheduler's threads all end after stop().
+    with Queue() as q:
+        s = QueueScheduler(q, concurrency=3).start()
+        before = threading.active_count()
+        s.stop()
+        assert threading.active_count() <= before - 6
