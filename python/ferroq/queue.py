@@ -178,7 +178,6 @@ class Queue:
         )
         deadline = None if o.wait is None else time.monotonic() + o.wait
         while True:
-            token = self.store.change_token()
             try:
                 task_id, _inserted = self.store.enqueue(queue_name, fn.name, payload, **kwargs_)
                 break
@@ -186,8 +185,9 @@ class Queue:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is None or left <= 0:
                     raise
-                # A task finishing somewhere commits, which moves the token.
-                self.store.wait_for_change(token, min(left, 0.5))
+                # A task finishing somewhere commits, which moves the token;
+                # the short slice covers a finish between the two calls.
+                self.store.wait_for_change(self.store.change_token(), min(left, 0.05))
         handle: TaskHandle[R] = TaskHandle(self, task_id, fn)
         if o.callback is not None:
             self._receive_loop().watch(handle, o.callback)

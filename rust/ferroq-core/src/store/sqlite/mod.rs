@@ -8,6 +8,7 @@
 //! order. Unkeyed tasks are spread round-robin; tasks with a key are routed
 //! by a hash of (queue, key) so that dedup and lookup by key hit one shard.
 
+mod group;
 mod schema;
 pub mod sql;
 
@@ -38,6 +39,8 @@ use std::time::{Duration, Instant};
 struct Shard {
     conn: Mutex<Connection>,
     watch: Option<Mutex<Connection>>,
+    /// Enqueues waiting to share a transaction (group commit).
+    group: group::Group,
 }
 
 /// In-process wake-ups: every commit bumps the generation and wakes waiters.
@@ -183,7 +186,7 @@ impl SqliteStore {
                 let mut conn = Connection::open_in_memory()?;
                 schema::configure(&conn, config, true)?;
                 schema::prepare(&mut conn, i, Some(n), "memory://")?;
-                Ok(Shard { conn: Mutex::new(conn), watch: None })
+                Ok(Shard { conn: Mutex::new(conn), watch: None, group: group::Group::default() })
             })
             .collect()
     }
@@ -267,7 +270,7 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         watch.busy_timeout(config.busy_timeout)?;
-        Ok((Shard { conn: Mutex::new(conn), watch: Some(Mutex::new(watch)) }, n))
+        Ok((Shard { conn: Mutex::new(conn), watch: Some(Mutex::new(watch)), group: group::Group::default() }, n))
     }
 
     /// The settings each shard's connection reports (for verification).
@@ -572,6 +575,110 @@ impl SqliteStore {
         Ok(tasks)
     }
 
+    /// Inserts `tasks[i]` for each `i` in `idxs` into shard `s` (within the
+    /// caller's transaction); a task whose key exists stores nothing.
+    fn insert_tasks(&self, tx: &Connection, s: usize, tasks: &[NewTask], idxs: &[usize], first_local: i64, now: i64) -> Result<Vec<Enqueued>> {
+        let mut last = schema::last_local_id(tx)?;
+        let mut insert = tx.prepare_cached(sql::INSERT_TASK)?;
+        let mut out = Vec::with_capacity(idxs.len());
+        for &i in idxs {
+            let t = &tasks[i];
+            if let Some(k) = &t.key {
+                let existing: Option<i64> =
+                    tx.prepare_cached(sql::FIND_KEY)?.query_row((&t.queue, k), |r| r.get(0)).optional()?;
+                if let Some(local) = existing {
+                    out.push(Enqueued { id: self.global(s, local), inserted: false });
+                    continue;
+                }
+            }
+            let local = (first_local + i as i64).max(last + 1);
+            insert.execute(params![
+                t.queue,
+                t.name,
+                t.payload,
+                t.priority,
+                t.run_at.unwrap_or(now),
+                t.max_attempts,
+                t.key,
+                t.batch,
+                now,
+                t.expires_at,
+                t.metadata,
+                t.backoff.map(|b| b.encode()),
+                t.result_ttl_ms,
+                local,
+                t.requires,
+            ])?;
+            last = local;
+            out.push(Enqueued { id: self.global(s, local), inserted: true });
+        }
+        self.last_local.fetch_max(last, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Enqueues through the shard's group commit (see `group.rs`).
+    fn enqueue_grouped(&self, s: usize, req: Arc<group::Pending>) -> Result<Vec<Enqueued>> {
+        let shard = &self.shards[s];
+        shard.group.push(req.clone());
+        loop {
+            if let Some(r) = req.take() {
+                return r;
+            }
+            if let Some(mut conn) = shard.conn.try_lock() {
+                // Lead: serve every queued request, ours included, until none is left.
+                loop {
+                    let batch = shard.group.drain();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    self.commit_group(&mut conn, s, &batch);
+                }
+                continue;
+            }
+            if let Some(r) = req.wait() {
+                return r;
+            }
+        }
+    }
+
+    /// Commits a batch of queued enqueues in one transaction.
+    fn commit_group(&self, conn: &mut Connection, s: usize, batch: &[Arc<group::Pending>]) {
+        let run = |conn: &mut Connection| -> Result<Vec<Result<Vec<Enqueued>>>> {
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut results = Vec::with_capacity(batch.len());
+            for p in batch {
+                let all: Vec<usize> = (0..p.tasks.len()).collect();
+                if batch.len() == 1 {
+                    results.push(Ok(self.insert_tasks(&tx, s, &p.tasks, &all, p.first_local, p.now)?));
+                    continue;
+                }
+                // One savepoint per request: a failure rolls back only its own rows.
+                let sp = tx.savepoint()?;
+                match self.insert_tasks(&sp, s, &p.tasks, &all, p.first_local, p.now) {
+                    Ok(v) => {
+                        sp.commit()?;
+                        results.push(Ok(v));
+                    }
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+            tx.commit()?;
+            Ok(results)
+        };
+        match run(conn) {
+            Ok(results) => {
+                for (p, r) in batch.iter().zip(results) {
+                    p.finish(r);
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    p.finish(Err(group::replicate(&e)));
+                }
+            }
+        }
+    }
+
     /// Refuses a batch that would take a capped queue over its capacity.
     /// Checked before writing; producers in other processes racing this one
     /// can overshoot by their own in-flight sends.
@@ -650,47 +757,22 @@ impl Store for SqliteStore {
         // shard whose own sequence is ahead (another process, or another
         // thread's batch committed first) continues from there instead.
         let first_local = self.last_local.fetch_add(tasks.len() as i64, Ordering::Relaxed) + 1;
+        let busy: Vec<usize> = (0..groups.len()).filter(|s| !groups[*s].is_empty()).collect();
+        let bytes: usize = tasks.iter().map(|t| t.payload.len()).sum();
+        if let [s] = busy[..] {
+            if bytes <= group::GROUP_MAX_BYTES {
+                let out = self.enqueue_grouped(s, group::Pending::new(tasks.to_vec(), first_local, now))?;
+                self.wake.bump();
+                return Ok(out);
+            }
+        }
         let mut out = vec![Enqueued { id: 0, inserted: false }; tasks.len()];
-        for (s, idxs) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
-            self.write(s, |tx| {
-                let mut last = schema::last_local_id(tx)?;
-                let mut insert = tx.prepare_cached(sql::INSERT_TASK)?;
-                for &i in idxs {
-                    let t = &tasks[i];
-                    if let Some(k) = &t.key {
-                        let existing: Option<i64> = tx
-                            .prepare_cached(sql::FIND_KEY)?
-                            .query_row((&t.queue, k), |r| r.get(0))
-                            .optional()?;
-                        if let Some(local) = existing {
-                            out[i] = Enqueued { id: self.global(s, local), inserted: false };
-                            continue;
-                        }
-                    }
-                    let local = (first_local + i as i64).max(last + 1);
-                    insert.execute(params![
-                        t.queue,
-                        t.name,
-                        t.payload,
-                        t.priority,
-                        t.run_at.unwrap_or(now),
-                        t.max_attempts,
-                        t.key,
-                        t.batch,
-                        now,
-                        t.expires_at,
-                        t.metadata,
-                        t.backoff.map(|b| b.encode()),
-                        t.result_ttl_ms,
-                        local,
-                        t.requires,
-                    ])?;
-                    last = local;
-                    out[i] = Enqueued { id: self.global(s, local), inserted: true };
-                }
-                self.last_local.fetch_max(last, Ordering::Relaxed);
-                Ok(())
-            })?;
+        for s in busy {
+            let idxs = &groups[s];
+            let got = self.write(s, |tx| self.insert_tasks(tx, s, tasks, idxs, first_local, now))?;
+            for (&i, e) in idxs.iter().zip(got) {
+                out[i] = e;
+            }
         }
         if !tasks.is_empty() {
             self.wake.bump();

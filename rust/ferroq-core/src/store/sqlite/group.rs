@@ -1,0 +1,91 @@
+//! Group commit for enqueue. Concurrent sends to one shard share a single
+//! write transaction: each caller queues its request; whoever gets the
+//! shard's connection serves every queued request in one transaction (one
+//! savepoint each, so one bad request cannot sink the others), then wakes
+//! their callers. Every call still returns only once its own tasks are
+//! committed. With one sender there is nothing to share and the cost is a
+//! queue push and an uncontended lock.
+
+use crate::error::{Error, Result};
+use crate::store::Enqueued;
+use crate::task::NewTask;
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Requests no larger than this (payload bytes) are shared; bigger ones
+/// write directly rather than being copied into a request.
+pub const GROUP_MAX_BYTES: usize = 256 * 1024;
+
+/// How long a waiting sender sleeps before looking at the lock again (it is
+/// woken at once when its request is served).
+const FOLLOWER_WAIT: Duration = Duration::from_micros(200);
+
+/// One caller's enqueue, waiting to be committed.
+pub struct Pending {
+    /// The tasks (all routed to this shard).
+    pub tasks: Vec<NewTask>,
+    /// The first local id handed out for them (see the module doc of `sqlite`).
+    pub first_local: i64,
+    /// The enqueue time.
+    pub now: i64,
+    result: Mutex<Option<Result<Vec<Enqueued>>>>,
+    done: Condvar,
+}
+
+impl Pending {
+    /// A request for `tasks`.
+    pub fn new(tasks: Vec<NewTask>, first_local: i64, now: i64) -> Arc<Self> {
+        Arc::new(Pending { tasks, first_local, now, result: Mutex::new(None), done: Condvar::new() })
+    }
+
+    /// Hands the request its outcome and wakes its caller.
+    pub fn finish(&self, r: Result<Vec<Enqueued>>) {
+        *self.result.lock() = Some(r);
+        self.done.notify_one();
+    }
+
+    /// The outcome, if served; otherwise waits briefly for it.
+    pub fn wait(&self) -> Option<Result<Vec<Enqueued>>> {
+        let mut slot = self.result.lock();
+        if slot.is_none() {
+            self.done.wait_for(&mut slot, FOLLOWER_WAIT);
+        }
+        slot.take()
+    }
+
+    /// The outcome, if served, without waiting.
+    pub fn take(&self) -> Option<Result<Vec<Enqueued>>> {
+        self.result.lock().take()
+    }
+}
+
+/// The requests queued on one shard.
+#[derive(Default)]
+pub struct Group {
+    queue: Mutex<Vec<Arc<Pending>>>,
+}
+
+impl Group {
+    /// Queues a request.
+    pub fn push(&self, p: Arc<Pending>) {
+        self.queue.lock().push(p);
+    }
+
+    /// Takes every queued request.
+    pub fn drain(&self) -> Vec<Arc<Pending>> {
+        std::mem::take(&mut *self.queue.lock())
+    }
+}
+
+/// The same error again, for every request of a batch whose transaction
+/// failed as a whole (the core error type is not `Clone`).
+pub fn replicate(e: &Error) -> Error {
+    match e {
+        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+        Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
+        Error::Corrupt(m) => Error::Corrupt(m.clone()),
+        Error::NotAStore(m) => Error::NotAStore(m.clone()),
+        other => Error::Storage(other.to_string()),
+    }
+}

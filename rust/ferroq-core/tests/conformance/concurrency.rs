@@ -1,0 +1,48 @@
+//! Many threads sending at once (group commit shares their transactions):
+//! every send is stored once, ids are unique, keys still dedupe.
+
+use crate::harness::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+crate::conformance!(concurrent_sends_are_all_stored_once, concurrent_keyed_sends_dedupe);
+
+fn concurrent_sends_are_all_stored_once(b: Backend) {
+    let env = b.open();
+    let store = env.store.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || (0..200).map(|_| store.enqueue(&[task("q")]).unwrap()[0].id).collect::<Vec<_>>())
+        })
+        .collect();
+    let ids: Vec<i64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert_eq!(ids.len(), 1_600);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 1_600, "ids are unique");
+    assert_eq!(env.total(), 1_600);
+    for id in ids.iter().step_by(97) {
+        assert_eq!(env.get(*id).queue, "q");
+    }
+}
+
+fn concurrent_keyed_sends_dedupe(b: Backend) {
+    let env = b.open();
+    let store = env.store.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                (0..100)
+                    .map(|i| {
+                        // Every thread sends keys k0..k49 twice over, and some of its own.
+                        let key = if i % 2 == 0 { format!("k{}", i / 2) } else { format!("own-{t}-{i}") };
+                        store.enqueue(&[keyed("q", &key)]).unwrap()[0]
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert_eq!(all.iter().filter(|e| e.inserted).count(), 50 + 8 * 50);
+    assert_eq!(env.total(), 450);
+}
