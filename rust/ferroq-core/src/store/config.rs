@@ -79,11 +79,11 @@ impl StoreConfig {
             config.path = Some(PathBuf::from(decode(rest)?));
         } else if base.starts_with("postgres://") || base.starts_with("postgresql://") {
             return Err(Error::InvalidArgument(
-                "PostgreSQL stores are not available in this build".into(),
+                "a PostgreSQL URL is parsed by PgConfig::parse (store::open takes either)".into(),
             ));
         } else if let Some((scheme, _)) = base.split_once("://") {
             return Err(Error::InvalidArgument(format!(
-                "unknown store scheme {scheme:?}: use a path, sqlite:///path or memory://"
+                "unknown store scheme {scheme:?}: use a path, sqlite:///path, postgresql://... or memory://"
             )));
         } else {
             config.path = Some(PathBuf::from(base));
@@ -95,7 +95,8 @@ impl StoreConfig {
         Ok(config)
     }
 
-    fn apply(&mut self, key: &str, value: &str) -> Result<()> {
+    /// Applies one `key=value` option (shared with the PostgreSQL URL form).
+    pub(crate) fn apply(&mut self, key: &str, value: &str) -> Result<()> {
         let bad = |why: &str| Error::InvalidArgument(format!("store option {key}={value:?}: {why}"));
         let int = |v: &str| v.parse::<i64>().map_err(|_| bad("not an integer"));
         match key {

@@ -8,6 +8,7 @@
 //! [`Error::AlreadyFinished`], ...), never a silent no-op.
 
 mod config;
+pub mod postgres;
 pub mod sqlite;
 
 pub use config::{StoreConfig, Synchronous};
@@ -378,13 +379,20 @@ pub trait Store: Send + Sync {
 ///
 /// * `memory://` — an in-memory store (for tests; gone when closed);
 /// * `sqlite:///abs/path?shards=4&synchronous=full`, `sqlite://rel/path`, or
-///   a plain path — a directory of SQLite shard files.
+///   a plain path — a directory of SQLite shard files;
+/// * `postgresql://user:password@host:port/db?schema=ferroq&pool=10` (or
+///   `postgres://`) — a PostgreSQL database shared by many hosts (see
+///   [`postgres::PgConfig::parse`] for the options).
 pub fn open(url: &str) -> Result<Arc<dyn Store>> {
     open_with_clock(url, Arc::new(SystemClock::new()))
 }
 
 /// Opens the store a URL names, on the given clock.
 pub fn open_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>> {
+    if postgres::PgConfig::is_postgres_url(url) {
+        let config = postgres::PgConfig::parse(url)?;
+        return Ok(Arc::new(postgres::PostgresStore::open(config, clock)?));
+    }
     let config = StoreConfig::parse(url)?;
     Ok(Arc::new(sqlite::SqliteStore::open(config, clock)?))
 }

@@ -143,7 +143,7 @@ fn shard_counts_out_of_range_are_refused_before_touching_disk() {
 
 #[test]
 fn unknown_options_and_schemes_are_refused() {
-    for bad in ["memory://?colour=blue", "ftp://host/x", "", "memory://?max_payload=0", "postgresql://u@h/db"]
+    for bad in ["memory://?colour=blue", "ftp://host/x", "", "memory://?max_payload=0", "postgresql://u@h/db?colour=blue", "postgresql://"]
     {
         assert!(matches!(open(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
     }

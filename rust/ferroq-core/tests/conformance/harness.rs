@@ -24,13 +24,19 @@ pub enum Backend {
     Sqlite1,
     /// A SQLite store of 4 shards in a temp dir.
     Sqlite4,
+    /// A fresh schema in the PostgreSQL database `$FERROQ_TEST_PG_URL`
+    /// names (skipped when it is not set; `scripts/test` always sets it).
+    Postgres,
 }
+
+/// The variable naming the test PostgreSQL database (`scripts/pg url`).
+pub const PG_URL_VAR: &str = "FERROQ_TEST_PG_URL";
 
 impl Backend {
     /// Shards the backend is opened with.
     pub fn shards(self) -> u32 {
         match self {
-            Backend::Memory | Backend::Sqlite1 => 1,
+            Backend::Memory | Backend::Sqlite1 | Backend::Postgres => 1,
             Backend::Memory4 | Backend::Sqlite4 => 4,
         }
     }
@@ -38,6 +44,16 @@ impl Backend {
     /// True for backends stored in files.
     pub fn on_disk(self) -> bool {
         matches!(self, Backend::Sqlite1 | Backend::Sqlite4)
+    }
+
+    /// Why this backend cannot run here, if it cannot.
+    pub fn unavailable(self) -> Option<String> {
+        match self {
+            Backend::Postgres if std::env::var(PG_URL_VAR).map_or(true, |v| v.is_empty()) => Some(format!(
+                "skipped: {PG_URL_VAR} is not set (scripts/test starts a server with scripts/pg and sets it)"
+            )),
+            _ => None,
+        }
     }
 
     /// Opens a fresh store of this backend.
@@ -50,9 +66,20 @@ impl Backend {
         let dir = if self.on_disk() { Some(tempfile::tempdir().unwrap()) } else { None };
         let path = dir.as_ref().map(|d| d.path().join("store"));
         let clock = Arc::new(ManualClock::new(T0));
-        let url = url_for(self, path.as_ref(), options);
+        let (url, pg_schema) = if self == Backend::Postgres {
+            let schema = format!("t_{:016x}", rand_u64());
+            let base = std::env::var(PG_URL_VAR).unwrap();
+            let mut url = format!("{base}?schema={schema}");
+            if !options.is_empty() {
+                url = format!("{url}&{options}");
+            }
+            (url, Some(schema))
+        } else {
+            (url_for(self, path.as_ref(), options), None)
+        };
         let store = ferroq_core::open_with_clock(&url, clock.clone()).unwrap();
-        Env { store, clock, url, path, _dir: dir }
+        let _drop_schema = pg_schema.clone().map(DropSchema);
+        Env { store, clock, url, path, pg_schema, _drop_schema, _dir: dir }
     }
 }
 
@@ -86,7 +113,33 @@ pub struct Env {
     pub url: String,
     /// The store directory (on-disk backends).
     pub path: Option<PathBuf>,
+    /// The schema of a PostgreSQL store (dropped with the Env).
+    pub pg_schema: Option<String>,
+    _drop_schema: Option<DropSchema>,
     _dir: Option<TempDir>,
+}
+
+/// A random number for schema names (distinct across test threads and runs).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish()
+}
+
+/// Drops a test's PostgreSQL schema when the test's Env goes (after its
+/// store, which is declared first), leaving the shared database as it was.
+pub struct DropSchema(String);
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let schema = &self.0;
+        if let Ok(base) = std::env::var(PG_URL_VAR) {
+            if let Ok(mut c) = postgres::Client::connect(&base, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
 }
 
 impl Env {

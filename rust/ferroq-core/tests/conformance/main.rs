@@ -3,7 +3,8 @@
 //!
 //! Each behaviour is a plain function taking a [`Backend`]; the
 //! `conformance!` macro turns it into one `#[test]` per backend
-//! (`memory`, `memory_4` = `memory://?shards=4`, `sqlite_1`, `sqlite_4`).
+//! (`memory`, `memory_4` = `memory://?shards=4`, `sqlite_1`, `sqlite_4`, and
+//! `postgres` when `$FERROQ_TEST_PG_URL` names a test database).
 //! Time is a [`ManualClock`], so lease expiry, backoff and deadlines are
 //! checked without sleeping. Tests that only make sense on disk (files,
 //! reopening, permissions) live in `on_disk.rs` and run on the SQLite
@@ -17,6 +18,7 @@ mod harness;
 mod limits;
 mod on_disk;
 mod ordering;
+mod pg;
 mod verbs;
 mod wake;
 
@@ -29,6 +31,10 @@ macro_rules! conformance {
             $(
                 #[test]
                 fn $name() {
+                    if let Some(why) = $backend.unavailable() {
+                        eprintln!("{why}");
+                        return;
+                    }
                     super::$name($backend)
                 }
             )*
@@ -39,6 +45,7 @@ macro_rules! conformance {
         $crate::conformance!(@backend memory_4, $crate::harness::Backend::Memory4, $($name),*);
         $crate::conformance!(@backend sqlite_1, $crate::harness::Backend::Sqlite1, $($name),*);
         $crate::conformance!(@backend sqlite_4, $crate::harness::Backend::Sqlite4, $($name),*);
+        $crate::conformance!(@backend postgres, $crate::harness::Backend::Postgres, $($name),*);
     };
 }
 

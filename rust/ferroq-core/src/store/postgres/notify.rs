@@ -1,0 +1,117 @@
+//! Wake-ups. Within a process every write bumps a generation and wakes
+//! waiters at once. Across processes and hosts a dedicated connection
+//! LISTENs on the store's channel (triggers NOTIFY it on every change that
+//! matters to a waiter) and bumps the same generation. When notifications
+//! are off (`?notify=off`, e.g. behind a transaction-mode pooler) or the
+//! listener is down, waiters poll a change counter instead.
+
+use super::config::PgConfig;
+use super::pool::connect;
+use super::sql;
+use parking_lot::{Condvar, Mutex};
+use postgres::fallible_iterator::FallibleIterator;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Shared between the store, its waiters and its listener thread.
+pub(super) struct Wake {
+    pub(super) generation: Mutex<u64>,
+    pub(super) cv: Condvar,
+    listening: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Wake {
+    pub(super) fn new() -> Self {
+        Wake {
+            generation: Mutex::new(0),
+            cv: Condvar::new(),
+            listening: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Records a change and wakes every waiter.
+    pub(super) fn bump(&self) {
+        *self.generation.lock() += 1;
+        self.cv.notify_all();
+    }
+
+    /// True while the listener holds a live LISTEN connection.
+    pub(super) fn listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// Asks the listener thread to end (it does within a slice).
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// How long the listener blocks before checking whether to stop.
+const SLICE: Duration = Duration::from_millis(200);
+/// After this long without a notification, the listener pings the server
+/// so that a dead connection is noticed (and polling takes over) quickly.
+const PING_AFTER: Duration = Duration::from_secs(2);
+
+/// Starts the listener thread. It (re)connects with backoff for as long as
+/// the store is open; while it has no connection, waiters poll.
+pub(super) fn spawn_listener(wake: Arc<Wake>, cfg: Arc<PgConfig>) -> std::io::Result<()> {
+    let listen = sql::LISTEN.replace("{schema}", &cfg.schema);
+    std::thread::Builder::new()
+        .name("ferroq-pg-listen".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(50);
+            while !wake.stopped() {
+                if let Ok(mut client) = connect(&cfg) {
+                    if client.batch_execute(&listen).is_ok() {
+                        wake.listening.store(true, Ordering::Release);
+                        // Changes made while nobody listened: look again.
+                        wake.bump();
+                        backoff = Duration::from_millis(50);
+                        listen_until_lost(&wake, &mut client);
+                        wake.listening.store(false, Ordering::Release);
+                        wake.bump();
+                    }
+                }
+                let until = Instant::now() + backoff;
+                while !wake.stopped() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        })
+        .map(|_| ())
+}
+
+fn listen_until_lost(wake: &Wake, client: &mut postgres::Client) {
+    let mut quiet_since = Instant::now();
+    while !wake.stopped() {
+        let got = client.notifications().timeout_iter(SLICE).next();
+        match got {
+            Ok(Some(_)) => {
+                // Drain what else arrived, then wake once.
+                while let Ok(Some(_)) = client.notifications().iter().next() {}
+                wake.bump();
+                quiet_since = Instant::now();
+            }
+            Err(_) => return,
+            Ok(None) => {
+                if client.is_closed() {
+                    return;
+                }
+                if quiet_since.elapsed() >= PING_AFTER {
+                    if client.simple_query("").is_err() {
+                        return;
+                    }
+                    quiet_since = Instant::now();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Every SQL statement the PostgreSQL backend runs. Nothing outside this
+//! file writes SQL, so the statements and the indexes they rely on can be
+//! read side by side.
+//!
+//! Every connection's `search_path` is the store's schema (set when the
+//! connection is made), so statements name tables without a schema. The
+//! few statements that must name the schema or a channel themselves
+//! (creating the schema, LISTEN) carry a `{schema}` placeholder that is
+//! replaced by a validated identifier (see `config.rs`).
+//!
+//! Like the SQLite backend, the store keeps two task tables with the same
+//! columns: `task` for unfinished work (queued, running) and `task_done`
+//! for finished tasks, so claims never wade through history. Keys are
+//! unique per queue across both tables through `task_key`, whose primary
+//! key is the idempotency guarantee even between concurrent transactions.
+//!
+//! Time is never read from the server: every `now` is a parameter taken
+//! from the store's clock.
+
+/// The schema version this build writes (`meta.schema_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The columns of both task tables, in the order `read_task` reads them.
+macro_rules! task_columns {
+    () => {
+        "id, queue, name, payload, priority, status, run_at, attempts, max_attempts, \
+         lease_until, worker, key, batch, progress, result, error, created_at, started_at, \
+         finished_at, expires_at, metadata, cancel_requested, backoff, result_ttl, purge_at, \
+         requires"
+    };
+}
+
+/// A task's requirements (`requires`, JSON text) are met by the worker's
+/// resources (JSON text parameter `$r`): `requires IS NULL` first so tasks
+/// without requirements cost nothing.
+macro_rules! requirements_met {
+    ($r:literal) => {
+        concat!(
+            "(requires IS NULL OR NOT EXISTS (SELECT 1 FROM jsonb_each_text(requires::jsonb) AS r
+              WHERE r.value::float8 > coalesce(((",
+            $r,
+            "::text)::jsonb ->> r.key)::float8, 0)))"
+        )
+    };
+}
+
+/// Creates the store's schema (`{schema}` is a validated identifier).
+pub const CREATE_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS {schema}";
+
+/// Tells whether the store's schema exists (a role without CREATE on the
+/// database may still use a schema made for it).
+pub const SCHEMA_EXISTS: &str = "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = $1";
+
+/// Serialises schema creation and migration between processes opening the
+/// same store at once (a transaction-scoped advisory lock on a hash of the
+/// schema name).
+pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('ferroq:' || $1))";
+
+/// Tells whether a table exists in the store's schema.
+pub const TABLE_EXISTS: &str = "SELECT count(*) FROM pg_catalog.pg_tables
+    WHERE schemaname = $1 AND tablename = $2";
+
+/// Counts the tables in the store's schema (a new schema has none).
+pub const TABLE_COUNT: &str = "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = $1";
+
+/// Reads one meta value.
+pub const META_GET: &str = "SELECT value FROM meta WHERE name = $1";
+
+/// Writes one meta value.
+pub const META_SET: &str = "INSERT INTO meta (name, value) VALUES ($1, $2)
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+
+/// Schema version 1.
+///
+/// Triggers do the cross-process wake-ups: each statement that makes work
+/// ready or finishes a task bumps `change_seq` (what pollers watch) and
+/// sends a NOTIFY on `ferroq_<schema>` (what listeners wait on). Claims,
+/// heartbeats and progress wake nobody, so they do neither.
+pub const SCHEMA_V1: &str = "
+CREATE TABLE meta (name text PRIMARY KEY, value text NOT NULL);
+CREATE SEQUENCE task_id_seq;
+CREATE SEQUENCE change_seq;
+CREATE TABLE task (
+    id bigint PRIMARY KEY DEFAULT nextval('task_id_seq'),
+    queue text NOT NULL,
+    name text NOT NULL,
+    payload bytea NOT NULL,
+    priority integer NOT NULL,
+    status smallint NOT NULL,
+    run_at bigint NOT NULL,
+    attempts integer NOT NULL,
+    max_attempts integer NOT NULL,
+    lease_until bigint,
+    worker text,
+    key text,
+    batch text,
+    progress double precision,
+    result bytea,
+    error text,
+    created_at bigint NOT NULL,
+    started_at bigint,
+    finished_at bigint,
+    expires_at bigint,
+    metadata text,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    backoff text,
+    result_ttl bigint,
+    purge_at bigint,
+    requires text
+);
+-- Same columns, same order as ORDER BY in CLAIM.
+CREATE INDEX task_ready ON task (queue, priority DESC, run_at, id) WHERE status = 0;
+CREATE INDEX task_lease ON task (lease_until) WHERE status = 1;
+CREATE INDEX task_running_name ON task (name) WHERE status = 1;
+CREATE INDEX task_expiry ON task (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX task_by_key ON task (queue, key) WHERE key IS NOT NULL;
+CREATE INDEX task_batch ON task (batch) WHERE batch IS NOT NULL;
+CREATE TABLE task_done (LIKE task INCLUDING DEFAULTS);
+ALTER TABLE task_done ADD PRIMARY KEY (id);
+CREATE INDEX task_done_by_key ON task_done (queue, key) WHERE key IS NOT NULL;
+CREATE INDEX task_done_finished ON task_done (finished_at);
+CREATE INDEX task_done_purge ON task_done (purge_at) WHERE purge_at IS NOT NULL;
+CREATE INDEX task_done_batch ON task_done (batch) WHERE batch IS NOT NULL;
+-- One row per key in use, whichever table its task is in.
+CREATE TABLE task_key (
+    queue text NOT NULL,
+    key text NOT NULL,
+    id bigint NOT NULL,
+    PRIMARY KEY (queue, key)
+);
+CREATE TABLE listen_log (
+    version bigserial PRIMARY KEY,
+    key text NOT NULL,
+    value bytea NOT NULL,
+    at bigint NOT NULL
+);
+CREATE INDEX listen_log_key ON listen_log (key, version);
+CREATE TABLE worker (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid bigint NOT NULL,
+    started_at bigint NOT NULL,
+    heartbeat_at bigint NOT NULL,
+    queues text NOT NULL
+);
+CREATE TABLE queue_setting (queue text PRIMARY KEY, capacity bigint);
+CREATE TABLE function_limit (
+    name text PRIMARY KEY,
+    max_running bigint,
+    rate_per_s double precision,
+    burst double precision,
+    tokens double precision NOT NULL,
+    refilled_at bigint NOT NULL
+);
+CREATE FUNCTION notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM nextval((quote_ident(TG_TABLE_SCHEMA) || '.change_seq')::regclass);
+    PERFORM pg_notify('ferroq_' || TG_TABLE_SCHEMA, '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER task_changed AFTER INSERT OR DELETE ON task
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_change();
+CREATE TRIGGER task_requeued AFTER UPDATE ON task
+    FOR EACH ROW WHEN (OLD.status = 1 AND NEW.status = 0) EXECUTE FUNCTION notify_change();
+CREATE TRIGGER listen_changed AFTER INSERT ON listen_log
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_change();
+CREATE TRIGGER limit_changed AFTER INSERT OR DELETE OR UPDATE OF max_running, rate_per_s, burst
+    ON function_limit FOR EACH STATEMENT EXECUTE FUNCTION notify_change();
+";
+
+/// Subscribes a connection to the store's wake-ups.
+pub const LISTEN: &str = "LISTEN ferroq_{schema}";
+
+/// What a poller compares: bumped by every statement that wakes waiters.
+pub const CHANGE_COUNTER: &str = "SELECT last_value + CASE WHEN is_called THEN 1 ELSE 0 END FROM change_seq";
+
+/// Hands out `$1` task ids, for batches whose keys must be reserved
+/// before their rows are written.
+pub const NEXT_IDS: &str = "SELECT nextval('task_id_seq') FROM generate_series(1, $1::int)";
+
+/// Inserts queued tasks from parallel arrays, one row per element, in
+/// array order. A NULL id takes the next from the sequence, so ids follow
+/// array order. `$15` = now. With `$16` true, nothing is inserted while
+/// any queue has a capacity (the caller then takes the checked path).
+pub const INSERT_TASKS: &str = "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
+        attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
+        requires)
+    SELECT coalesce(i.id, nextval('task_id_seq')), i.queue, i.name, i.payload, i.priority, 0,
+        coalesce(i.run_at, $15::bigint), 0, i.max_attempts, i.key, i.batch, $15::bigint, i.expires_at, i.metadata,
+        i.backoff, i.result_ttl, i.requires
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::bigint[],
+        $7::int[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[],
+        $14::text[])
+        AS i(id, queue, name, payload, priority, run_at, max_attempts, key, batch, expires_at,
+             metadata, backoff, result_ttl, requires)
+    WHERE NOT ($16::bool AND EXISTS (SELECT 1 FROM queue_setting))
+    RETURNING id";
+
+/// Reserves keys for ids; returns the (queue, key) pairs this call won.
+/// Arrays are sorted by (queue, key) so that concurrent batches lock in
+/// the same order.
+pub const RESERVE_KEYS: &str = "INSERT INTO task_key (queue, key, id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+    ON CONFLICT DO NOTHING RETURNING queue, key";
+
+/// The ids that own the given keys.
+pub const KEY_OWNERS: &str = "SELECT k.queue, k.key, k.id FROM task_key k
+    JOIN unnest($1::text[], $2::text[]) AS i(queue, key) ON k.queue = i.queue AND k.key = i.key";
+
+/// The capacities of the given queues, locked so that concurrent sends to
+/// a capped queue are checked one after another.
+pub const CAPACITIES_FOR_UPDATE: &str = "SELECT queue, capacity FROM queue_setting
+    WHERE queue = ANY($1::text[]) ORDER BY queue FOR UPDATE";
+
+/// Claims up to `$3` ready tasks of queue `$1` for worker `$4` with lease
+/// end `$5` (`$2` = now, `$6` = the worker's resources as JSON), in one
+/// statement. Always returns at least one row: the first column says
+/// whether function limits are in force, in which case nothing was
+/// claimed and the caller takes the limited path; the task columns are
+/// NULL when nothing was claimed.
+pub const CLAIM: &str = concat!(
+    "WITH lim AS (SELECT EXISTS (SELECT 1 FROM function_limit) AS limited),
+    claimed AS (UPDATE task SET status = 1, attempts = attempts + 1, lease_until = $5, worker = $4,
+            started_at = $2, cancel_requested = false
+        WHERE id IN (SELECT id FROM task
+            WHERE queue = $1 AND status = 0 AND run_at <= $2
+              AND (expires_at IS NULL OR expires_at > $2)
+              AND NOT (SELECT limited FROM lim)
+              AND ",
+    requirements_met!("$6"),
+    " ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+        RETURNING ",
+    task_columns!(),
+    ")
+    SELECT lim.limited, c.* FROM lim LEFT JOIN claimed c ON true"
+);
+
+/// Locks every function limit (serialising limited claims store-wide) and
+/// reads them with their buckets.
+pub const LIMITS_FOR_UPDATE: &str = "SELECT name, max_running, rate_per_s, burst, tokens, refilled_at
+    FROM function_limit ORDER BY name FOR UPDATE";
+
+/// Running tasks per name, for the limited names `$1`.
+pub const RUNNING_BY_NAME: &str = "SELECT name, count(*) FROM task
+    WHERE status = 1 AND name = ANY($1::text[]) GROUP BY name";
+
+/// Candidates of a limited claim, in claim order, locked: like CLAIM's
+/// subquery, leaving out the names in `$5` (whose allowance is spent).
+/// `$4` = the worker's resources.
+pub const CLAIM_CANDIDATES: &str = concat!(
+    "SELECT id, name FROM task
+    WHERE queue = $1 AND status = 0 AND run_at <= $2
+      AND (expires_at IS NULL OR expires_at > $2)
+      AND NOT (name = ANY($5::text[]))
+      AND ",
+    requirements_met!("$4"),
+    " ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+);
+
+/// Claims the chosen, already locked candidates `$1` (`$2` = now, `$3`
+/// worker, `$4` lease end).
+pub const CLAIM_IDS: &str = concat!(
+    "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = $4, worker = $3,
+        started_at = $2, cancel_requested = false
+    WHERE id = ANY($1::bigint[]) AND status = 0
+    RETURNING ",
+    task_columns!()
+);
+
+/// Stores a bucket's new level.
+pub const LIMIT_TOKENS: &str = "UPDATE function_limit SET tokens = $2, refilled_at = $3 WHERE name = $1";
+
+/// Sets a function limit; a new bucket starts full (`$6` = the burst in
+/// effect, `$5` = now).
+pub const LIMIT_SET: &str = "INSERT INTO function_limit
+    (name, max_running, rate_per_s, burst, tokens, refilled_at) VALUES ($1, $2, $3, $4, $6, $5)
+    ON CONFLICT (name) DO UPDATE SET max_running = excluded.max_running,
+        rate_per_s = excluded.rate_per_s, burst = excluded.burst,
+        tokens = least(function_limit.tokens, $6)";
+
+/// Removes a function limit.
+pub const LIMIT_DELETE: &str = "DELETE FROM function_limit WHERE name = $1";
+
+/// Every function limit.
+pub const LIMITS: &str = "SELECT name, max_running, rate_per_s, burst FROM function_limit ORDER BY name";
+
+/// Records or refreshes a worker (`$4` = now).
+pub const WORKER_UPSERT: &str = "INSERT INTO worker (id, host, pid, started_at, heartbeat_at, queues)
+    VALUES ($1, $2, $3, $4, $4, $5)
+    ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+        heartbeat_at = excluded.heartbeat_at, queues = excluded.queues";
+
+/// Every worker.
+pub const WORKERS: &str = "SELECT id, host, pid, started_at, heartbeat_at, queues FROM worker ORDER BY id";
+
+/// Forgets a worker.
+pub const WORKER_DELETE: &str = "DELETE FROM worker WHERE id = $1";
+
+/// Sets a queue's capacity.
+pub const CAPACITY_SET: &str = "INSERT INTO queue_setting (queue, capacity) VALUES ($1, $2)
+    ON CONFLICT (queue) DO UPDATE SET capacity = excluded.capacity";
+
+/// Removes a queue's capacity.
+pub const CAPACITY_DELETE: &str = "DELETE FROM queue_setting WHERE queue = $1";
+
+/// One queue's capacity.
+pub const CAPACITY_GET: &str = "SELECT capacity FROM queue_setting WHERE queue = $1";
+
+/// Earliest run_at among a queue's queued tasks that can still run at
+/// `$2` = now or later (one past its deadline never becomes claimable).
+pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM task WHERE queue = $1 AND status = 0
+    AND (expires_at IS NULL OR expires_at > greatest(run_at, $2))";
+
+/// Extends the leases of tasks `$1` held by worker `$2` to `$3`; returns
+/// the held ones with their cancel flags.
+pub const HEARTBEAT: &str = "UPDATE task SET lease_until = $3
+    WHERE id = ANY($1::bigint[]) AND status = 1 AND worker = $2 RETURNING id, cancel_requested";
+
+/// Records progress of a task held by worker `$2`.
+pub const PROGRESS: &str =
+    "UPDATE task SET progress = $3 WHERE id = $1 AND status = 1 AND worker = $2";
+
+/// Reads (and locks) what fail needs of a task held by worker `$2`.
+pub const FAIL_LOOKUP: &str = "SELECT attempts, max_attempts, backoff FROM task
+    WHERE id = $1 AND status = 1 AND worker = $2 FOR UPDATE";
+
+/// Puts running tasks back in the queue for a later attempt: parallel
+/// arrays of id, expected worker, run_at and error.
+pub const REQUEUE: &str = "UPDATE task t SET status = 0, run_at = i.run_at, lease_until = NULL,
+        worker = NULL, error = i.error
+    FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[]) AS i(id, worker, run_at, error)
+    WHERE t.id = i.id AND t.status = 1 AND t.worker = i.worker
+    RETURNING t.id";
+
+/// Gives claims back without counting the attempt: parallel arrays of id
+/// and worker.
+pub const RELEASE: &str = "UPDATE task t SET status = 0, attempts = t.attempts - 1,
+        lease_until = NULL, worker = NULL
+    FROM unnest($1::bigint[], $2::text[]) AS i(id, worker)
+    WHERE t.id = i.id AND t.status = 1 AND t.worker = i.worker
+    RETURNING t.id";
+
+/// Flags a running task for cancellation.
+pub const FLAG_CANCEL: &str =
+    "UPDATE task SET cancel_requested = true WHERE id = $1 AND status = 1";
+
+/// Moves tasks from `task` to `task_done` with final status `$5`, if they
+/// are in status `$6` (and held by the item's worker when it names one).
+/// Parallel arrays: `$1` id, `$2` result, `$3` error (the old error is
+/// kept when NULL), `$4` worker. `$7` = now, `$8` = default retention (ms,
+/// NULL = forever). Returns the ids moved.
+pub const MOVE_TO_DONE: &str = concat!(
+    "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[])
+        AS i(id, result, error, worker)),
+    moved AS (DELETE FROM task t USING input i
+        WHERE t.id = i.id AND t.status = $6::smallint AND (i.worker IS NULL OR t.worker = i.worker)
+        RETURNING t.*, i.result AS new_result, i.error AS new_error)
+    INSERT INTO task_done (",
+    task_columns!(),
+    ") SELECT id, queue, name, payload, priority, $5::smallint, run_at, attempts, max_attempts,
+        NULL, worker, key, batch, progress, new_result, coalesce(new_error, error), created_at,
+        started_at, $7::bigint, expires_at, metadata, cancel_requested, backoff, result_ttl,
+        $7::bigint + coalesce(result_ttl, $8::bigint), requires
+    FROM moved RETURNING id"
+);
+
+/// Moves failed, cancelled or expired tasks `$1` back to the queue with
+/// fresh attempts (`$2` = now). Returns the ids moved.
+pub const RETRY_FROM_DONE: &str = concat!(
+    "WITH moved AS (DELETE FROM task_done WHERE id = ANY($1::bigint[]) AND status IN (3, 4, 5)
+        RETURNING *)
+    INSERT INTO task (",
+    task_columns!(),
+    ") SELECT id, queue, name, payload, priority, 0, $2::bigint, 0, max_attempts,
+        NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
+        NULL, NULL, metadata, false, backoff, result_ttl, NULL, requires
+    FROM moved RETURNING id"
+);
+
+/// Running tasks whose lease ended before `$1`, or all of worker `$2`'s,
+/// locked (skipping tasks another transaction is finishing right now).
+pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, worker FROM task
+    WHERE status = 1 AND (($2::text IS NULL AND lease_until < $1) OR worker = $2)
+    ORDER BY id FOR UPDATE SKIP LOCKED";
+
+/// Queued tasks whose deadline passed, locked.
+pub const PAST_DEADLINE: &str = "SELECT id FROM task
+    WHERE expires_at IS NOT NULL AND expires_at <= $1 AND status = 0
+    ORDER BY id FOR UPDATE SKIP LOCKED";
+
+/// Tasks by id, from either table (one snapshot: a task moving between
+/// tables is seen exactly once).
+pub const GET: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM task WHERE id = ANY($1::bigint[]) UNION ALL SELECT ",
+    task_columns!(),
+    " FROM task_done WHERE id = ANY($1::bigint[])"
+);
+
+/// Tasks by key within queue `$1`, from either table.
+pub const GET_BY_KEY: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM task WHERE queue = $1 AND key = ANY($2::text[]) UNION ALL SELECT ",
+    task_columns!(),
+    " FROM task_done WHERE queue = $1 AND key = ANY($2::text[])"
+);
+
+/// The statuses of tasks `$1` (to explain guarded updates that changed nothing).
+pub const STATUS_OF: &str = "SELECT id, status FROM task WHERE id = ANY($1::bigint[])
+    UNION ALL SELECT id, status FROM task_done WHERE id = ANY($1::bigint[])";
+
+/// A page of tasks, filtered by queue `$1`, status `$2`, batch `$3` (NULL
+/// = any), with ids above `$4` (NULL = from the start), at most `$5`.
+/// `$6` / `$7` pick the tables to read.
+pub const LIST: &str = concat!(
+    "SELECT * FROM (SELECT ",
+    task_columns!(),
+    " FROM task WHERE $6 AND ($4::bigint IS NULL OR id > $4) AND ($1::text IS NULL OR queue = $1)
+        AND ($2::smallint IS NULL OR status = $2) AND ($3::text IS NULL OR batch = $3)
+    UNION ALL SELECT ",
+    task_columns!(),
+    " FROM task_done WHERE $7 AND ($4::bigint IS NULL OR id > $4) AND ($1::text IS NULL OR queue = $1)
+        AND ($2::smallint IS NULL OR status = $2) AND ($3::text IS NULL OR batch = $3)) AS t
+    ORDER BY id LIMIT $5"
+);
+
+/// Task counts per queue and status.
+pub const COUNTS: &str = "SELECT queue, status, count(*) FROM task GROUP BY queue, status
+    UNION ALL SELECT queue, status, count(*) FROM task_done GROUP BY queue, status";
+
+/// Unfinished tasks in each of the queues `$1`.
+pub const COUNT_UNFINISHED: &str = "SELECT queue, count(*) FROM task
+    WHERE queue = ANY($1::text[]) GROUP BY queue";
+
+/// Deletes finished tasks past their retention (`$1` = now) or finished
+/// before `$2`, and frees their keys; returns how many tasks went.
+pub const PURGE: &str = "WITH gone AS (DELETE FROM task_done
+        WHERE purge_at <= $1 OR ($2::bigint IS NOT NULL AND finished_at < $2)
+        RETURNING id, queue, key),
+    freed AS (DELETE FROM task_key k USING gone g
+        WHERE g.key IS NOT NULL AND k.queue = g.queue AND k.key = g.key AND k.id = g.id)
+    SELECT count(*) FROM gone";
+
+/// Appends a listen-data change. The table lock makes versions commit in
+/// the order they are handed out, so a follower reading "after version v"
+/// never skips a change that commits later with a smaller version.
+pub const LISTEN_LOCK: &str = "LOCK TABLE listen_log IN EXCLUSIVE MODE";
+
+/// Appends a listen-data change (`$3` = now); returns its version.
+pub const LISTEN_SET: &str =
+    "INSERT INTO listen_log (key, value, at) VALUES ($1, $2, $3) RETURNING version";
+
+/// Changes after version `$1`, oldest first.
+pub const LISTEN_SINCE: &str =
+    "SELECT version, key, value, at FROM listen_log WHERE version > $1 ORDER BY version LIMIT $2";
+
+/// The latest value of one key.
+pub const LISTEN_GET: &str = "SELECT version, key, value, at FROM listen_log WHERE key = $1
+    ORDER BY version DESC LIMIT 1";
+
+/// The newest version.
+pub const LISTEN_HEAD: &str = "SELECT coalesce(max(version), 0) FROM listen_log";
+
+/// Drops superseded changes older than `$1` (the newest of each key stays).
+pub const LISTEN_PRUNE: &str = "DELETE FROM listen_log WHERE at < $1
+    AND version NOT IN (SELECT max(version) FROM listen_log GROUP BY key)";
