@@ -42,16 +42,42 @@ class TaskContext:
     ) -> None:
         self._store = store
         self._report_progress = report_progress
+        self._task = task
         self.id: int = task.id
-        self.name: str = task.name
-        self.queue: str = task.queue
-        self.attempt: int = task.attempts
-        self.max_attempts: int = task.max_attempts
-        self.key: Optional[str] = task.key
-        self.batch: Optional[str] = task.batch
         self.worker = worker
-        self._cancelled = task.cancel_requested
+        self._cancelled = False
         self._checked = time.monotonic()
+
+    # Read from the task record on first use: most tasks never look.
+    @property
+    def name(self) -> str:
+        """The task's registered name."""
+        return self._task.name
+
+    @property
+    def queue(self) -> str:
+        """The queue it was sent to."""
+        return self._task.queue
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number (1 for the first run)."""
+        return self._task.attempts
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts it may have in all (retries + 1)."""
+        return self._task.max_attempts
+
+    @property
+    def key(self) -> Optional[str]:
+        """Its idempotency key, if it was sent with one."""
+        return self._task.key
+
+    @property
+    def batch(self) -> Optional[str]:
+        """Its batch label, if any."""
+        return self._task.batch
 
     def progress(self, value: float) -> None:
         """Records progress (0..1), readable through ``handle.progress()``."""

@@ -156,6 +156,11 @@ class QueueScheduler:
         self._hooks.append(hook)
         return hook
 
+    @property
+    def has_hooks(self) -> bool:
+        """True when a status hook is registered (hot paths skip emitting otherwise)."""
+        return bool(self._hooks)
+
     def emit(self, task_id: int, old: str, new: str) -> None:
         """Calls the status hooks; a hook that raises is logged, not propagated."""
         for hook in self._hooks:

@@ -82,8 +82,9 @@ class ClaimingLoop:
             with s.lock:
                 for t in tasks:
                     s.claimed[t.id] = InFlight(t)
-            for t in tasks:
-                s.emit(t.id, "queued", "running")
+            if s.has_hooks:
+                for t in tasks:
+                    s.emit(t.id, "queued", "running")
         return tasks
 
     def release(self, tasks: list[_core.Task]) -> None:
@@ -165,11 +166,12 @@ class ClaimingLoop:
         self._done_ids, self._done_results = [], []
         s = self.s
         errors = s.store.complete_many(ids, s.worker_id, results)
+        hooks = s.has_hooks
         for task_id, err in zip(ids, errors):
-            if err is None:
-                s.emit(task_id, "running", "done")
-            else:
+            if err is not None:
                 log.warning("result of task %s not stored: %s", task_id, err)
+            elif hooks:
+                s.emit(task_id, "running", "done")
 
     def run(self) -> None:
         """The loop's thread: ticks until the scheduler stops."""

@@ -88,7 +88,8 @@ CREATE TABLE task_done (
     requires TEXT
 );
 CREATE UNIQUE INDEX task_done_key ON task_done (queue, key) WHERE key IS NOT NULL;
-CREATE INDEX task_done_finished ON task_done (finished_at);
+-- No index on finished_at: every completion would pay for it, while only a
+-- manual purge by age reads it (retention purges use purge_at).
 CREATE INDEX task_done_purge ON task_done (purge_at) WHERE purge_at IS NOT NULL;
 CREATE INDEX task_done_batch ON task_done (batch) WHERE batch IS NOT NULL;
 CREATE TABLE listen_log (
