@@ -1,11 +1,14 @@
 """Shared fixtures: every queue-level test runs on memory://, SQLite with one
-shard and SQLite with four shards, on real files in a temp directory."""
+shard and SQLite with four shards (on real files in a temp directory), and
+PostgreSQL (a fresh schema per test in the database $FERROQ_TEST_PG_URL
+names; scripts/test starts a throwaway server with scripts/pg and sets it)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +17,26 @@ import pytest
 from ferroq import Queue
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ["memory", "sqlite-1", "sqlite-4"]
+PG_URL = os.environ.get("FERROQ_TEST_PG_URL", "")
+needs_pg = pytest.mark.skipif(
+    not PG_URL,
+    reason="FERROQ_TEST_PG_URL is not set: scripts/test starts PostgreSQL (scripts/pg) and sets it",
+)
+BACKENDS = ["memory", "sqlite-1", "sqlite-4", pytest.param("postgres", marks=needs_pg)]
+
+
+def pg_url(**options: object) -> str:
+    """The URL of a fresh store in its own schema of the test database."""
+    query = "&".join(f"{k}={v}" for k, v in {"schema": f"t_{uuid.uuid4().hex}", **options}.items())
+    return f"{PG_URL}?{query}"
 
 
 def store_url(kind: str, tmp_path: Path) -> str:
     """The URL of a fresh store of the given kind."""
     if kind == "memory":
         return "memory://"
+    if kind == "postgres":
+        return pg_url()
     shards = kind.split("-")[1]
     return f"sqlite://{tmp_path}/store?shards={shards}"
 

@@ -3,7 +3,12 @@ the harness): single sends, drain of N no-op tasks with a 4-thread
 scheduler, and enqueue->result latency with an idle worker in another
 process. Each figure is printed beside the check of what was processed.
 
-    python benches/python/basics.py [--tasks 20000]
+    python benches/python/basics.py [--tasks 20000] [--url URL ...]
+
+``--url`` (repeatable) names where the stores go: a directory (SQLite
+stores are made inside it) or a PostgreSQL URL (each phase gets its own
+schema). By default, SQLite in a temp directory. Several ``--url`` run the
+same workload on each, one after the other, in one run.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Optional
 
 from ferroq import Queue, QueueScheduler, task
 
@@ -28,6 +35,18 @@ def noop(i: int) -> int:
     return i
 
 
+def store_url(base: str, phase: str) -> str:
+    """A fresh store for one phase under ``base``."""
+    if base.startswith(("postgres://", "postgresql://")):
+        sep = "&" if "?" in base else "?"
+        return f"{base}{sep}schema=bench_{phase}_{uuid.uuid4().hex[:8]}"
+    return str(Path(base) / f"{phase}-{uuid.uuid4().hex[:8]}")
+
+
+def label(base: str) -> str:
+    return "postgresql" if base.startswith(("postgres://", "postgresql://")) else "sqlite"
+
+
 def bench_send(n: int, url: str) -> None:
     with Queue(url) as q:
         t0 = time.perf_counter()
@@ -36,6 +55,18 @@ def bench_send(n: int, url: str) -> None:
         ok = q.stats()["default"]["queued"] == n and len({h.id for h in handles}) == n
         check = "ok" if ok else "FAILED"
         print(f"send       {n:>8} single sends      {n / dt:>10,.0f} tasks/s   check={check}")
+
+
+def bench_send_batch(n: int, url: str) -> None:
+    with Queue(url) as q:
+        payloads = [b"J[[%d],{}]" % i for i in range(n)]
+        t0 = time.perf_counter()
+        for i in range(0, n, 1_000):
+            q.store.enqueue_many("default", "bench.noop", payloads[i : i + 1_000])
+        dt = time.perf_counter() - t0
+        ok = q.stats()["default"]["queued"] == n
+        check = "ok" if ok else "FAILED"
+        print(f"batch      {n:>8} rows, 1,000/call  {n / dt:>10,.0f} rows/s    check={check}")
 
 
 def bench_drain(n: int, url: str) -> None:
@@ -80,16 +111,21 @@ def bench_latency(n: int, path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=20_000)
+    ap.add_argument("--url", action="append", help="directory or postgresql:// URL (repeatable)")
     ap.add_argument("--serve")
     args = ap.parse_args()
     if args.serve:
         with Queue(args.serve) as q:
             QueueScheduler(q, concurrency=4, queues=["default"]).run_forever()
         return
-    tmp = Path(tempfile.mkdtemp())
-    bench_send(args.tasks, str(tmp / "send"))
-    bench_drain(args.tasks, str(tmp / "drain"))
-    bench_latency(200, str(tmp / "latency"))
+    bases: list[Optional[str]] = list(args.url or [None])
+    for base in bases:
+        root = base or tempfile.mkdtemp()
+        print(f"--- {label(root)} ---")
+        bench_send(args.tasks, store_url(root, "send"))
+        bench_send_batch(args.tasks * 5, store_url(root, "batch"))
+        bench_drain(args.tasks, store_url(root, "drain"))
+        bench_latency(200, store_url(root, "latency"))
 
 
 if __name__ == "__main__":

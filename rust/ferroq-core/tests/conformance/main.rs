@@ -14,6 +14,7 @@
 
 // Each module is a group of behaviours.
 mod bad_input;
+mod concurrency;
 mod harness;
 mod limits;
 mod on_disk;
