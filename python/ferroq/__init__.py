@@ -41,9 +41,11 @@ from ._errors import (
 )
 from .backoff import Backoff
 from .context import Retry, TaskContext, current_task
+from .frames import FrameSummary
 from .handle import TaskHandle
 from .listen import listener
 from .queue import ExternalTask, Queue, default_queue, set_default_queue
+from .resilience import RateLimit, with_resilience
 from .resources import default_probe, gpu_probe
 from .scheduler import CleanupIntervals, QueueScheduler
 from .task import TaskFunction, discover, task
@@ -55,6 +57,7 @@ __all__ = [
     "CorruptStoreError",
     "ExternalTask",
     "FerroqError",
+    "FrameSummary",
     "InvalidArgumentError",
     "InvalidTransitionError",
     "LeaseLostError",
@@ -63,6 +66,7 @@ __all__ = [
     "Queue",
     "QueueFullError",
     "QueueScheduler",
+    "RateLimit",
     "Retry",
     "SerializationError",
     "ShardMismatchError",
@@ -88,4 +92,5 @@ __all__ = [
     "listener",
     "set_default_queue",
     "task",
+    "with_resilience",
 ]

@@ -1,6 +1,6 @@
 """Type stubs for ferroq's native module (checked by ``mypy.stubtest``)."""
 
-from typing import Optional, Union, final
+from typing import Any, Optional, Union, final
 
 __all__ = ["Store", "Task", "TokenBucket", "__version__", "backoff_delay_ms"]
 __version__: str
@@ -154,6 +154,13 @@ class Store:
         after_id: Optional[int] = None,
         limit: int = 100,
     ) -> list[Task]: ...
+    def results_columns(
+        self,
+        *,
+        batch: Optional[str] = None,
+        queue: Optional[str] = None,
+        statuses: Optional[list[str]] = None,
+    ) -> dict[str, list[Any]]: ...
     def counts(self) -> list[tuple[str, str, int]]: ...
     def unfinished(self, queue: str) -> int: ...
     def purge(self, finished_before: Optional[int] = None) -> int: ...

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar, Union, overload
 
 from typing_extensions import ParamSpec
 
@@ -27,6 +27,11 @@ from .task import (
     make_task,
     parse_rate,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from .frames import FrameSummary
 
 __all__ = ["Queue", "default_queue", "set_default_queue"]
 
@@ -246,6 +251,99 @@ class Queue:
                 raise InvalidArgumentError("older_than must be >= 0 seconds")
             before = int((time.time() - older_than) * 1000)
         return self.store.purge(before)
+
+    # -- frames ----------------------------------------------------------------
+
+    def enqueue_frame(
+        self,
+        df: Any,
+        *,
+        task: Union[TaskFunction[Any, Any], str],
+        key: Union[str, Sequence[str], None] = None,
+        batch: Optional[str] = None,
+        priority: Optional[int] = None,
+        queue: Optional[str] = None,
+        retries: Optional[int] = None,
+        backoff: Optional[Backoff] = None,
+    ) -> FrameSummary:
+        """Sends each row of a Polars DataFrame as one task whose keyword
+        arguments are the row's columns, in one call into the store (no
+        Python loop over rows). With ``key`` (one column or several, of any
+        common type) a row whose key is already in the queue is skipped, so
+        sending the same frame again stores nothing new. ``batch`` labels
+        the rows (default: the task's name); they go to the queue
+        ``batch:<batch>`` unless ``queue`` names another. Returns a
+        :class:`~ferroq.frames.FrameSummary` (inserted, skipped). Needs
+        ``pip install 'ferroq[frames]'``."""
+        from .frames import enqueue_frame
+
+        return enqueue_frame(
+            self, df, task=task, key=key, batch=batch, priority=priority,
+            queue_name=queue, retries=retries, backoff=backoff,
+        )
+
+    def results_frame(
+        self,
+        batch: Optional[str] = None,
+        *,
+        queue: Optional[str] = None,
+        model: Optional[type[Any]] = None,
+        include: Union[str, Sequence[str], None] = ("done", "failed", "cancelled", "expired"),
+    ) -> pl.DataFrame:
+        """A batch's tasks as a Polars DataFrame, in id order: ``task_id``, the
+        key columns (with their types), ``status``, ``attempts``, ``error``
+        (``Type: message``) and ``result`` decoded from JSON by Polars.
+        ``model`` (a Pydantic model) validates the results in one batch
+        into one typed column per field instead of ``result``; rows that
+        fail are kept, with the reason in ``validation_error``. ``include``
+        lists the statuses to return (None: all)."""
+        from .frames import results_frame
+
+        return results_frame(self, batch, queue_name=queue, model=model, include=include)
+
+    def process(
+        self,
+        fn: Union[Callable[..., Any], str],
+        frame: Any = None,
+        *,
+        batch: Optional[str] = None,
+        key: Union[str, Sequence[str], None] = None,
+        queue: Optional[str] = None,
+        concurrency: int = 10,
+        qps: Optional[float] = None,
+        retries: int = 3,
+        backoff: Optional[Backoff] = None,
+        progress: bool = True,
+        model: Optional[type[Any]] = None,
+        include: Union[str, Sequence[str], None] = ("done", "failed", "cancelled", "expired"),
+        lease: float = 30.0,
+        grace: float = 10.0,
+    ) -> pl.DataFrame:
+        """Runs ``fn`` over every row of ``frame`` (keyword arguments from
+        the columns) and returns :meth:`results_frame`, blocking until
+        every row is done or has failed ``retries + 1`` times.
+
+        Plain functions run on ``concurrency`` threads, ``async def`` ones
+        as up to ``concurrency`` coroutines on one event loop. ``qps``
+        limits calls per second across all of them. A progress bar (done,
+        failed, rate, ETA) is drawn on stderr unless ``progress=False``.
+
+        Resumable: rows are keyed by ``key`` columns, or by their position
+        when ``key`` is None, so running the same call again skips rows
+        already finished. Ctrl+C lets running rows finish (``grace``
+        seconds), puts claimed ones back and raises ``KeyboardInterrupt``;
+        after a crash or SIGKILL the next run takes over the dead run's rows
+        at once. ``batch`` defaults to the function's task name; with
+        ``frame=None`` the rows already enqueued in the batch are run.
+        ``model`` (default: the function's return annotation when it is a
+        Pydantic model) is passed to :meth:`results_frame`."""
+        from .process import process
+
+        return process(
+            self, fn, frame, batch=batch, key=key, queue_name=queue,
+            concurrency=concurrency, qps=qps, retries=retries, backoff=backoff,
+            progress=progress, model=model, include=include, lease=lease, grace=grace,
+        )
 
     # -- listen data ---------------------------------------------------------
 

@@ -3,6 +3,7 @@
 //! errors onto ferroq's exception classes. No queue logic lives here.
 
 mod errors;
+mod frames;
 mod store;
 mod task;
 mod tokenbucket;

@@ -2,6 +2,7 @@
 //! for the core call, and converts the answer back.
 
 use crate::errors::{to_py, IntoPyResult};
+use crate::frames::{first_page, read_page, ResultColumns, ResultQuery};
 use crate::task::PyTask;
 use ferroq_core::store::{
     CancelParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, HeartbeatParams, ListParams, WorkerInfo,
@@ -10,7 +11,7 @@ use ferroq_core::store::{
 use ferroq_core::{Backoff, BackoffStrategy, NewTask, Status, Store};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -444,6 +445,51 @@ impl PyStore {
         let p = ListParams { queue, status, batch, after_id, limit };
         let out = py.detach(|| store.list(&p)).py(py)?;
         tasks_to_py(py, out)
+    }
+
+    /// The outcomes of a batch (and/or queue) as columns, in id order: a dict
+    /// of lists `id`, `key`, `status`, `attempts`, `error`, `result` (the
+    /// JSON text of JSON results, tag byte removed) and `result_raw` (results
+    /// in any other form, tag included). `statuses` keeps only those (None:
+    /// all). Pages through the store with the GIL released, checking Ctrl+C
+    /// between pages.
+    #[pyo3(signature = (*, batch=None, queue=None, statuses=None))]
+    fn results_columns<'py>(
+        &self,
+        py: Python<'py>,
+        batch: Option<String>,
+        queue: Option<String>,
+        statuses: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store()?;
+        let statuses = statuses
+            .unwrap_or_default()
+            .iter()
+            .map(|s| Status::parse(s))
+            .collect::<ferroq_core::Result<Vec<_>>>()
+            .py(py)?;
+        let q = ResultQuery { batch, queue, statuses };
+        let mut cols = ResultColumns::default();
+        let mut at: Option<i64> = None;
+        let mut limit = first_page();
+        loop {
+            let next = py.detach(|| read_page(store.as_ref(), &q, at, limit, &mut cols)).py(py)?;
+            let Some((last, size)) = next else { break };
+            at = Some(last);
+            limit = size;
+            py.check_signals()?;
+        }
+        let out = PyDict::new(py);
+        out.set_item("id", cols.id)?;
+        out.set_item("key", cols.key)?;
+        out.set_item("status", cols.status)?;
+        out.set_item("attempts", cols.attempts)?;
+        out.set_item("error", cols.error)?;
+        out.set_item("result", cols.result)?;
+        let raw: Vec<Option<Bound<'py, PyBytes>>> =
+            cols.result_raw.iter().map(|r| r.as_deref().map(|b| PyBytes::new(py, b))).collect();
+        out.set_item("result_raw", raw)?;
+        Ok(out)
     }
 
     /// Counts per queue and status: [(queue, status, count)].
