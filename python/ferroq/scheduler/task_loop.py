@@ -28,6 +28,11 @@ log = logging.getLogger("ferroq.worker")
 _CLAIM_SECONDS = 0.05
 # Longest claim wait, so a stop is noticed promptly.
 WAIT_SLICE_S = 0.25
+# Results wait in a buffer at most this long (or this many) before being
+# stored in one call: fast tasks share a transaction, while a crash can only
+# re-run work finished in the last few milliseconds.
+_FLUSH_AFTER_S = 0.002
+_FLUSH_AT = 64
 
 
 def lookup_task(name: str) -> Optional[TaskFunction[Any, Any]]:
@@ -49,6 +54,7 @@ class ClaimingLoop:
         self._avg_seconds = _CLAIM_SECONDS  # start by claiming one task
         self._done_ids: list[int] = []
         self._done_results: list[bytes] = []
+        self._first_done_at = 0.0
 
     def batch_limit(self) -> int:
         """How many tasks the next claim asks for (about 50 ms of work)."""
@@ -139,8 +145,13 @@ class ClaimingLoop:
             # caller sees the cancellation it asked for.
             self._store_cancelled(t.id)
         elif outcome.result is not None:
+            now = time.monotonic()
+            if not self._done_ids:
+                self._first_done_at = now
             self._done_ids.append(t.id)
             self._done_results.append(outcome.result)
+            if len(self._done_ids) >= _FLUSH_AT or now - self._first_done_at >= _FLUSH_AFTER_S:
+                self.flush()
         elif outcome.error is not None:
             try:
                 status = s.store.fail(t.id, s.worker_id, outcome.error, outcome.retry)
