@@ -158,7 +158,9 @@ fn explain(found: Option<Status>, id: i64, worker: Option<&str>, guard: Guard, a
     }
 }
 
-/// The arrays `INSERT_TASKS` takes, for the tasks at `idx`.
+/// Inserts the tasks at `idx` (one statement: `INSERT_TASK` for a single
+/// unkeyed task, else `INSERT_TASKS` with arrays); returns their ids in
+/// input order.
 fn insert_rows<C: GenericClient>(
     db: &mut Db<'_, C>,
     tasks: &[NewTask],
@@ -167,6 +169,30 @@ fn insert_rows<C: GenericClient>(
     now: i64,
     unless_capped: bool,
 ) -> R<Vec<i64>> {
+    if let ([i], None) = (idx, ids) {
+        let t = &tasks[*i];
+        let backoff = t.backoff.map(|b| b.encode());
+        let rows = db.query(
+            sql::INSERT_TASK,
+            &[
+                &t.queue,
+                &t.name,
+                &t.payload,
+                &t.priority,
+                &t.run_at,
+                &(t.max_attempts as i32),
+                &t.batch,
+                &t.expires_at,
+                &t.metadata,
+                &backoff,
+                &t.result_ttl_ms,
+                &now,
+                &unless_capped,
+                &t.requires,
+            ],
+        )?;
+        return rows.iter().map(|r| Ok(r.try_get(0)?)).collect();
+    }
     let ids: Vec<Option<i64>> = match ids {
         Some(ids) => ids.iter().map(|i| Some(*i)).collect(),
         None => vec![None; idx.len()],

@@ -196,6 +196,17 @@ pub const INSERT_TASKS: &str = "INSERT INTO task (id, queue, name, payload, prio
     WHERE NOT ($16::bool AND EXISTS (SELECT 1 FROM queue_setting))
     RETURNING id";
 
+/// Inserts one queued task without a key (the single send, the hottest
+/// path: scalar parameters cost less than one-element arrays). `$12` = now;
+/// with `$13` true, nothing is inserted while any queue has a capacity.
+pub const INSERT_TASK: &str = "INSERT INTO task (queue, name, payload, priority, status, run_at,
+        attempts, max_attempts, batch, created_at, expires_at, metadata, backoff, result_ttl,
+        requires)
+    SELECT $1::text, $2::text, $3::bytea, $4::int, 0, coalesce($5::bigint, $12::bigint), 0,
+        $6::int, $7::text, $12::bigint, $8::bigint, $9::text, $10::text, $11::bigint, $14::text
+    WHERE NOT ($13::bool AND EXISTS (SELECT 1 FROM queue_setting))
+    RETURNING id";
+
 /// Reserves keys for ids; returns the (queue, key) pairs this call won.
 /// Arrays are sorted by (queue, key) so that concurrent batches lock in
 /// the same order.
