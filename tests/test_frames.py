@@ -75,6 +75,28 @@ def test_enqueue_is_one_store_call_and_idempotent(queue: Queue, monkeypatch) -> 
     assert queue.stats()["batch:b"]["queued"] == 4_000
 
 
+def test_large_frames_go_in_calls_of_bounded_size(queue: Queue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("ferroq.frames._CHUNK_ROWS", 700)
+    monkeypatch.setattr("ferroq.frames._CHUNK_BYTES", 20_000)
+    calls: list[int] = []
+    real = queue.store.enqueue_many
+
+    class Spy:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real.__self__, name)
+
+        def enqueue_many(self, *a, **kw):  # type: ignore[no-untyped-def]
+            calls.append(len(a[2]))
+            return real(*a, **kw)
+
+    monkeypatch.setattr(queue, "store", Spy())
+    task = queue.task(measure)
+    df = frame(2_000)  # about 32 bytes of payload a row: 20,000 bytes is 631 rows
+    assert queue.enqueue_frame(df, task=task, key="n", batch="c").inserted == 2_000
+    assert sum(calls) == 2_000 and len(calls) >= 4 and max(calls) <= 631
+    assert queue.enqueue_frame(df, task=task, key="n", batch="c").skipped == 2_000
+
+
 def echo_keys(**row: object) -> int:
     return 1
 

@@ -2,7 +2,8 @@
 DataFrame into one task, and :func:`results_frame` reads a batch's outcomes
 back as a DataFrame. Both are columnar: payloads, keys and decoded results
 are built by Polars expressions and handed to or taken from the Rust store
-in one call, never by a Python loop over rows.
+in one call (per 100,000 rows, to bound memory), never by a Python loop
+over rows.
 
 How rows are stored:
 
@@ -51,10 +52,12 @@ __all__ = [
 FINISHED = ("done", "failed", "cancelled", "expired")
 #: The key column :meth:`Queue.process` adds when rows are keyed by position.
 ROW = "row"
-# Payload bytes handed to the store per call: a frame larger than this is
-# enqueued in several calls, so rows of a few hundred KB do not need the
-# whole frame twice in memory.
+# Most payload bytes and rows handed to the store per call. A larger frame
+# goes in several calls: the store holds each row of a call as its own
+# record until the call commits (about 900 B per row: 1,000,000 rows in one
+# call peaked at 900 MB, in calls of 100,000 at 330 MB, for 15% less speed).
 _CHUNK_BYTES = 64 << 20
+_CHUNK_ROWS = 100_000
 _MANIFEST = "ferroq:frame:"
 
 
@@ -199,16 +202,16 @@ def _record_manifest(queue: Queue, batch: str, keys: pl.DataFrame, quoted: bool)
 
 
 def _chunks(sizes: pl.Series) -> list[tuple[int, int]]:
-    """(offset, length) slices of about ``_CHUNK_BYTES`` payload each."""
+    """(offset, length) slices of at most ``_CHUNK_ROWS`` rows and about
+    ``_CHUNK_BYTES`` of payload each."""
     n = sizes.len()
     total = int(sizes.sum() or 0)
-    if total <= _CHUNK_BYTES:
-        return [(0, n)]
-    ends = sizes.cum_sum()
-    cuts = ends.search_sorted(
-        pl.Series(range(_CHUNK_BYTES, total, _CHUNK_BYTES), dtype=ends.dtype), side="right"
-    ).to_list()
-    bounds = sorted({0, *(int(c) for c in cuts if 0 < c < n), n})
+    cuts = set(range(_CHUNK_ROWS, n, _CHUNK_ROWS))
+    if total > _CHUNK_BYTES:
+        ends = sizes.cum_sum()
+        marks = pl.Series(range(_CHUNK_BYTES, total, _CHUNK_BYTES), dtype=ends.dtype)
+        cuts |= {int(c) for c in ends.search_sorted(marks, side="right").to_list()}
+    bounds = sorted({0, n} | {c for c in cuts if 0 < c < n})
     return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
 
 

@@ -267,8 +267,8 @@ class Queue:
         backoff: Optional[Backoff] = None,
     ) -> FrameSummary:
         """Sends each row of a Polars DataFrame as one task whose keyword
-        arguments are the row's columns, in one call into the store (no
-        Python loop over rows). With ``key`` (one column or several, of any
+        arguments are the row's columns, in one call into the store per
+        100,000 rows (no Python loop over rows). With ``key`` (one column or several, of any
         common type) a row whose key is already in the queue is skipped, so
         sending the same frame again stores nothing new. ``batch`` labels
         the rows (default: the task's name); they go to the queue

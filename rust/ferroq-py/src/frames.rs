@@ -12,37 +12,59 @@ const FIRST_PAGE: u32 = 2_000;
 const MIN_PAGE: u32 = 16;
 const MAX_PAGE: u32 = 20_000;
 
+/// A column of optional strings kept in one buffer: a million rows must
+/// not mean a million live allocations (the allocator slows every later
+/// page down when they pile up).
+#[derive(Default)]
+pub struct TextColumn {
+    buf: String,
+    /// (start, end) in `buf` of each row's text; None for null.
+    spans: Vec<Option<(usize, usize)>>,
+}
+
+impl TextColumn {
+    fn push(&mut self, text: Option<&str>) {
+        self.spans.push(text.map(|t| {
+            let start = self.buf.len();
+            self.buf.push_str(t);
+            (start, self.buf.len())
+        }));
+    }
+
+    /// Each row's text, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Option<&str>> + '_ {
+        self.spans.iter().map(|s| s.and_then(|(a, b)| self.buf.get(a..b)))
+    }
+}
+
 /// One column per field, in id order.
 #[derive(Default)]
 pub struct ResultColumns {
     pub id: Vec<i64>,
-    pub key: Vec<Option<String>>,
-    pub status: Vec<&'static str>,
+    pub key: TextColumn,
+    pub status: Vec<Status>,
     pub attempts: Vec<u32>,
-    pub error: Vec<Option<String>>,
+    pub error: TextColumn,
     /// The JSON text of results stored as JSON (tag byte `J`), without the tag.
-    pub result: Vec<Option<String>>,
+    pub result: TextColumn,
     /// Results in any other form (e.g. pickle), tag included.
     pub result_raw: Vec<Option<Vec<u8>>>,
 }
 
 impl ResultColumns {
     fn push(&mut self, t: Task) {
-        let (json, raw) = match t.result {
-            Some(r) if r.first() == Some(&b'J') => match String::from_utf8(r[1..].to_vec()) {
-                Ok(text) => (Some(text), None),
-                Err(_) => (None, Some(r)),
-            },
-            Some(r) => (None, Some(r)),
-            None => (None, None),
+        let json = match t.result.as_deref() {
+            Some([b'J', rest @ ..]) => std::str::from_utf8(rest).ok(),
+            _ => None,
         };
-        self.id.push(t.id);
-        self.key.push(t.key);
-        self.status.push(t.status.as_str());
-        self.attempts.push(t.attempts);
-        self.error.push(t.error);
+        let raw = if json.is_none() { t.result.clone() } else { None };
         self.result.push(json);
         self.result_raw.push(raw);
+        self.id.push(t.id);
+        self.key.push(t.key.as_deref());
+        self.status.push(t.status);
+        self.attempts.push(t.attempts);
+        self.error.push(t.error.as_deref());
     }
 }
 

@@ -2,7 +2,7 @@
 //! for the core call, and converts the answer back.
 
 use crate::errors::{to_py, IntoPyResult};
-use crate::frames::{first_page, read_page, ResultColumns, ResultQuery};
+use crate::frames::{first_page, read_page, ResultColumns, ResultQuery, TextColumn};
 use crate::task::PyTask;
 use ferroq_core::store::{
     CancelParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, HeartbeatParams, ListParams, WorkerInfo,
@@ -11,7 +11,7 @@ use ferroq_core::store::{
 use ferroq_core::{Backoff, BackoffStrategy, NewTask, Status, Store};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -480,12 +480,17 @@ impl PyStore {
             py.check_signals()?;
         }
         let out = PyDict::new(py);
+        let text = |c: &TextColumn| PyList::new(py, c.iter().map(|t| t.map(|t| PyString::new(py, t))));
+        // Six distinct status strings shared by every row.
+        let names: Vec<(Status, Bound<'py, PyString>)> =
+            Status::ALL.iter().map(|s| (*s, PyString::intern(py, s.as_str()))).collect();
+        let status = cols.status.iter().map(|s| names.iter().find(|(n, _)| n == s).map(|(_, p)| p.clone()));
         out.set_item("id", cols.id)?;
-        out.set_item("key", cols.key)?;
-        out.set_item("status", cols.status)?;
+        out.set_item("key", text(&cols.key)?)?;
+        out.set_item("status", PyList::new(py, status)?)?;
         out.set_item("attempts", cols.attempts)?;
-        out.set_item("error", cols.error)?;
-        out.set_item("result", cols.result)?;
+        out.set_item("error", text(&cols.error)?)?;
+        out.set_item("result", text(&cols.result)?)?;
         let raw: Vec<Option<Bound<'py, PyBytes>>> =
             cols.result_raw.iter().map(|r| r.as_deref().map(|b| PyBytes::new(py, b))).collect();
         out.set_item("result_raw", raw)?;
