@@ -11,6 +11,7 @@
 mod group;
 mod schema;
 pub mod sql;
+mod watch;
 
 pub use schema::Pragmas;
 
@@ -43,14 +44,17 @@ struct Shard {
     group: group::Group,
 }
 
+/// Fallback poll interval while a directory watch is active.
+const WATCHED_POLL: Duration = Duration::from_millis(25);
+
 /// In-process wake-ups: every commit bumps the generation and wakes waiters.
-struct Wake {
+pub(crate) struct Wake {
     generation: Mutex<u64>,
     cv: Condvar,
 }
 
 impl Wake {
-    fn bump(&self) {
+    pub(crate) fn bump(&self) {
         *self.generation.lock() += 1;
         self.cv.notify_all();
     }
@@ -64,7 +68,9 @@ pub struct SqliteStore {
     next_shard: AtomicUsize,
     /// The last local id handed out, in any shard (see the module doc).
     last_local: AtomicI64,
-    wake: Wake,
+    wake: Arc<Wake>,
+    /// Sees other processes' commits without polling, where the OS allows.
+    dir_watch: Option<watch::DirWatch>,
     label: String,
 }
 
@@ -168,13 +174,16 @@ impl SqliteStore {
         for shard in &shards {
             last_local = last_local.max(schema::last_local_id(&shard.conn.lock())?);
         }
+        let wake = Arc::new(Wake { generation: Mutex::new(0), cv: Condvar::new() });
+        let dir_watch = config.path.as_deref().map(|dir| watch::DirWatch::start(dir, wake.clone()));
         Ok(SqliteStore {
             shards,
             config,
             clock,
             next_shard: AtomicUsize::new(0),
             last_local: AtomicI64::new(last_local),
-            wake: Wake { generation: Mutex::new(0), cv: Condvar::new() },
+            wake,
+            dir_watch,
             label,
         })
     }
@@ -1210,8 +1219,14 @@ impl Store for SqliteStore {
                 return Ok(false);
             }
             // Other processes cannot signal the condvar: look at
-            // data_version again after a short poll interval.
-            let slice = if watching { self.config.poll_interval.min(deadline - now) } else { deadline - now };
+            // data_version again after a short poll interval — a long one
+            // when the directory watch wakes us on their commits anyway.
+            let poll = if self.dir_watch.as_ref().is_some_and(|w| w.active()) {
+                self.config.poll_interval.max(WATCHED_POLL)
+            } else {
+                self.config.poll_interval
+            };
+            let slice = if watching { poll.min(deadline - now) } else { deadline - now };
             self.wake.cv.wait_for(&mut generation, slice);
         }
     }
