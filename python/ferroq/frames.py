@@ -29,13 +29,13 @@ import inspect
 import io
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from ._errors import InvalidArgumentError, SerializationError
 from ._polars import pl
 from .backoff import Backoff
 from .serialization import decode
-from .task import TaskFunction, lookup
+from .task import TaskFunction, TaskOptions, lookup, make_task, registered
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -99,14 +99,20 @@ def as_frame(df: Any) -> pl.DataFrame:
         raise InvalidArgumentError(f"expected a Polars DataFrame, got {type(df).__name__}") from e
 
 
-def as_task(task: Union[TaskFunction[Any, Any], str]) -> TaskFunction[Any, Any]:
-    """The task function for ``task`` (a task function or a registered name)."""
-    fn = lookup(task) if isinstance(task, str) else task
-    if not isinstance(fn, TaskFunction):
-        raise InvalidArgumentError(
-            f"task= needs a @task function or its registered name, got {task!r}"
-        )
-    return fn
+def as_task(queue: Queue, task: Union[Callable[..., Any], str]) -> TaskFunction[Any, Any]:
+    """The registered task for ``task``: a task function as it is, a name
+    looked up, a plain function registered (once) under ``module:qualname``."""
+    if isinstance(task, TaskFunction):
+        return task
+    if isinstance(task, str):
+        return lookup(task)
+    if not callable(task):
+        raise InvalidArgumentError(f"task= needs a function or a task name, got {task!r}")
+    name = f"{getattr(task, '__module__', '')}:{getattr(task, '__qualname__', repr(task))}"
+    known = registered().get(name)
+    if known is not None and known.fn is task:
+        return known
+    return make_task(task, queue, None, TaskOptions(serializer=queue.serializer))
 
 
 def _unsupported(dtype: Any) -> bool:
@@ -219,7 +225,7 @@ def enqueue_frame(
     queue: Queue,
     df: Any,
     *,
-    task: Union[TaskFunction[Any, Any], str],
+    task: Union[Callable[..., Any], str],
     key: Union[str, Sequence[str], None] = None,
     batch: Optional[str] = None,
     priority: Optional[int] = None,
@@ -230,7 +236,7 @@ def enqueue_frame(
 ) -> FrameSummary:
     """See :meth:`Queue.enqueue_frame`. ``by_position`` keys rows by their
     position in the frame (a ``row`` key column) when ``key`` is None."""
-    fn = as_task(task)
+    fn = as_task(queue, task)
     frame = as_frame(df)
     batch = batch or fn.name
     qname = queue_name or batch_queue(batch)

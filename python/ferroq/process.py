@@ -22,11 +22,11 @@ from pydantic import BaseModel
 
 from ._polars import require_polars
 from .backoff import Backoff
-from .frames import FINISHED, ROW, batch_queue, enqueue_frame, results_frame
+from .frames import FINISHED, ROW, as_task, batch_queue, enqueue_frame, results_frame
 from .progress import ProgressBar
 from .resilience import RateLimit
 from .scheduler import QueueScheduler
-from .task import TaskFunction, TaskOptions, _registry, _registry_lock, lookup, make_task
+from .task import TaskFunction, _registry, _registry_lock
 
 if TYPE_CHECKING:
     import polars as pl
@@ -38,20 +38,6 @@ __all__ = ["process"]
 # How often the store is asked whether the batch has finished, when the
 # scheduler's own counts do not already say so.
 _CHECK_EVERY_S = 1.0
-
-
-def task_for(queue: Queue, fn: Union[Callable[..., Any], str]) -> TaskFunction[Any, Any]:
-    """The registered task for ``fn``: a task function as it is, a name
-    looked up, a plain function registered (once) under ``module:qualname``."""
-    if isinstance(fn, TaskFunction):
-        return fn
-    if isinstance(fn, str):
-        return lookup(fn)
-    name = f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', repr(fn))}"
-    known = _registry.get(name)
-    if known is not None and known.fn is fn:
-        return known
-    return make_task(fn, queue, None, TaskOptions(serializer=queue.serializer))
 
 
 def _return_model(fn: TaskFunction[Any, Any]) -> Optional[type[BaseModel]]:
@@ -177,7 +163,7 @@ def process(
     require_polars()  # fail before anything is stored when Polars is missing
     if qps is not None and not qps > 0:
         raise ValueError(f"qps must be > 0, got {qps!r}")
-    task = task_for(queue, fn)
+    task = as_task(queue, fn)
     batch = batch or task.name
     qname = queue_name or batch_queue(batch)
     if frame is not None:

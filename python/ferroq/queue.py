@@ -258,7 +258,7 @@ class Queue:
         self,
         df: Any,
         *,
-        task: Union[TaskFunction[Any, Any], str],
+        task: Union[Callable[..., Any], str],
         key: Union[str, Sequence[str], None] = None,
         batch: Optional[str] = None,
         priority: Optional[int] = None,
@@ -268,10 +268,12 @@ class Queue:
     ) -> FrameSummary:
         """Sends each row of a Polars DataFrame as one task whose keyword
         arguments are the row's columns, in one call into the store per
-        100,000 rows (no Python loop over rows). With ``key`` (one column or several, of any
-        common type) a row whose key is already in the queue is skipped, so
-        sending the same frame again stores nothing new. ``batch`` labels
-        the rows (default: the task's name); they go to the queue
+        100,000 rows (no Python loop over rows). ``task`` is a task function,
+        a plain function (registered as a task) or a registered name. With
+        ``key`` (one column or several, of any common type) a row whose key
+        is already in the queue is skipped, so sending the same frame again
+        stores nothing new. ``batch`` labels the rows (default: the task's
+        name); they go to the queue
         ``batch:<batch>`` unless ``queue`` names another. Returns a
         :class:`~ferroq.frames.FrameSummary` (inserted, skipped). Needs
         ``pip install 'ferroq[frames]'``."""
