@@ -327,18 +327,20 @@ def _error_text() -> pl.Expr:
     )
 
 
-def _decode_results(
-    cols: dict[str, list[Any]], allow_pickle: bool
-) -> pl.Series:
-    text = pl.Series("result", cols["result"], dtype=pl.String)
+def _result_text(cols: dict[str, list[Any]], allow_pickle: bool) -> pl.Series:
+    """The JSON text of every result; results stored another way (pickle)
+    have no vectorised decoder and are turned into JSON one by one."""
     raw = cols["result_raw"]
-    if any(r is not None for r in raw):
-        # Pickled results cannot be decoded by a vectorised path: one by one.
-        values = [
-            json.dumps(decode(r, allow_pickle=allow_pickle)) if r is not None else t
-            for r, t in zip(raw, cols["result"])
-        ]
-        text = pl.Series("result", values, dtype=pl.String)
+    if all(r is None for r in raw):
+        return pl.Series("result", cols["result"], dtype=pl.String)
+    values = [
+        json.dumps(decode(r, allow_pickle=allow_pickle)) if r is not None else t
+        for r, t in zip(raw, cols["result"])
+    ]
+    return pl.Series("result", values, dtype=pl.String)
+
+
+def _decode_results(text: pl.Series) -> pl.Series:
     try:
         return text.str.json_decode(infer_schema_length=None).alias("result")
     except pl.exceptions.PolarsError:
@@ -360,26 +362,30 @@ def results_frame(
         raise InvalidArgumentError("results_frame needs a batch (or a queue=)")
     statuses = [include] if isinstance(include, str) else list(include or [])
     cols = queue.store.results_columns(batch=batch, queue=queue_name, statuses=statuses or None)
-    manifest = _read_manifest(queue, batch) if batch is not None else None
-    keys = _decode_keys(pl.Series("key", cols["key"], dtype=pl.String), manifest)
+    ids = pl.DataFrame({"task_id": pl.Series(cols["id"], dtype=pl.Int64)})
+    key_text = pl.Series("key", cols["key"], dtype=pl.String)
     meta = pl.DataFrame(
         {
             "status": pl.Series(cols["status"], dtype=pl.String),
             "attempts": pl.Series(cols["attempts"], dtype=pl.Int64),
             "error": pl.Series(cols["error"], dtype=pl.String),
         }
-    ).with_columns(_error_text())
+    )
+    results = _result_text(cols, queue.serializer == "pickle")
+    del cols  # a million Python strings: let them go before decoding
+    manifest = _read_manifest(queue, batch) if batch is not None else None
+    keys = _decode_keys(key_text, manifest)
+    meta = meta.with_columns(_error_text())
     if model is None:
-        meta = meta.with_columns(_decode_results(cols, queue.serializer == "pickle"))
+        meta = meta.with_columns(_decode_results(results))
     # A key column keeps its name; a meta column it would clash with
     # (``status``, say) is called ``task_status`` instead.
     meta = meta.rename({c: f"task_{c}" for c in meta.columns if c in keys.columns})
-    ids = pl.DataFrame({"task_id": pl.Series(cols["id"], dtype=pl.Int64)})
     out = pl.concat([ids, keys, meta] if keys.width else [ids, meta], how="horizontal")
     if model is None:
         return out
     from .frame_models import validate_results
 
-    typed = validate_results(pl.Series("result", cols["result"], dtype=pl.String), model)
+    typed = validate_results(results, model)
     typed = typed.rename({c: f"result_{c}" for c in typed.columns if c in out.columns})
     return pl.concat([out, typed], how="horizontal")

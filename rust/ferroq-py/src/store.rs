@@ -79,6 +79,41 @@ fn parse_backoff(text: Option<&str>) -> ferroq_core::Result<Option<Backoff>> {
     text.map(Backoff::decode).transpose()
 }
 
+/// Appends one page of result columns to the Python lists of
+/// `results_columns` (in its field order).
+fn append_page<'py>(
+    lists: &[Bound<'py, PyList>],
+    page: &ResultColumns,
+    names: &[(Status, Bound<'py, PyString>)],
+) -> PyResult<()> {
+    let [id, key, status, attempts, error, result, raw] = lists else {
+        return Err(PyRuntimeError::new_err("results_columns: wrong number of columns"));
+    };
+    let py = id.py();
+    let text = |list: &Bound<'py, PyList>, c: &TextColumn| -> PyResult<()> {
+        for t in c.iter() {
+            list.append(t.map(|t| PyString::new(py, t)))?;
+        }
+        Ok(())
+    };
+    for v in &page.id {
+        id.append(v)?;
+    }
+    text(key, &page.key)?;
+    for s in &page.status {
+        status.append(names.iter().find(|(n, _)| n == s).map(|(_, p)| p))?;
+    }
+    for v in &page.attempts {
+        attempts.append(v)?;
+    }
+    text(error, &page.error)?;
+    text(result, &page.result)?;
+    for r in &page.result_raw {
+        raw.append(r.as_deref().map(|b| PyBytes::new(py, b)))?;
+    }
+    Ok(())
+}
+
 fn tasks_to_py(py: Python<'_>, tasks: Vec<ferroq_core::Task>) -> PyResult<Bound<'_, PyList>> {
     PyList::new(py, tasks.into_iter().map(PyTask::from))
 }
@@ -469,31 +504,28 @@ impl PyStore {
             .collect::<ferroq_core::Result<Vec<_>>>()
             .py(py)?;
         let q = ResultQuery { batch, queue, statuses };
-        let mut cols = ResultColumns::default();
+        // Six distinct status strings shared by every row.
+        let names: Vec<(Status, Bound<'py, PyString>)> =
+            Status::ALL.iter().map(|s| (*s, PyString::intern(py, s.as_str()))).collect();
+        let fields = ["id", "key", "status", "attempts", "error", "result", "result_raw"];
+        let lists: Vec<Bound<'py, PyList>> = fields.iter().map(|_| PyList::empty(py)).collect();
         let mut at: Option<i64> = None;
         let mut limit = first_page();
         loop {
-            let next = py.detach(|| read_page(store.as_ref(), &q, at, limit, &mut cols)).py(py)?;
+            // Each page goes into the Python lists before the next is read,
+            // so the rows are never held twice.
+            let mut page = ResultColumns::default();
+            let next = py.detach(|| read_page(store.as_ref(), &q, at, limit, &mut page)).py(py)?;
+            append_page(&lists, &page, &names)?;
             let Some((last, size)) = next else { break };
             at = Some(last);
             limit = size;
             py.check_signals()?;
         }
         let out = PyDict::new(py);
-        let text = |c: &TextColumn| PyList::new(py, c.iter().map(|t| t.map(|t| PyString::new(py, t))));
-        // Six distinct status strings shared by every row.
-        let names: Vec<(Status, Bound<'py, PyString>)> =
-            Status::ALL.iter().map(|s| (*s, PyString::intern(py, s.as_str()))).collect();
-        let status = cols.status.iter().map(|s| names.iter().find(|(n, _)| n == s).map(|(_, p)| p.clone()));
-        out.set_item("id", cols.id)?;
-        out.set_item("key", text(&cols.key)?)?;
-        out.set_item("status", PyList::new(py, status)?)?;
-        out.set_item("attempts", cols.attempts)?;
-        out.set_item("error", text(&cols.error)?)?;
-        out.set_item("result", text(&cols.result)?)?;
-        let raw: Vec<Option<Bound<'py, PyBytes>>> =
-            cols.result_raw.iter().map(|r| r.as_deref().map(|b| PyBytes::new(py, b))).collect();
-        out.set_item("result_raw", raw)?;
+        for (name, list) in fields.iter().zip(lists) {
+            out.set_item(name, list)?;
+        }
         Ok(out)
     }
 
