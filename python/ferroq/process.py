@@ -115,6 +115,7 @@ def run_batch(
     )
     limit = RateLimit(qps) if qps is not None else None
     with _running_as(fn, limit):
+        stopped = False
         try:
             scheduler.start()
             check_at = 0.0
@@ -131,14 +132,21 @@ def run_batch(
             bar.close(
                 done0 + counts.done,
                 failed0 + counts.failed,
-                "Ctrl+C: stopping; running rows may finish (Ctrl+C again to quit now)",
+                f"Ctrl+C: stopping; running rows get {grace:g} s to finish "
+                "(Ctrl+C again to stop now)",
             )
-            scheduler.stop(grace)
+            try:
+                scheduler.stop(grace)
+            except KeyboardInterrupt:
+                # Stop now: rows still running are released for the next run.
+                scheduler.stop(0)
+            stopped = True
             left = store.unfinished(queue_name)
             sys.stderr.write(f"stopped with {left:,} rows left: run it again to continue\n")
             raise
         finally:
-            scheduler.stop(grace)
+            if not stopped:
+                scheduler.stop(grace)
 
 
 def process(
