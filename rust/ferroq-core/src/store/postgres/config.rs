@@ -37,6 +37,9 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
     /// How long a caller waits for a free pooled connection.
     pub pool_timeout: Duration,
+    /// How long a call keeps trying to reconnect while the server is
+    /// restarting (refusing connections, starting up, shutting down).
+    pub reconnect_wait: Duration,
     /// `application_name` shown in `pg_stat_activity`.
     pub application_name: String,
 }
@@ -64,7 +67,8 @@ impl PgConfig {
 
     /// Parses a `postgresql://` URL. Query options: `schema` (default
     /// `ferroq`), `pool` (1..=1000, default 10), `notify` (`on`/`off`),
-    /// `poll_ms`, `connect_timeout_s`, `pool_timeout_s`,
+    /// `poll_ms`, `connect_timeout_s`, `pool_timeout_s`, `reconnect_s`
+    /// (how long calls wait for a restarting server, default 10),
     /// `application_name`, `sslmode` (`disable`/`prefer`: this build speaks
     /// plain TCP), and the options of every store: `max_payload`,
     /// `retention_s`. A missing password is read from `PGPASSWORD`, a
@@ -107,6 +111,7 @@ impl PgConfig {
             poll_interval: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(10),
             pool_timeout: Duration::from_secs(30),
+            reconnect_wait: Duration::from_secs(10),
             application_name: "ferroq".into(),
         };
         for (k, v) in parsed.query_pairs() {
@@ -142,6 +147,7 @@ impl PgConfig {
                 self.connect_timeout = Duration::from_secs(int(1, 3_600)? as u64)
             }
             "pool_timeout_s" => self.pool_timeout = Duration::from_secs(int(1, 3_600)? as u64),
+            "reconnect_s" => self.reconnect_wait = Duration::from_secs(int(0, 3_600)? as u64),
             "application_name" => {
                 if value.len() > 63 || !value.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
                     return Err(bad("must be up to 63 printable ASCII characters"));

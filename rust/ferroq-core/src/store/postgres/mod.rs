@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 /// How often a transaction that lost a deadlock or serialization check is
 /// run again before the error is reported.
 const TX_TRIES: u32 = 5;
+/// How often a call whose connection broke is run again (when it may be).
+const LOST_TRIES: u32 = 3;
 
 /// The PostgreSQL backend.
 pub struct PostgresStore {
@@ -268,11 +270,14 @@ impl PostgresStore {
     }
 
     /// Runs `f` on a pooled connection outside a transaction (each
-    /// statement commits on its own). A read may be run again once on a
-    /// fresh connection when the pooled one turns out to be dead; a write
-    /// is not, since it may have been applied.
-    fn run<T>(&self, idempotent: bool, mut f: impl FnMut(&mut Db<'_, postgres::Client>) -> R<T>) -> Result<T> {
+    /// statement commits on its own). With `replay`, a call whose
+    /// connection broke mid-way is run again on a fresh one: only for
+    /// reads and for writes guarded by the state they move from, which a
+    /// second run leaves as the first did. Other writes report the break,
+    /// since they may have been applied.
+    fn run<T>(&self, replay: bool, mut f: impl FnMut(&mut Db<'_, postgres::Client>) -> R<T>) -> Result<T> {
         let mut tries = 0;
+        let mut lost = 0;
         loop {
             tries += 1;
             let mut lease = self.pool.get()?;
@@ -282,7 +287,11 @@ impl PostgresStore {
                 Err(fail) => {
                     lease.check(&fail);
                     let again = match &fail {
-                        Fail::Pg(e) => (idempotent && connection_lost(e) && tries < 2) || (retryable(e) && tries < TX_TRIES),
+                        Fail::Pg(e) if connection_lost(e) => {
+                            lost += 1;
+                            replay && lost <= LOST_TRIES
+                        }
+                        Fail::Pg(e) => retryable(e) && tries < TX_TRIES,
                         Fail::Core(_) => false,
                     };
                     if !again {
@@ -294,10 +303,12 @@ impl PostgresStore {
     }
 
     /// Runs `f` in one transaction, committed when it returns Ok. It runs
-    /// again when it lost a deadlock or serialization check, or when BEGIN
-    /// itself failed on a dead connection (nothing happened yet).
-    fn tx<T>(&self, mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>) -> R<T>) -> Result<T> {
+    /// again when it lost a deadlock or serialization check, when BEGIN
+    /// itself failed on a dead connection (nothing happened yet), and,
+    /// with `replay` (see [`Self::run`]), when the connection broke later.
+    fn tx<T>(&self, replay: bool, mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>) -> R<T>) -> Result<T> {
         let mut tries = 0;
+        let mut lost = 0;
         loop {
             tries += 1;
             let mut lease = self.pool.get()?;
@@ -307,7 +318,11 @@ impl PostgresStore {
                 Err(fail) => {
                     lease.check(&fail);
                     let again = match &fail {
-                        Fail::Pg(e) => (!begun && connection_lost(e) && tries < 2) || (retryable(e) && tries < TX_TRIES),
+                        Fail::Pg(e) if connection_lost(e) => {
+                            lost += 1;
+                            (!begun || replay) && lost <= LOST_TRIES
+                        }
+                        Fail::Pg(e) => retryable(e) && tries < TX_TRIES,
                         Fail::Core(_) => false,
                     };
                     if !again {
@@ -342,6 +357,8 @@ impl PostgresStore {
         mut pre: impl FnMut(&P) -> Option<Error>,
         run_batch: impl Fn(&mut Db<'_, postgres::Client>, &[usize]) -> R<Vec<i64>>,
     ) -> Result<Vec<Result<()>>> {
+        // Every batch statement here is guarded by the status it moves
+        // from: running it again after a break changes nothing twice.
         let first = Self::first_of(items, &id_of);
         let mut out: Vec<Option<Result<()>>> = items.iter().map(|_| None).collect();
         let mut todo = Vec::new();
@@ -355,7 +372,7 @@ impl PostgresStore {
         let moved: HashSet<i64> = if todo.is_empty() {
             HashSet::new()
         } else {
-            self.run(false, |db| run_batch(db, &todo))?.into_iter().collect()
+            self.run(true, |db| run_batch(db, &todo))?.into_iter().collect()
         };
         if !moved.is_empty() {
             self.wake.bump();
@@ -389,12 +406,13 @@ impl PostgresStore {
     fn per_item<P, T>(
         &self,
         items: &[P],
+        replay: bool,
         mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>, &P) -> R<Result<T>>,
     ) -> Result<Vec<Result<T>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self.tx(|db| items.iter().map(|x| f(db, x)).collect::<R<Vec<Result<T>>>>())?;
+        let out = self.tx(replay, |db| items.iter().map(|x| f(db, x)).collect::<R<Vec<Result<T>>>>())?;
         self.wake.bump();
         Ok(out)
     }
@@ -403,7 +421,7 @@ impl PostgresStore {
     /// keys (the unique index settles races with other hosts), checks
     /// capacities under a lock, then writes the rows.
     fn enqueue_checked(&self, tasks: &[NewTask], now: i64) -> Result<Vec<Enqueued>> {
-        self.tx(|db| {
+        self.tx(false, |db| {
             let n = tasks.len();
             let mut ids: Vec<i64> = db
                 .query(sql::NEXT_IDS, &[&(n as i32)])?
@@ -513,7 +531,7 @@ impl PostgresStore {
     /// store-wide, so running counts and rate buckets are exact across
     /// hosts.
     fn claim_limited(&self, p: &ClaimParams, resources: &str) -> Result<Vec<Task>> {
-        self.tx(|db| {
+        self.tx(false, |db| {
             let rows = db.query(sql::LIMITS_FOR_UPDATE, &[])?;
             // Read the clock under the lock: a claimer that read it earlier
             // but got the lock later would move refilled_at backwards, and
@@ -662,7 +680,7 @@ impl Store for PostgresStore {
         let held: HashMap<i64, bool> = if p.ids.is_empty() {
             HashMap::new()
         } else {
-            self.run(false, |db| {
+            self.run(true, |db| {
                 db.query(sql::HEARTBEAT, &[&p.ids, &p.worker, &until])?
                     .iter()
                     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -679,7 +697,7 @@ impl Store for PostgresStore {
     }
 
     fn progress(&self, p: &[ProgressParams]) -> Result<Vec<Result<()>>> {
-        self.per_item(p, |db, x| {
+        self.per_item(p, true, |db, x| {
             if !(0.0..=1.0).contains(&x.progress) {
                 return Ok(Err(Error::InvalidArgument(format!(
                     "progress must be within 0..=1, got {}",
@@ -725,7 +743,7 @@ impl Store for PostgresStore {
     fn fail(&self, p: &[FailParams]) -> Result<Vec<Result<Status>>> {
         let now = self.clock.now_ms();
         let retention = self.cfg.store.retention_ms;
-        self.per_item(p, |db, x| {
+        self.per_item(p, false, |db, x| {
             let Some(row) = db.query_opt(sql::FAIL_LOOKUP, &[&x.id, &x.worker])? else {
                 let found = statuses(db, &[x.id])?.get(&x.id).copied();
                 return Ok(Err(explain(found, x.id, Some(&x.worker), Guard::Held, "fail")));
@@ -758,7 +776,7 @@ impl Store for PostgresStore {
         let now = self.clock.now_ms();
         let retention = self.cfg.store.retention_ms;
         let cancelled = Status::Cancelled.code() as i16;
-        self.per_item(p, |db, x| {
+        self.per_item(p, false, |db, x| {
             let why = vec![Some("cancelled")];
             let none: Vec<Option<Vec<u8>>> = vec![None];
             let ids = vec![x.id];
@@ -826,7 +844,7 @@ impl Store for PostgresStore {
     fn recover(&self, p: &RecoverParams) -> Result<Vec<(i64, Status)>> {
         let now = self.clock.now_ms();
         let retention = self.cfg.store.retention_ms;
-        let out = self.tx(|db| {
+        let out = self.tx(true, |db| {
             let mut requeue: (Vec<i64>, Vec<String>, Vec<i64>, Vec<String>) = Default::default();
             let mut fail = Moves::default();
             let mut out = Vec::new();
@@ -871,7 +889,7 @@ impl Store for PostgresStore {
     fn expire(&self) -> Result<Vec<i64>> {
         let now = self.clock.now_ms();
         let retention = self.cfg.store.retention_ms;
-        let mut out = self.tx(|db| {
+        let mut out = self.tx(true, |db| {
             let mut m = Moves::default();
             for r in db.query(sql::PAST_DEADLINE, &[&now])? {
                 m.push(r.try_get(0)?, None, Some("deadline passed before the task started".into()), None);
@@ -960,7 +978,7 @@ impl Store for PostgresStore {
     fn purge(&self, p: &PurgeParams) -> Result<u64> {
         let now = self.clock.now_ms();
         let retention = self.cfg.store.retention_ms;
-        self.tx(|db| {
+        self.tx(true, |db| {
             let n: i64 = db.query(sql::PURGE, &[&now, &p.finished_before])?.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
             if let Some(r) = retention {
                 db.execute(sql::LISTEN_PRUNE, &[&(now - r)])?;
@@ -978,7 +996,7 @@ impl Store for PostgresStore {
             return Err(Error::PayloadTooLarge { what: "listen value", size: value.len(), limit: max });
         }
         let now = self.clock.now_ms();
-        let v = self.tx(|db| {
+        let v = self.tx(false, |db| {
             db.execute(sql::LISTEN_LOCK, &[])?;
             let row = db.query(sql::LISTEN_SET, &[&key, &value, &now])?;
             Ok(row.first().map(|r| r.try_get::<_, i64>(0)).transpose()?.unwrap_or(0))
@@ -1018,7 +1036,7 @@ impl Store for PostgresStore {
         let queues = serde_json::to_string(&w.queues).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let now = self.clock.now_ms();
         let pid = i64::from(w.pid);
-        self.run(false, |db| {
+        self.run(true, |db| {
             db.execute(sql::WORKER_UPSERT, &[&w.id, &w.host, &pid, &now, &queues])?;
             Ok(())
         })
@@ -1045,7 +1063,7 @@ impl Store for PostgresStore {
     }
 
     fn remove_worker(&self, id: &str) -> Result<bool> {
-        self.run(false, |db| Ok(db.execute(sql::WORKER_DELETE, &[&id])? == 1))
+        self.run(true, |db| Ok(db.execute(sql::WORKER_DELETE, &[&id])? == 1))
     }
 
     fn set_capacity(&self, queue: &str, capacity: Option<u64>) -> Result<()> {
@@ -1053,7 +1071,7 @@ impl Store for PostgresStore {
             return Err(Error::InvalidArgument("queue name must not be empty".into()));
         }
         let cap = capacity.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
-        self.run(false, |db| {
+        self.run(true, |db| {
             match cap {
                 Some(c) => db.execute(sql::CAPACITY_SET, &[&queue, &c])?,
                 None => db.execute(sql::CAPACITY_DELETE, &[&queue])?,
@@ -1073,7 +1091,7 @@ impl Store for PostgresStore {
         limit.validate()?;
         let now = self.clock.now_ms();
         let max_running = limit.max_running.map(i64::from);
-        self.run(false, |db| {
+        self.run(true, |db| {
             if limit.max_running.is_none() && limit.rate_per_s.is_none() {
                 db.execute(sql::LIMIT_DELETE, &[&limit.name])?;
             } else {

@@ -150,8 +150,22 @@ pub(super) struct PgConn {
 /// A connection idle longer than this is checked before it is lent.
 const CHECK_AFTER_IDLE: Duration = Duration::from_millis(500);
 
+/// True for connection failures that a server restart or failover
+/// causes (refused, starting up, shutting down, out of slots): worth
+/// trying again shortly. A wrong password or a missing database is not.
+fn transient(e: &postgres::Error) -> bool {
+    match e.code().map(|c| c.code()) {
+        Some(c) => c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300"),
+        None => true,
+    }
+}
+
 /// Makes a connection whose `search_path` is the store's schema.
 pub(super) fn connect(cfg: &PgConfig) -> Result<Client, Error> {
+    connect_raw(cfg).map_err(|e| connect_error(cfg, &e))
+}
+
+fn connect_raw(cfg: &PgConfig) -> Result<Client, postgres::Error> {
     let mut pg = postgres::Config::new();
     pg.host(&cfg.host)
         .port(cfg.port)
@@ -164,7 +178,25 @@ pub(super) fn connect(cfg: &PgConfig) -> Result<Client, Error> {
     if let Some(p) = cfg.password() {
         pg.password(p);
     }
-    pg.connect(NoTls).map_err(|e| connect_error(cfg, &e))
+    pg.connect(NoTls)
+}
+
+/// Connects, trying again for up to the configured reconnect window while
+/// the failure is one a restart causes, so that calls ride through a
+/// server restart instead of failing (nothing was sent yet: always safe).
+fn reconnect(cfg: &PgConfig) -> Result<Client, Error> {
+    let deadline = Instant::now() + cfg.reconnect_wait;
+    let mut pause = Duration::from_millis(25);
+    loop {
+        match connect_raw(cfg) {
+            Ok(c) => return Ok(c),
+            Err(e) if transient(&e) && Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(connect_error(cfg, &e)),
+        }
+    }
 }
 
 /// Statements on one client (a connection or a transaction on it), each
@@ -256,7 +288,7 @@ impl Pool {
             if st.open < self.cfg.pool_size {
                 st.open += 1;
                 drop(st);
-                return match connect(&self.cfg) {
+                return match reconnect(&self.cfg) {
                     Ok(client) => Ok(Lease {
                         pool: self,
                         conn: Some(PgConn { client, stmts: HashMap::new(), idle_since: Instant::now() }),
