@@ -204,6 +204,16 @@ def test_rows_of_a_few_hundred_kb(queue: Queue) -> None:
     assert sizes["size"].to_list() == [300_000 + i for i in range(24)]
 
 
+def shout(text: str) -> str:
+    return text.upper()
+
+
+def test_key_columns_the_function_does_not_take_only_key_rows(queue: Queue) -> None:
+    df = pl.DataFrame({"order": ["o-2", "o-1"], "text": ["b", "a"]})
+    out = queue.process(shout, df, key="order", progress=False).sort("order")
+    assert out.select("order", "result").rows() == [("o-1", "A"), ("o-2", "B")]
+
+
 def test_bad_frames_are_refused_before_anything_is_stored(queue: Queue) -> None:
     task = queue.task(measure)
     with pytest.raises(InvalidArgumentError, match="not parameters"):

@@ -126,7 +126,10 @@ def _unsupported(dtype: Any) -> bool:
     return False
 
 
-def _check_columns(df: pl.DataFrame, fn: TaskFunction[Any, Any]) -> None:
+def _arguments(df: pl.DataFrame, fn: TaskFunction[Any, Any], key_cols: list[str]) -> list[str]:
+    """The columns sent as keyword arguments: every column, except key
+    columns the function does not take (they only key the row). Refuses
+    columns that cannot be JSON and frames that do not fit the function."""
     bad = [c for c, t in df.schema.items() if _unsupported(t)]
     if bad:
         raise SerializationError(
@@ -135,9 +138,10 @@ def _check_columns(df: pl.DataFrame, fn: TaskFunction[Any, Any]) -> None:
         )
     params = inspect.signature(fn.fn).parameters.values()
     if any(p.kind == p.VAR_KEYWORD for p in params):
-        return
+        return df.columns
     named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    extra = [c for c in df.columns if c not in named]
+    columns = [c for c in df.columns if c in named or c not in key_cols]
+    extra = [c for c in columns if c not in named]
     if extra:
         raise InvalidArgumentError(
             f"columns {extra} are not parameters of {fn.name}; select the columns it takes"
@@ -149,6 +153,7 @@ def _check_columns(df: pl.DataFrame, fn: TaskFunction[Any, Any]) -> None:
     ]
     if missing:
         raise InvalidArgumentError(f"{fn.name} needs parameters {missing}, not in the frame")
+    return columns
 
 
 def _key_text(keys: pl.DataFrame) -> tuple[pl.Series, bool]:
@@ -248,7 +253,7 @@ def enqueue_frame(
     missing = [c for c in key_cols if c not in frame.columns]
     if missing:
         raise InvalidArgumentError(f"key columns {missing} are not in the frame")
-    _check_columns(frame, fn)
+    arguments = _arguments(frame, fn, key_cols)
     if key_cols:
         keys_df: Optional[pl.DataFrame] = frame.select(key_cols)
     elif by_position:
@@ -264,7 +269,7 @@ def enqueue_frame(
         _record_manifest(queue, batch, keys_df, quoted)
     payload = frame.select(
         pl.concat_str(
-            [pl.lit("J[[],"), pl.struct(pl.all()).struct.json_encode(), pl.lit("]")]
+            [pl.lit("J[[],"), pl.struct(arguments).struct.json_encode(), pl.lit("]")]
         ).cast(pl.Binary)
     ).to_series()
     backoff = backoff or d.backoff

@@ -272,7 +272,8 @@ class Queue:
         a plain function (registered as a task) or a registered name. With
         ``key`` (one column or several, of any common type) a row whose key
         is already in the queue is skipped, so sending the same frame again
-        stores nothing new. ``batch`` labels the rows (default: the task's
+        stores nothing new; key columns the function does not take are not
+        passed to it. ``batch`` labels the rows (default: the task's
         name); they go to the queue
         ``batch:<batch>`` unless ``queue`` names another. Returns a
         :class:`~ferroq.frames.FrameSummary` (inserted, skipped). Needs
