@@ -22,6 +22,11 @@ Workloads (payload ``{"i": i, "text": "hello world"}``; the task returns it):
 * raw SQLite: ``cargo bench --bench store -- raw_sqlite`` (single-row
       commits, 1,000-row transactions, claim+complete in batches of 100).
 
+Full sizes: W1 100k; W1b 100k and 1M; W2 20k and 100k; W3 200 sends; W4 2,000
+tasks; W5 1M (the W5 task is the same echo, so its results can be checked).
+Time caps per measurement: W1 20 s, W1b 120 s, W2 60 s, W3 90 s, W4 60 s
+after the restart, W5 90 s. ``--quick`` shrinks both for a smoke run.
+
 Each (workload, size, system) runs in a fresh temp dir, in a driver process
 of its own (``harness.py case ...``), with workers as further subprocesses
 (``harness.py worker ...``), so one system's failure or memory never leaks

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -210,6 +211,24 @@ def load(system: str, root: Path, role: str, **options: Any) -> Peer:
     module = importlib.import_module(SYSTEMS[system])
     peer: Peer = module.Adapter(root, role, **options)
     return peer
+
+
+def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+    """Wraps a user-written consumer loop: an exception it does not handle
+    ends the worker process (traceback on stderr), so the harness reports
+    the row FAILED instead of timing a worker with a thread silently gone."""
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(3)
+
+    return run
 
 
 def wait_for_sigterm() -> threading.Event:

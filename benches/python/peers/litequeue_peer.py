@@ -16,7 +16,17 @@ from typing import Any, Callable, Iterable
 
 from litequeue import LiteQueue
 
-from . import POLL, NotSupported, Peer, journal_mode, read_sync, ro, sleeplog, wait_for_sigterm
+from . import (
+    POLL,
+    NotSupported,
+    Peer,
+    guarded,
+    journal_mode,
+    read_sync,
+    ro,
+    sleeplog,
+    wait_for_sigterm,
+)
 
 FUNCTIONS: dict[str, Callable[[dict[str, Any]], Any]] = {"echo": lambda p: p, "sleeplog": sleeplog}
 QUEUE = "tasks"
@@ -137,7 +147,9 @@ class Adapter(Peer):
                 q.done(m.message_id)
             q.close()
 
-        threads = [threading.Thread(target=consume, daemon=True) for _ in range(concurrency)]
+        threads = [
+            threading.Thread(target=guarded(consume), daemon=True) for _ in range(concurrency)
+        ]
         ready()
         for t in threads:
             t.start()

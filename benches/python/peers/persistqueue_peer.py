@@ -16,7 +16,17 @@ from persistqueue import PDict, SQLiteAckQueue
 from persistqueue.exceptions import Empty
 from persistqueue.serializers import pickle as pq_pickle
 
-from . import POLL, NotSupported, Peer, journal_mode, read_sync, ro, sleeplog, wait_for_sigterm
+from . import (
+    POLL,
+    NotSupported,
+    Peer,
+    guarded,
+    journal_mode,
+    read_sync,
+    ro,
+    sleeplog,
+    wait_for_sigterm,
+)
 
 FUNCTIONS: dict[str, Callable[[dict[str, Any]], Any]] = {"echo": lambda p: p, "sleeplog": sleeplog}
 
@@ -130,7 +140,9 @@ class Adapter(Peer):
                 results[str(item["pqid"])] = value
                 q.ack(id=item["pqid"])
 
-        threads = [threading.Thread(target=consume, daemon=True) for _ in range(concurrency)]
+        threads = [
+            threading.Thread(target=guarded(consume), daemon=True) for _ in range(concurrency)
+        ]
         ready()
         for t in threads:
             t.start()
