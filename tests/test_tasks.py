@@ -297,6 +297,9 @@ def test_unknown_task_at_worker_fails_that_task_only(q: Queue) -> None:
     with QueueScheduler(q):
         good = add.send(1, 1)
         assert good.result(timeout=10) == 2
+        deadline = time.monotonic() + 10
+        while not q.list(status="failed") and time.monotonic() < deadline:
+            time.sleep(0.01)
         [ghost] = q.list(status="failed")
     assert "nowhere:ghost" in (ghost.error or "")
     assert "UnknownTaskError" in (ghost.error or "")

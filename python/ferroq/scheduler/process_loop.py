@@ -33,6 +33,8 @@ log = logging.getLogger("ferroq.worker")
 
 # How often the parent looks at a running child's pipe, deadline and cancel flag.
 _POLL_S = 0.02
+# How long a new child may take to start and import the task modules.
+_START_TIMEOUT_S = 60.0
 
 
 def _report_progress(conn: Connection, task_id: int, value: float) -> None:
@@ -62,6 +64,8 @@ def child_main(conn: Connection, modules: list[str]) -> None:
             importlib.import_module(name)
         except Exception as e:  # reported per task, when a task needs it
             log.warning("child could not import %s: %s", name, e)
+    # Timeouts count from here: starting an interpreter is not the task's time.
+    conn.send(("ready",))
     while True:
         try:
             msg = conn.recv()
@@ -105,6 +109,10 @@ class ProcessTaskLoop(ClaimingLoop):
             self._proc.start()
             child.close()
             self._conn = parent
+            if not parent.poll(_START_TIMEOUT_S):
+                self._kill()
+                raise FerroqError(f"worker process did not start within {_START_TIMEOUT_S:.0f}s")
+            parent.recv()  # ("ready",)
         return self._conn
 
     def _kill(self) -> None:
@@ -140,7 +148,11 @@ class ProcessTaskLoop(ClaimingLoop):
             return
         item, fn = begun
         item.ctx = None
-        conn = self._child()
+        try:
+            conn = self._child()
+        except (FerroqError, OSError) as e:
+            self.record(t, item, Outcome(error=error_text(e, ""), retry="backoff"))
+            return
         fields = (t.id, t.name, t.queue, t.attempts, t.max_attempts, t.key, t.batch)
         conn.send((fields, t.payload, self.s.worker_id))
         timeout = fn.defaults.timeout
