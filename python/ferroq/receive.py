@@ -7,6 +7,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._loops import run_on_changes
+
 if TYPE_CHECKING:
     from .handle import TaskHandle
     from .queue import Queue
@@ -15,8 +17,6 @@ __all__ = ["ReceiveLoop"]
 
 log = logging.getLogger("ferroq.receive")
 
-# Longest wait between looks when nothing signals a change.
-_IDLE_WAIT_S = 0.5
 
 
 class ReceiveLoop:
@@ -57,17 +57,7 @@ class ReceiveLoop:
 
     def run(self) -> None:
         """Ticks until stopped, waking when the store changes."""
-        store = self.queue.store
-        while not self._stopped.is_set():
-            try:
-                token = store.change_token()
-                self.tick()
-                store.wait_for_change(token, _IDLE_WAIT_S)
-            except Exception:
-                if self._stopped.is_set() or store.closed:
-                    return
-                log.exception("receive loop error; retrying")
-                self._stopped.wait(_IDLE_WAIT_S)
+        run_on_changes(self.queue.store, self._stopped, self.tick, log, "receive loop")
 
     def start(self) -> None:
         """Starts the loop on a daemon thread."""

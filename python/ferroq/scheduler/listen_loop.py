@@ -8,6 +8,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from .._loops import run_on_changes
 from ..listen import listeners_for
 from ..serialization import decode
 
@@ -18,7 +19,6 @@ __all__ = ["ListenLoop"]
 
 log = logging.getLogger("ferroq.listen")
 
-_IDLE_WAIT_S = 0.5
 
 
 class ListenLoop:
@@ -53,17 +53,7 @@ class ListenLoop:
 
     def run(self) -> None:
         """Ticks until stopped, waking when the store changes."""
-        store = self.s.store
-        while not self._stopped.is_set():
-            try:
-                token = store.change_token()
-                self.tick()
-                store.wait_for_change(token, _IDLE_WAIT_S)
-            except Exception:
-                if self._stopped.is_set() or store.closed:
-                    return
-                log.exception("listen loop error; retrying")
-                self._stopped.wait(_IDLE_WAIT_S)
+        run_on_changes(self.s.store, self._stopped, self.tick, log, "listen loop")
 
     def stop(self) -> None:
         """Stops the loop."""

@@ -1,0 +1,38 @@
+"""The run loop shared by loops that react to store changes (receive,
+listen): tick, then sleep until any process commits, until stopped."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from . import _core
+
+__all__ = ["run_on_changes"]
+
+# Longest wait between ticks when nothing signals a change.
+IDLE_WAIT_S = 0.5
+
+
+def run_on_changes(
+    store: _core.Store,
+    stopped: threading.Event,
+    tick: Callable[[], object],
+    log: logging.Logger,
+    what: str,
+) -> None:
+    """Calls ``tick()`` after every change to the store (and at least every
+    half second) until ``stopped`` is set or the store closes; an error is
+    logged and the loop goes on."""
+    while not stopped.is_set():
+        try:
+            token = store.change_token()
+            tick()
+            store.wait_for_change(token, IDLE_WAIT_S)
+        except Exception:
+            if stopped.is_set() or store.closed:
+                return
+            log.exception("%s error; retrying", what)
+            stopped.wait(IDLE_WAIT_S)
