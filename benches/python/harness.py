@@ -819,7 +819,9 @@ RAW_LEGEND = (
     "synchronous=NORMAL, no Python): W1 = single-row commits/s, W1b = rows/s inserted 1,000 "
     "per transaction, W2 = claim+complete cycles/s in batches of 100 on one thread. "
     "'ferroq vs best peer': ferroq's figure over the best peer's (for latency and memory, "
-    "the best peer's over ferroq's), so >1x means ferroq is ahead."
+    "the best peer's over ferroq's), so >1x means ferroq is ahead. 'W5 grows?': the "
+    "worker's peak RSS rises by more than 10% from a quarter of the W5 drain to its end, or "
+    "is more than 1.5x (and 20 MB over) its peak RSS draining W2's smallest queue."
 )
 
 
@@ -1032,7 +1034,24 @@ def build_table(
             lambda r: r["hwm_end"],
             better="low",
         )
-        row("W5 grows with tasks?", key, lambda r: "yes" if r["grows"] else "no (flat)")
+        small = min(sizes.get("W2", [0]) or [0])
+
+        def grows(r: dict[str, Any], small: int = small) -> str:
+            # Within the run (1/4 of the work vs the end), and against the
+            # same worker draining a queue of W2's smallest size: a worker
+            # that holds every queued task in memory is flat within a run
+            # (it loaded them all at the start) but not across depths.
+            base = by.get(("W2", "", small, r["system"]))
+            text = "yes" if r["grows"] else "no"
+            if base and base["status"] == "ok" and base.get("peak_rss"):
+                b, e = base["peak_rss"], r["hwm_end"]
+                if e - b > max(20 * 2**20, 0.5 * b):
+                    text = "yes"
+                text += f" ({b / 2**20:.0f}->{e / 2**20:.0f} MB)"
+            return text
+
+        label = f"W5 grows? (vs W2 {small:,})" if small else "W5 grows with tasks?"
+        row(label, key, grows)
     return tab
 
 

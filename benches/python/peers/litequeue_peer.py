@@ -9,6 +9,7 @@ autocommit) before ``done()``."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,22 @@ from . import (
 
 FUNCTIONS: dict[str, Callable[[dict[str, Any]], Any]] = {"echo": lambda p: p, "sleeplog": sleeplog}
 QUEUE = "tasks"
+SAVE_RESULT = "INSERT OR REPLACE INTO results (message_id, data) VALUES (?, ?)"
 RESULTS_DDL = "CREATE TABLE IF NOT EXISTS results (message_id TEXT PRIMARY KEY, data TEXT NOT NULL)"
+
+
+def retry_locked(call: Callable[..., Any], *args: Any) -> Any:
+    """Runs ``call`` again while SQLite says the database is locked. With 4
+    threads each taking the write lock for a pop (BEGIN IMMEDIATE, then a
+    sort of the ready rows), a thread can wait past the 5 s busy timeout
+    sqlite3 connections get by default; a user's loop would retry."""
+    while True:
+        try:
+            return call(*args)
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e):
+                raise
+            time.sleep(POLL)
 
 
 class Adapter(Peer):
@@ -38,6 +54,11 @@ class Adapter(Peer):
     notes = [
         f"litequeue: no wake-up across processes, so an idle consumer thread polls pop() "
         f"every {POLL * 1000:.0f} ms, and the sender polls the results table as often.",
+        "litequeue: the consumer loop retries a call that fails with 'database is locked' "
+        "(4 threads queueing for the write lock can wait past sqlite3's 5 s busy timeout).",
+        "litequeue: pop() sorts every READY row by message_id for each message (its query "
+        "plan: index on status, then a temp B-tree for the ORDER BY), so it slows with queue "
+        "depth; its default cache_size is 256 MB per connection (one per consumer thread).",
         "litequeue: a restarted worker requeues every LOCKED message at start "
         "(list_locked(0) + retry(), the user-written recovery; right for one worker).",
     ]
@@ -130,7 +151,7 @@ class Adapter(Peer):
         def consume() -> None:
             q = LiteQueue(str(self.path), queue_name=QUEUE)
             while not stop.is_set():
-                m = q.pop()
+                m = retry_locked(q.pop)
                 if m is None:
                     time.sleep(POLL)
                     continue
@@ -138,13 +159,10 @@ class Adapter(Peer):
                 try:
                     value = FUNCTIONS[msg["task"]](msg["p"])
                 except Exception:
-                    q.mark_failed(m.message_id)
+                    retry_locked(q.mark_failed, m.message_id)
                     continue
-                q.conn.execute(
-                    "INSERT OR REPLACE INTO results (message_id, data) VALUES (?, ?)",
-                    (m.message_id, json.dumps(value)),
-                )
-                q.done(m.message_id)
+                retry_locked(q.conn.execute, SAVE_RESULT, (m.message_id, json.dumps(value)))
+                retry_locked(q.done, m.message_id)
             q.close()
 
         threads = [

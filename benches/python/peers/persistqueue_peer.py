@@ -37,6 +37,8 @@ class Adapter(Peer):
         f"persist-queue: a blocking get() waits on an in-process event and re-checks the "
         f"database only every 10 s, so consumers (and result waits) poll with "
         f"get(block=False) / PDict.get every {POLL * 1000:.0f} ms instead.",
+        "persist-queue: get() selects the first row with _id > 0 AND status < 2 in _id order "
+        "(no index on status), walking past every acked row: it slows as work is done.",
         "persist-queue: results kept in its PDict (one commit each) before ack(); "
         "SQLiteAckQueue(auto_resume=True, the default) requeues every unacked item when "
         "constructed, so a restarted worker re-runs the dead one's tasks at once. The "
