@@ -31,6 +31,7 @@ crate::conformance!(
     retry_refuses_unfinished_and_done,
     recover_requeues_expired_leases_then_fails_them,
     recover_by_worker_ignores_the_lease,
+    recovered_task_keeps_its_place_in_the_queue,
     expire_moves_queued_tasks_past_their_deadline,
     get_unknown_ids_are_none,
     get_by_key_finds_unfinished_and_finished,
@@ -482,6 +483,20 @@ fn recover_requeues_expired_leases_then_fails_them(b: Backend) {
     assert_eq!(env.get(id).status, Status::Failed);
     assert_eq!(env.get(healthy).status, Status::Running, "its lease runs to T0 + 5 s");
     assert!(env.store.recover(&RecoverParams::default()).unwrap().is_empty());
+}
+
+fn recovered_task_keeps_its_place_in_the_queue(b: Backend) {
+    let env = b.open();
+    let first = env.add("q");
+    assert_eq!(env.claim_lease("q", "crashed", 1, 1_000)[0].id, first);
+    env.advance(10);
+    let later: Vec<i64> = (0..3).map(|_| env.add("q")).collect();
+    env.advance(5_000);
+    assert_eq!(env.store.recover(&RecoverParams::default()).unwrap(), vec![(first, Status::Queued)]);
+    // It was next once already: it goes before the tasks sent after it.
+    let order: Vec<i64> = env.claim("q", "w", 10).iter().map(|t| t.id).collect();
+    assert_eq!(order[0], first);
+    assert_eq!(order[1..], later[..]);
 }
 
 fn recover_by_worker_ignores_the_lease(b: Backend) {

@@ -114,8 +114,8 @@ fn route_hash(queue: &str, key: &str) -> u64 {
 }
 
 /// A running task whose lease ended, as `EXPIRED_LEASES` reads it:
-/// (local id, attempts, max_attempts, backoff, worker).
-type ExpiredLease = (i64, u32, u32, Option<String>, Option<String>);
+/// (local id, attempts, max_attempts, run_at, worker).
+type ExpiredLease = (i64, u32, u32, i64, Option<String>);
 
 /// The parts of a claim every shard's statement shares.
 struct ClaimCtx<'a> {
@@ -929,13 +929,15 @@ impl Store for SqliteStore {
                     })?
                     .collect::<rusqlite::Result<_>>()?;
                 let mut moved = Vec::new();
-                for (local, attempts, max_attempts, _backoff, worker) in expired {
+                for (local, attempts, max_attempts, run_at, worker) in expired {
                     let why = format!(
                         "lease lost: worker {} stopped before finishing attempt {attempts}",
                         worker.as_deref().unwrap_or("?")
                     );
                     let status = if attempts < max_attempts.max(super::RECOVERY_MIN_ATTEMPTS) {
-                        tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, now, why])?;
+                        // Back in its old place in the queue (its original run_at),
+                        // not behind everything sent since: it was next once already.
+                        tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, run_at.min(now), why])?;
                         Status::Queued
                     } else {
                         self.move_to_done(tx, local, Status::Failed, None, Some(&why), Status::Running, None, now)?;

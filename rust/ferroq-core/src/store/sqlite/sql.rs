@@ -293,7 +293,7 @@ pub const RETRY_FROM_DONE: &str = concat!(
 pub const DELETE_DONE: &str = "DELETE FROM task_done WHERE id = ?1";
 
 /// Running tasks whose lease ended before ?1, or all of worker ?2's.
-pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, backoff, worker FROM task
+pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, run_at, worker FROM task
     WHERE status = 1 AND ((?2 IS NULL AND lease_until < ?1) OR worker = ?2)";
 
 /// Queued tasks whose deadline passed.
