@@ -32,6 +32,7 @@ crate::conformance!(
     recover_requeues_expired_leases_then_fails_them,
     recover_by_worker_ignores_the_lease,
     recovered_task_keeps_its_place_in_the_queue,
+    ids_are_never_reused_after_a_purge,
     expire_moves_queued_tasks_past_their_deadline,
     get_unknown_ids_are_none,
     get_by_key_finds_unfinished_and_finished,
@@ -483,6 +484,19 @@ fn recover_requeues_expired_leases_then_fails_them(b: Backend) {
     assert_eq!(env.get(id).status, Status::Failed);
     assert_eq!(env.get(healthy).status, Status::Running, "its lease runs to T0 + 5 s");
     assert!(env.store.recover(&RecoverParams::default()).unwrap().is_empty());
+}
+
+fn ids_are_never_reused_after_a_purge(b: Backend) {
+    let env = b.open();
+    let old: Vec<i64> = (0..8).map(|_| env.add("q")).collect();
+    for t in env.claim("q", "w", 8) {
+        env.complete(t.id, "w", b"").unwrap();
+    }
+    env.advance(1);
+    let purged = env.store.purge(&PurgeParams { finished_before: Some(env.now()) }).unwrap();
+    assert_eq!(purged, 8);
+    let newer = env.add("q");
+    assert!(old.iter().all(|id| newer > *id && !env.exists(*id)), "{newer} after {old:?}");
 }
 
 fn recovered_task_keeps_its_place_in_the_queue(b: Backend) {

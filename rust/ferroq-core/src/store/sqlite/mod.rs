@@ -44,6 +44,10 @@ struct Shard {
     group: group::Group,
 }
 
+/// How long "no queue has a capacity" is trusted before it is read again
+/// (another process may set one; this process's own changes apply at once).
+const CAPACITY_RECHECK: Duration = Duration::from_millis(250);
+
 /// Fallback poll interval while a directory watch is active.
 const WATCHED_POLL: Duration = Duration::from_millis(25);
 
@@ -51,12 +55,35 @@ const WATCHED_POLL: Duration = Duration::from_millis(25);
 pub(crate) struct Wake {
     generation: Mutex<u64>,
     cv: Condvar,
+    /// Threads inside `wait_for_change`.
+    waiters: AtomicUsize,
 }
 
 impl Wake {
     pub(crate) fn bump(&self) {
         *self.generation.lock() += 1;
         self.cv.notify_all();
+    }
+
+    /// True while some thread waits for a change.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waiters.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Counts a thread as waiting for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -71,6 +98,8 @@ pub struct SqliteStore {
     wake: Arc<Wake>,
     /// Sees other processes' commits without polling, where the OS allows.
     dir_watch: Option<watch::DirWatch>,
+    /// Whether any capacity was set, and when that was read.
+    capacity_seen: Mutex<Option<(bool, Instant)>>,
     label: String,
 }
 
@@ -174,7 +203,7 @@ impl SqliteStore {
         for shard in &shards {
             last_local = last_local.max(schema::last_local_id(&shard.conn.lock())?);
         }
-        let wake = Arc::new(Wake { generation: Mutex::new(0), cv: Condvar::new() });
+        let wake = Arc::new(Wake { generation: Mutex::new(0), cv: Condvar::new(), waiters: AtomicUsize::new(0) });
         let dir_watch = config.path.as_deref().map(|dir| watch::DirWatch::start(dir, wake.clone()));
         Ok(SqliteStore {
             shards,
@@ -184,6 +213,7 @@ impl SqliteStore {
             last_local: AtomicI64::new(last_local),
             wake,
             dir_watch,
+            capacity_seen: Mutex::new(None),
             label,
         })
     }
@@ -692,12 +722,27 @@ impl SqliteStore {
     /// Checked before writing; producers in other processes racing this one
     /// can overshoot by their own in-flight sends.
     fn check_capacity(&self, tasks: &[NewTask]) -> Result<()> {
+        // Whether any queue has a capacity is read at most every
+        // CAPACITY_RECHECK (and at once after a change in this process):
+        // a send should not pay a query for a feature it does not use.
+        let now = Instant::now();
+        {
+            let mut cached = self.capacity_seen.lock();
+            match *cached {
+                Some((false, at)) if now.duration_since(at) < CAPACITY_RECHECK => return Ok(()),
+                Some((true, at)) if now.duration_since(at) < CAPACITY_RECHECK => {}
+                _ => {
+                    let conn = self.shards[0].conn.lock();
+                    let any: i64 = conn.prepare_cached(sql::CAPACITY_ANY)?.query_row([], |r| r.get(0))?;
+                    *cached = Some((any > 0, now));
+                    if any == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let caps: Vec<(String, u64)> = {
             let conn = self.shards[0].conn.lock();
-            let any: i64 = conn.prepare_cached(sql::CAPACITY_ANY)?.query_row([], |r| r.get(0))?;
-            if any == 0 {
-                return Ok(());
-            }
             let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
             queues.sort_unstable();
             queues.dedup();
@@ -1056,6 +1101,8 @@ impl Store for SqliteStore {
         let mut total = 0u64;
         for s in 0..self.shards.len() {
             total += self.write(s, |tx| {
+                let high = schema::last_local_id(tx)?;
+                tx.prepare_cached(sql::SET_HIGH_ID)?.execute([high.to_string()])?;
                 let n = tx.prepare_cached(sql::PURGE)?.execute(params![now, p.finished_before])?;
                 if s == 0 {
                     if let Some(r) = self.config.retention_ms {
@@ -1167,7 +1214,10 @@ impl Store for SqliteStore {
                 None => tx.prepare_cached(sql::CAPACITY_DELETE)?.execute([queue])?,
             };
             Ok(())
-        })
+        })?;
+        // After the commit: a reader in between must not cache the old answer.
+        *self.capacity_seen.lock() = None;
+        Ok(())
     }
 
     fn capacity(&self, queue: &str) -> Result<Option<u64>> {
@@ -1211,6 +1261,7 @@ impl Store for SqliteStore {
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         let watching = self.shards.iter().any(|s| s.watch.is_some());
+        let _waiting = Waiting::new(&self.wake.waiters);
         let mut generation = self.wake.generation.lock();
         loop {
             if self.token_at(*generation)? != token {

@@ -25,8 +25,10 @@ macro_rules! task_columns {
 /// Schema version 1.
 pub const SCHEMA_V1: &str = "
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+-- No AUTOINCREMENT: the store assigns ids itself (see INSERT_TASK), and
+-- keeping sqlite_sequence would cost every commit one more page.
 CREATE TABLE task (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
     payload BLOB NOT NULL,
@@ -142,10 +144,15 @@ pub const INSERT_TASK: &str = "INSERT INTO task (id, queue, name, payload, prior
     requires)
     VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15)";
 
-/// The highest local id the shard's `task` table ever handed out. Rows
-/// moved to `task_done` keep their ids, so this covers both tables.
-pub const LAST_LOCAL_ID: &str =
-    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'task'), 0)";
+/// The highest local id the shard ever handed out: the newest row of either
+/// table, or the mark a purge left when it deleted the newest rows (so ids
+/// are never reused).
+pub const LAST_LOCAL_ID: &str = "SELECT max(
+    coalesce((SELECT max(id) FROM task), 0),
+    coalesce((SELECT max(id) FROM task_done), 0),
+    coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'high_id'), 0))";
+/// Records the id high-water mark before a purge deletes rows.
+pub const SET_HIGH_ID: &str = "INSERT OR REPLACE INTO meta (name, value) VALUES ('high_id', ?1)";
 
 /// A task's requirements are met by the worker's resources (JSON ?R);
 /// `requires IS NULL` first so tasks without requirements cost nothing.

@@ -92,7 +92,9 @@ mod linux {
                 while !stop.load(Ordering::SeqCst) {
                     match inotify.read_events_blocking(&mut buf) {
                         Ok(events) => {
-                            if events.count() > 0 {
+                            // Nobody waiting: nobody to wake (a new waiter reads
+                            // data_version first, so it sees this commit anyway).
+                            if events.count() > 0 && wake.has_waiters() {
                                 // The event comes with the WAL write, a moment before
                                 // SQLite publishes the commit in its shared index:
                                 // wake now, and once more just after.
