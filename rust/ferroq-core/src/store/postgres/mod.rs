@@ -854,12 +854,15 @@ impl Store for PostgresStore {
                 let max_attempts: i32 = r.try_get(2)?;
                 let worker: Option<String> = r.try_get(3)?;
                 let worker = worker.unwrap_or_default();
+                let run_at: i64 = r.try_get(4)?;
                 let why = format!("lease lost: worker {worker} stopped before finishing attempt {attempts}");
                 // A crash is not the task's failure (see RECOVERY_MIN_ATTEMPTS).
                 if attempts < max_attempts.max(super::RECOVERY_MIN_ATTEMPTS as i32) {
                     requeue.0.push(id);
                     requeue.1.push(worker);
-                    requeue.2.push(now);
+                    // Back in its old place in the queue (its original
+                    // run_at), not behind everything sent since.
+                    requeue.2.push(run_at.min(now));
                     requeue.3.push(why);
                     out.push((id, Status::Queued));
                 } else {

@@ -390,7 +390,7 @@ pub const RETRY_FROM_DONE: &str = concat!(
 
 /// Running tasks whose lease ended before `$1`, or all of worker `$2`'s,
 /// locked (skipping tasks another transaction is finishing right now).
-pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, worker FROM task
+pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, worker, run_at FROM task
     WHERE status = 1 AND (($2::text IS NULL AND lease_until < $1) OR worker = $2)
     ORDER BY id FOR UPDATE SKIP LOCKED";
 
