@@ -20,6 +20,7 @@ from .listen import listener
 from .receive import ReceiveLoop
 from .serialization import decode, encode, serializer_name
 from .task import (
+    NO_OVERRIDES,
     SendOptions,
     TaskFunction,
     TaskOptions,
@@ -139,7 +140,8 @@ class Queue:
         if not isinstance(fn, TaskFunction):
             raise InvalidArgumentError(f"send() needs a @task function or its name, got {task!r}")
         callback = kwargs.pop("callback", None)
-        return self._send(fn, args, kwargs, SendOptions(callback=callback))
+        opts = NO_OVERRIDES if callback is None else SendOptions(callback=callback)
+        return self._send(fn, args, kwargs, opts)
 
     def _send(
         self,
@@ -150,6 +152,10 @@ class Queue:
     ) -> TaskHandle[R]:
         d = fn.defaults
         payload = encode([args, kwargs], d.serializer)
+        if o is NO_OVERRIDES and d.expires is None:
+            # The everyday send: only the task's own defaults, computed once.
+            task_id, _ = self.store.enqueue(d.queue, fn.name, payload, **fn.enqueue_defaults())
+            return TaskHandle(self, task_id, fn)
         now = time.time()
         run_at: Optional[int] = None
         if o.run_at is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import pkgutil
 import threading
 from dataclasses import dataclass, field, replace
@@ -112,6 +113,7 @@ class TaskFunction(Generic[P, R]):
         self.bound_queue = queue
         self.is_async = inspect.iscoroutinefunction(fn)
         self.binder = ArgBinder(fn)
+        self._enqueue_defaults: Optional[dict[str, Any]] = None
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__qualname__ = getattr(fn, "__qualname__", name)
@@ -129,7 +131,7 @@ class TaskFunction(Generic[P, R]):
         the function); :meth:`options` is the typed way to give one.
         """
         callback = cast(Optional[Callable[[Any], None]], kwargs.pop("callback", None))
-        opts = SendOptions(callback=callback) if callback is not None else _NO_OVERRIDES
+        opts = SendOptions(callback=callback) if callback is not None else NO_OVERRIDES
         return TaskCall(self, opts).send(*args, **kwargs)
 
     def options(
@@ -177,6 +179,26 @@ class TaskFunction(Generic[P, R]):
             ),
         )
 
+    def enqueue_defaults(self) -> dict[str, Any]:
+        """The store's enqueue options this task sends with when a call
+        overrides nothing (only those that differ from the store's own
+        defaults, so the native call parses as little as possible)."""
+        if self._enqueue_defaults is None:
+            d = self.defaults
+            opts: dict[str, Any] = {}
+            if d.priority:
+                opts["priority"] = d.priority
+            if d.retries:
+                opts["max_attempts"] = d.retries + 1
+            if d.backoff is not None:
+                opts["backoff"] = d.backoff.encode()
+            if d.result_ttl is not None:
+                opts["result_ttl_ms"] = int(d.result_ttl * 1000)
+            if d.requires is not None:
+                opts["requires"] = json.dumps(d.requires)
+            self._enqueue_defaults = opts
+        return self._enqueue_defaults
+
     def __repr__(self) -> str:
         return f"<task {self.name} queue={self.defaults.queue!r}>"
 
@@ -185,7 +207,7 @@ class TaskFunction(Generic[P, R]):
         return self
 
 
-_NO_OVERRIDES = SendOptions()
+NO_OVERRIDES = SendOptions()
 
 
 class TaskCall(Generic[P, R]):
