@@ -44,6 +44,9 @@ struct Shard {
     group: group::Group,
 }
 
+/// Batches at least this big write their shards in parallel threads.
+const PARALLEL_ENQUEUE_MIN: usize = 2_000;
+
 /// How long "no queue has a capacity" is trusted before it is read again
 /// (another process may set one; this process's own changes apply at once).
 const CAPACITY_RECHECK: Duration = Duration::from_millis(250);
@@ -821,10 +824,22 @@ impl Store for SqliteStore {
             }
         }
         let mut out = vec![Enqueued { id: 0, inserted: false }; tasks.len()];
-        for s in busy {
-            let idxs = &groups[s];
-            let got = self.write(s, |tx| self.insert_tasks(tx, s, tasks, idxs, first_local, now))?;
-            for (&i, e) in idxs.iter().zip(got) {
+        let write_shard = |s: usize| self.write(s, |tx| self.insert_tasks(tx, s, tasks, &groups[s], first_local, now));
+        let written: Vec<(usize, Result<Vec<Enqueued>>)> = if busy.len() > 1 && tasks.len() >= PARALLEL_ENQUEUE_MIN {
+            // Big batches write their shards at the same time: each shard is
+            // its own file and connection, so the work spreads over the cores.
+            std::thread::scope(|scope| {
+                let running: Vec<_> = busy.iter().map(|&s| (s, scope.spawn(move || write_shard(s)))).collect();
+                running
+                    .into_iter()
+                    .map(|(s, h)| (s, h.join().unwrap_or_else(|_| Err(Error::Storage("shard writer panicked".into())))))
+                    .collect()
+            })
+        } else {
+            busy.iter().map(|&s| (s, write_shard(s))).collect()
+        };
+        for (s, got) in written {
+            for (&i, e) in groups[s].iter().zip(got?) {
                 out[i] = e;
             }
         }
