@@ -272,3 +272,55 @@ def test_threads_stop_is_graceful_with_thread_threads_count() -> None:
         before = threading.active_count()
         s.stop()
         assert threading.active_count() <= before - 6
+
+
+def test_a_failed_store_call_mid_batch_gives_the_rest_back(q: Queue) -> None:
+    from ferroq.scheduler.task_loop import ThreadTaskLoop
+
+    for i in range(10):
+        q.send("app.more.echo", i)
+    s = QueueScheduler(q, queues=["default"], batch_size=10)
+    loop = ThreadTaskLoop(s, ["default"])
+    loop._avg_seconds = 1e-6  # claim the whole batch at once
+
+    class Flaky:
+        """The store, but complete_many fails once."""
+
+        def __init__(self, store: object) -> None:
+            self._store = store
+            self.failed = False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._store, name)
+
+        def complete_many(self, *a: object) -> object:
+            if not self.failed:
+                self.failed = True
+                raise ferroq.StoreUnavailableError("simulated outage")
+            return self._store.complete_many(*a)  # type: ignore[attr-defined]
+
+    s.store = Flaky(q.store)  # type: ignore[assignment]
+    import ferroq.scheduler.task_loop as tl
+
+    old = tl._FLUSH_AT
+    tl._FLUSH_AT = 2  # flush after every two results, mid-batch
+    try:
+        with pytest.raises(ferroq.StoreUnavailableError):
+            loop.tick(0)
+    finally:
+        tl._FLUSH_AT = old
+    assert s.claimed == {}  # nothing left for the monitor to keep alive
+    stats = q.stats()["default"]
+    # Two results were lost with the failed call (their tasks stay running
+    # until their leases lapse); the eight not yet run went back to the queue.
+    assert (stats["queued"], stats["running"]) == (8, 2)
+
+
+def test_queue_repr_hides_passwords() -> None:
+    from ferroq.queue import redact
+
+    assert redact("postgresql://app:s3cret@db:5432/jobs") == "postgresql://app:***@db:5432/jobs"
+    assert redact("tasks.db") == "tasks.db"
+    with Queue() as q:
+        q.url = "postgresql://app:s3cret@db/jobs"
+        assert "s3cret" not in repr(q)

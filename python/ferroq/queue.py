@@ -458,7 +458,19 @@ class Queue:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Queue {self.url!r}>"
+        return f"<Queue {redact(self.url)!r}>"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and reprs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds.split("/")[0]:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def _external_error(message: str) -> str:

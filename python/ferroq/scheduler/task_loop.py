@@ -104,6 +104,20 @@ class ClaimingLoop:
             if err is None:
                 s.emit(task_id, "running", "queued")
 
+    def forget(self, tasks: list[_core.Task]) -> None:
+        """Gives back claimed tasks this loop will not run: released when the
+        store answers, else dropped here so their leases lapse and any
+        scheduler recovers them."""
+        s = self.s
+        with s.lock:
+            left = [t for t in tasks if s.claimed.pop(t.id, None) is not None]
+        if not left:
+            return
+        try:
+            s.store.release([t.id for t in left], s.worker_id)
+        except Exception as e:
+            log.warning("%d claimed task(s) left to lease expiry: %s", len(left), e)
+
     def begin(self, t: _core.Task) -> Optional[tuple[InFlight, TaskFunction[Any, Any]]]:
         """Starts a claimed task's attempt: None when it must not run (asked
         to cancel, no function registered — both recorded here)."""
@@ -200,13 +214,19 @@ class ThreadTaskLoop(ClaimingLoop):
         the outcomes. Returns how many tasks ran."""
         tasks = self.claim(wait)
         ran = 0
-        for i, t in enumerate(tasks):
-            if self.s.stopping.is_set():
-                self.release(tasks[i:])
-                break
-            self.run_one(t)
-            ran += 1
-        self.flush()
+        try:
+            for i, t in enumerate(tasks):
+                if self.s.stopping.is_set():
+                    self.release(tasks[i:])
+                    break
+                self.run_one(t)
+                ran += 1
+            self.flush()
+        except Exception:
+            # A store call failed mid-batch: the tasks not run yet must not
+            # stay claimed here (the monitor would renew their leases forever).
+            self.forget(tasks[ran:])
+            raise
         return ran
 
     def run(self) -> None:
