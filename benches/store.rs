@@ -77,6 +77,36 @@ fn enqueue_single(c: &mut Criterion) {
     g.finish();
 }
 
+/// Four threads sending one task per call at once: group commit lets
+/// concurrent sends share a transaction.
+fn enqueue_4_threads(c: &mut Criterion) {
+    let mut g = configure(c, "enqueue_single_4_threads");
+    const PER_THREAD: u64 = 250;
+    g.throughput(Throughput::Elements(4 * PER_THREAD));
+    for shards in [1, 4] {
+        let (_dir, store) = fresh_store(shards);
+        let sent = Cell::new(0u64);
+        g.bench_function(shards_label(shards), |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    for _ in 0..4 {
+                        let store = &store;
+                        s.spawn(move || {
+                            let one = [task()];
+                            for _ in 0..PER_THREAD {
+                                assert!(store.enqueue(black_box(&one)).expect("enqueue")[0].inserted);
+                            }
+                        });
+                    }
+                });
+                sent.set(sent.get() + 4 * PER_THREAD);
+            })
+        });
+        assert_eq!(store.unfinished("bench").expect("unfinished"), sent.get(), "tasks stored");
+    }
+    g.finish();
+}
+
 fn enqueue_batch(c: &mut Criterion) {
     let mut g = configure(c, "enqueue_batch_1000");
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -253,5 +283,5 @@ fn raw_sqlite(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, enqueue_single, enqueue_batch, claim_complete, raw_sqlite);
+criterion_group!(benches, enqueue_single, enqueue_4_threads, enqueue_batch, claim_complete, raw_sqlite);
 criterion_main!(benches);

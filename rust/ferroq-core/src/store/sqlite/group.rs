@@ -1,8 +1,7 @@
 //! Group commit for enqueue. Concurrent sends to one shard share a single
-//! write transaction: each caller queues its request; whoever gets the
-//! shard's connection serves every queued request in one transaction (one
-//! savepoint each, so one bad request cannot sink the others), then wakes
-//! their callers. Every call still returns only once its own tasks are
+//! write transaction: each caller queues its (already validated) request;
+//! whoever gets the shard's connection serves every queued request in one
+//! transaction, then wakes their callers. Every call still returns only once its own tasks are
 //! committed. With one sender there is nothing to share and the cost is a
 //! queue push and an uncontended lock.
 

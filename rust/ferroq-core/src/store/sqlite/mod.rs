@@ -55,40 +55,19 @@ const CAPACITY_RECHECK: Duration = Duration::from_millis(250);
 const WATCHED_POLL: Duration = Duration::from_millis(25);
 
 /// In-process wake-ups: every commit bumps the generation and wakes waiters.
-pub(crate) struct Wake {
+struct Wake {
     generation: Mutex<u64>,
     cv: Condvar,
-    /// Threads inside `wait_for_change`.
-    waiters: AtomicUsize,
 }
 
 impl Wake {
-    pub(crate) fn bump(&self) {
+    fn bump(&self) {
         *self.generation.lock() += 1;
         self.cv.notify_all();
     }
-
-    /// True while some thread waits for a change.
-    pub(crate) fn has_waiters(&self) -> bool {
-        self.waiters.load(Ordering::SeqCst) > 0
-    }
 }
 
-/// Counts a thread as waiting for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
 
-impl<'a> Waiting<'a> {
-    fn new(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::SeqCst);
-        Waiting(n)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// The SQLite backend.
 pub struct SqliteStore {
@@ -206,8 +185,8 @@ impl SqliteStore {
         for shard in &shards {
             last_local = last_local.max(schema::last_local_id(&shard.conn.lock())?);
         }
-        let wake = Arc::new(Wake { generation: Mutex::new(0), cv: Condvar::new(), waiters: AtomicUsize::new(0) });
-        let dir_watch = config.path.as_deref().map(|dir| watch::DirWatch::start(dir, wake.clone()));
+        let wake = Arc::new(Wake { generation: Mutex::new(0), cv: Condvar::new() });
+        let dir_watch = config.path.as_deref().and_then(watch::DirWatch::start);
         Ok(SqliteStore {
             shards,
             config,
@@ -685,24 +664,15 @@ impl SqliteStore {
 
     /// Commits a batch of queued enqueues in one transaction.
     fn commit_group(&self, conn: &mut Connection, s: usize, batch: &[Arc<group::Pending>]) {
+        // Requests were validated before they were queued, so what can fail
+        // here is the storage itself, and then it fails for all of them: no
+        // savepoint per request (one would cost about as much as the insert).
         let run = |conn: &mut Connection| -> Result<Vec<Result<Vec<Enqueued>>>> {
-            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut results = Vec::with_capacity(batch.len());
             for p in batch {
                 let all: Vec<usize> = (0..p.tasks.len()).collect();
-                if batch.len() == 1 {
-                    results.push(Ok(self.insert_tasks(&tx, s, &p.tasks, &all, p.first_local, p.now)?));
-                    continue;
-                }
-                // One savepoint per request: a failure rolls back only its own rows.
-                let sp = tx.savepoint()?;
-                match self.insert_tasks(&sp, s, &p.tasks, &all, p.first_local, p.now) {
-                    Ok(v) => {
-                        sp.commit()?;
-                        results.push(Ok(v));
-                    }
-                    Err(e) => results.push(Err(e)),
-                }
+                results.push(Ok(self.insert_tasks(&tx, s, &p.tasks, &all, p.first_local, p.now)?));
             }
             tx.commit()?;
             Ok(results)
@@ -1276,7 +1246,6 @@ impl Store for SqliteStore {
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         let watching = self.shards.iter().any(|s| s.watch.is_some());
-        let _waiting = Waiting::new(&self.wake.waiters);
         let mut generation = self.wake.generation.lock();
         loop {
             if self.token_at(*generation)? != token {
@@ -1286,16 +1255,37 @@ impl Store for SqliteStore {
             if now >= deadline {
                 return Ok(false);
             }
-            // Other processes cannot signal the condvar: look at
-            // data_version again after a short poll interval — a long one
-            // when the directory watch wakes us on their commits anyway.
-            let poll = if self.dir_watch.as_ref().is_some_and(|w| w.active()) {
-                self.config.poll_interval.max(WATCHED_POLL)
-            } else {
-                self.config.poll_interval
+            if !watching {
+                // In memory: only this process writes, and it signals the condvar.
+                self.wake.cv.wait_for(&mut generation, deadline - now);
+                continue;
+            }
+            let Some(dir) = &self.dir_watch else {
+                // Other processes cannot signal the condvar: look at
+                // data_version again after a short poll interval.
+                self.wake.cv.wait_for(&mut generation, self.config.poll_interval.min(deadline - now));
+                continue;
             };
-            let slice = if watching { poll.min(deadline - now) } else { deadline - now };
-            self.wake.cv.wait_for(&mut generation, slice);
+            // One waiting thread blocks on the directory watch (any commit,
+            // from any process, wakes it) and wakes the others through the
+            // condvar; a long fallback slice bounds every wait.
+            let slice = WATCHED_POLL.min(deadline - now);
+            let watched = parking_lot::MutexGuard::unlocked(&mut generation, || dir.wait(slice));
+            match watched {
+                Some(true) => {
+                    // The write shows up a moment before SQLite publishes the
+                    // commit: wake everyone now, and once more just after.
+                    self.wake.cv.notify_all();
+                    parking_lot::MutexGuard::unlocked(&mut generation, || {
+                        std::thread::sleep(Duration::from_micros(150));
+                    });
+                    self.wake.cv.notify_all();
+                }
+                Some(false) => {}
+                None => {
+                    self.wake.cv.wait_for(&mut generation, slice);
+                }
+            }
         }
     }
 

@@ -1,113 +1,68 @@
-//! Cross-process wake-ups without polling (Linux): every commit in WAL mode
+//! Cross-process wake-ups without polling (Linux). Every commit in WAL mode
 //! appends to a shard's `-wal` file, so an inotify watch on the store
-//! directory sees another process's enqueue the moment it commits, and wakes
-//! this process's waiting claimers. Where inotify is unavailable the store
-//! falls back to polling `PRAGMA data_version`.
+//! directory becomes readable the moment another process commits. A thread
+//! waiting for a change blocks on that descriptor (with a timeout) instead
+//! of polling `PRAGMA data_version`; nothing runs while nobody waits. Where
+//! inotify is unavailable the store falls back to polling.
 
-use super::Wake;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
-/// A running directory watch; dropping it stops the watching thread.
+/// A watch on the store directory.
 pub struct DirWatch {
     #[cfg(target_os = "linux")]
-    inner: Option<linux::Inner>,
-    stop: Arc<AtomicBool>,
+    inner: parking_lot::Mutex<inotify::Inotify>,
 }
 
 impl DirWatch {
-    /// Watches `dir` and bumps `wake` on every write to a file in it.
-    /// Returns a watch that does nothing when inotify cannot be used.
-    pub fn start(dir: &Path, wake: Arc<Wake>) -> DirWatch {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Watches `dir` for writes to the files in it; None when inotify cannot
+    /// be used (then waiters poll).
+    pub fn start(dir: &Path) -> Option<DirWatch> {
         #[cfg(target_os = "linux")]
         {
-            let inner = linux::start(dir, wake, stop.clone());
-            DirWatch { inner, stop }
+            use inotify::{Inotify, WatchMask};
+            let inotify = Inotify::init().ok()?;
+            inotify.watches().add(dir, WatchMask::MODIFY | WatchMask::CREATE | WatchMask::MOVED_TO).ok()?;
+            Some(DirWatch { inner: parking_lot::Mutex::new(inotify) })
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = (dir, wake);
-            DirWatch { stop }
+            let _ = dir;
+            None
         }
     }
 
-    /// True when commits are seen without polling.
-    pub fn active(&self) -> bool {
+    /// Blocks until a file in the directory is written or `timeout` passes;
+    /// true when something was written. Returns None at once when another
+    /// thread is already watching (that thread wakes the rest).
+    pub fn wait(&self, timeout: Duration) -> Option<bool> {
         #[cfg(target_os = "linux")]
         {
-            self.inner.is_some()
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            false
-        }
-    }
-}
-
-impl Drop for DirWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        #[cfg(target_os = "linux")]
-        if let Some(inner) = self.inner.take() {
-            inner.shutdown();
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-mod linux {
-    use super::super::Wake;
-    use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
-    use std::path::Path;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
-    pub struct Inner {
-        watches: Watches,
-        wd: WatchDescriptor,
-        thread: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl Inner {
-        /// Removing the watch makes the kernel send IN_IGNORED, which wakes
-        /// the thread's blocking read so it can see the stop flag.
-        pub fn shutdown(mut self) {
-            let _ = self.watches.remove(self.wd.clone());
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
+            use rustix::event::{poll, PollFd, PollFlags, Timespec};
+            use std::os::fd::AsFd;
+            let mut inotify = self.inner.try_lock()?;
+            let mut buf = [0u8; 4096];
+            // Events left from before return at once; the caller re-reads
+            // data_version and comes back to wait on an empty queue. (Draining
+            // them first could swallow a commit made since its last look.)
+            let ready = {
+                let fd = inotify.as_fd();
+                let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+                let ts = Timespec {
+                    tv_sec: timeout.as_secs() as _,
+                    tv_nsec: timeout.subsec_nanos() as _,
+                };
+                poll(&mut fds, Some(&ts)).unwrap_or(0) > 0
+            };
+            if ready {
+                let _ = inotify.read_events(&mut buf);
             }
+            Some(ready)
         }
-    }
-
-    pub fn start(dir: &Path, wake: Arc<Wake>, stop: Arc<AtomicBool>) -> Option<Inner> {
-        let mut inotify = Inotify::init().ok()?;
-        let mut watches = inotify.watches();
-        let wd = watches.add(dir, WatchMask::MODIFY | WatchMask::CREATE | WatchMask::MOVED_TO).ok()?;
-        let thread = std::thread::Builder::new()
-            .name("ferroq-watch".into())
-            .spawn(move || {
-                let mut buf = [0u8; 4096];
-                while !stop.load(Ordering::SeqCst) {
-                    match inotify.read_events_blocking(&mut buf) {
-                        Ok(events) => {
-                            // Nobody waiting: nobody to wake (a new waiter reads
-                            // data_version first, so it sees this commit anyway).
-                            if events.count() > 0 && wake.has_waiters() {
-                                // The event comes with the WAL write, a moment before
-                                // SQLite publishes the commit in its shared index:
-                                // wake now, and once more just after.
-                                wake.bump();
-                                std::thread::sleep(std::time::Duration::from_micros(200));
-                                wake.bump();
-                            }
-                        }
-                        Err(_) => return,
-                    }
-                }
-            })
-            .ok()?;
-        Some(Inner { watches, wd, thread: Some(thread) })
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = timeout;
+            None
+        }
     }
 }
