@@ -74,7 +74,7 @@ def bench_drain(n: int, url: str) -> None:
         q.store.enqueue_many("default", "bench.noop", [b"J[[%d],{}]" % i for i in range(n)])
         t0 = time.perf_counter()
         with QueueScheduler(q, concurrency=4, queues=["default"]):
-            while q.stats()["default"]["done"] < n:
+            while q.store.unfinished("default"):
                 time.sleep(0.002)
         dt = time.perf_counter() - t0
         done = q.list(status="done", limit=n)
