@@ -247,6 +247,41 @@ impl FunctionLimit {
     }
 }
 
+/// A function limit with its stored token bucket, as a backend reads it.
+pub(crate) struct StoredLimit {
+    pub(crate) limit: FunctionLimit,
+    pub(crate) tokens: f64,
+    pub(crate) refilled_at: i64,
+}
+
+/// The arithmetic of a limited claim, shared by every backend: how many
+/// tasks of each limited name a claim at `now` may take (given `running`,
+/// the tasks of each name running now), and each rate-limited bucket's level
+/// after refilling up to `now`. `now` must be read under the lock that
+/// serialises limited claims, or a bucket could be refilled twice.
+pub(crate) fn allowances(
+    limits: &[StoredLimit],
+    running: &std::collections::HashMap<String, u64>,
+    now: i64,
+) -> (std::collections::HashMap<String, u64>, std::collections::HashMap<String, f64>) {
+    let mut allowance = std::collections::HashMap::new();
+    let mut levels = std::collections::HashMap::new();
+    for l in limits {
+        let mut allow = u64::MAX;
+        if let Some(max) = l.limit.max_running {
+            allow = allow.min((max as u64).saturating_sub(running.get(&l.limit.name).copied().unwrap_or(0)));
+        }
+        if let Some(rate) = l.limit.rate_per_s {
+            let elapsed = (now - l.refilled_at).max(0) as f64 / 1000.0;
+            let level = (l.tokens + elapsed * rate).min(l.limit.effective_burst());
+            levels.insert(l.limit.name.clone(), level);
+            allow = allow.min(level.floor().max(0.0) as u64);
+        }
+        allowance.insert(l.limit.name.clone(), allow);
+    }
+    (allowance, levels)
+}
+
 /// A task whose worker crashed (its lease expired, or its worker is gone)
 /// goes back to the queue while it has had fewer than
 /// `max(max_attempts, RECOVERY_MIN_ATTEMPTS)` attempts. A crash is not the

@@ -68,13 +68,6 @@ enum Guard {
     Retryable,
 }
 
-/// A function limit with its stored bucket level.
-struct StoredLimit {
-    limit: FunctionLimit,
-    tokens: f64,
-    refilled_at: i64,
-}
-
 /// Parallel arrays for `MOVE_TO_DONE`.
 #[derive(Default)]
 struct Moves {
@@ -540,7 +533,7 @@ impl PostgresStore {
             let mut limits = Vec::new();
             for r in rows {
                 let max_running: Option<i64> = r.try_get(1)?;
-                limits.push(StoredLimit {
+                limits.push(super::StoredLimit {
                     limit: FunctionLimit {
                         name: r.try_get(0)?,
                         max_running: max_running.map(|m| m.clamp(0, u32::MAX as i64) as u32),
@@ -556,21 +549,7 @@ impl PostgresStore {
             for r in db.query(sql::RUNNING_BY_NAME, &[&names])? {
                 running.insert(r.try_get(0)?, r.try_get::<_, i64>(1)?.max(0) as u64);
             }
-            let mut allowance: HashMap<String, u64> = HashMap::new();
-            let mut levels: HashMap<String, f64> = HashMap::new();
-            for l in &limits {
-                let mut allow = u64::MAX;
-                if let Some(max) = l.limit.max_running {
-                    allow = allow.min((max as u64).saturating_sub(running.get(&l.limit.name).copied().unwrap_or(0)));
-                }
-                if let Some(rate) = l.limit.rate_per_s {
-                    let elapsed = (now - l.refilled_at).max(0) as f64 / 1000.0;
-                    let level = (l.tokens + elapsed * rate).min(l.limit.effective_burst());
-                    levels.insert(l.limit.name.clone(), level);
-                    allow = allow.min(level.floor().max(0.0) as u64);
-                }
-                allowance.insert(l.limit.name.clone(), allow);
-            }
+            let (allowance, levels) = super::allowances(&limits, &running, now);
             let excluded: Vec<&str> = allowance.iter().filter(|(_, a)| **a == 0).map(|(n, _)| n.as_str()).collect();
             let mut chosen = Vec::new();
             let mut used: HashMap<&str, u64> = HashMap::new();

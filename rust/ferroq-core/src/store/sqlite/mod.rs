@@ -136,17 +136,11 @@ struct ClaimCtx<'a> {
     excluded: Option<&'a str>,
 }
 
-/// A function limit with its stored bucket level.
-struct StoredLimit {
-    limit: FunctionLimit,
-    tokens: f64,
-    refilled_at: i64,
-}
 
-fn read_limits(conn: &Connection) -> Result<Vec<StoredLimit>> {
+fn read_limits(conn: &Connection) -> Result<Vec<super::StoredLimit>> {
     let mut stmt = conn.prepare_cached(sql::LIMITS)?;
     let rows = stmt.query_map([], |r| {
-        Ok(StoredLimit {
+        Ok(super::StoredLimit {
             limit: FunctionLimit {
                 name: r.get(0)?,
                 max_running: r.get(1)?,
@@ -563,23 +557,7 @@ impl SqliteStore {
                 *running.entry(r.get(0)?).or_default() += r.get::<_, i64>(1)? as u64;
             }
         }
-        let mut allowance: HashMap<String, u64> = HashMap::new();
-        let mut levels: HashMap<String, f64> = HashMap::new();
-        let mut refilled: HashMap<String, i64> = HashMap::new();
-        for l in &limits {
-            let mut allow = u64::MAX;
-            if let Some(max) = l.limit.max_running {
-                allow = allow.min((max as u64).saturating_sub(running.get(&l.limit.name).copied().unwrap_or(0)));
-            }
-            if let Some(rate) = l.limit.rate_per_s {
-                let elapsed = (now - l.refilled_at).max(0) as f64 / 1000.0;
-                refilled.insert(l.limit.name.clone(), now.max(l.refilled_at));
-                let level = (l.tokens + elapsed * rate).min(l.limit.effective_burst());
-                levels.insert(l.limit.name.clone(), level);
-                allow = allow.min(level.floor().max(0.0) as u64);
-            }
-            allowance.insert(l.limit.name.clone(), allow);
-        }
+        let (allowance, levels) = super::allowances(&limits, &running, now);
         let full: Vec<&String> = allowance.iter().filter(|(_, a)| **a == 0).map(|(n, _)| n).collect();
         let excluded = if full.is_empty() { None } else { serde_json::to_string(&full).ok() };
         let before = allowance.clone();
@@ -589,8 +567,7 @@ impl SqliteStore {
         let after = allow.unwrap_or_default();
         for (name, level) in levels {
             let used = before.get(&name).copied().unwrap_or(0) - after.get(&name).copied().unwrap_or(0);
-            let at = refilled.get(&name).copied().unwrap_or(now);
-            tx0.prepare_cached(sql::LIMIT_TOKENS)?.execute(params![name, level - used as f64, at])?;
+            tx0.prepare_cached(sql::LIMIT_TOKENS)?.execute(params![name, level - used as f64, now])?;
         }
         tx0.commit()?;
         Ok(tasks)
