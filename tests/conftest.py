@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,33 @@ def spawn_worker(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Polls ``predicate`` until it is true; fails the test after ``timeout``
+    seconds. Exceptions in ``retry_on`` count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except retry_on:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_log(path: Path) -> list[tuple[str, int, int]]:
+    """The (tag, task id, pid) lines the test tasks append to their side file."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        tag, tid, pid = line.split()
+        rows.append((tag, int(tid), int(pid)))
+    return rows

@@ -11,38 +11,23 @@ import collections
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import IO, Callable
 
 import pytest
 
-from conftest import PG_URL, ROOT, needs_pg, pg_url, python_env
+import conftest
+from conftest import PG_URL, ROOT, needs_pg, pg_url, python_env, read_log
 from ferroq import InvalidArgumentError, Queue, StoreUnavailableError
 
 pytestmark = needs_pg
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except StoreUnavailableError:
-            pass  # the server is restarting: ask again
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """conftest.wait_for that asks again while the server restarts."""
+    conftest.wait_for(predicate, timeout, what, retry_on=(StoreUnavailableError,))
 
 
-def read_log(path: Path) -> list[tuple[str, int, int]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        tag, tid, pid = line.split()
-        rows.append((tag, int(tid), int(pid)))
-    return rows
 
 
 class Worker:

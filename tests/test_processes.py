@@ -6,30 +6,10 @@ import collections
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import python_env, spawn_worker
+from conftest import python_env, read_log, spawn_worker, wait_for
 from ferroq import Queue
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def read_log(path: Path) -> list[tuple[str, int, int]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        tag, tid, pid = line.split()
-        rows.append((tag, int(tid), int(pid)))
-    return rows
 
 
 def enqueue_slow(q: Queue, n: int, seconds: float) -> list[int]:

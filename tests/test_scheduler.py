@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_processes import enqueue_slow, read_log, wait_for
+from test_processes import enqueue_slow
 
 import ferroq
 from app import modes, more  # noqa: F401  (registers app.more.echo)
-from conftest import spawn_worker
+from conftest import read_log, spawn_worker, wait_for
 from ferroq import CleanupIntervals, Queue, QueueScheduler, set_default_queue
 from ferroq.scheduler.cleanup import pid_alive
 
