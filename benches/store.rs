@@ -168,11 +168,17 @@ fn claim_complete(c: &mut Criterion) {
 
 // ---- The reference: plain SQLite through rusqlite ----------------------
 
+/// The page size ferroq gives new shards (its `schema::PAGE_SIZE`); the
+/// reference uses it too, so the two write the same bytes per commit.
+const RAW_PAGE_SIZE: i64 = 1024;
+
 /// A WAL database at synchronous=NORMAL with a minimal task table and the
-/// same kind of partial ready index ferroq uses.
-fn raw_db() -> (TempDir, Connection) {
+/// same kind of partial ready index ferroq uses, with pages of `page_size`
+/// bytes.
+fn raw_db_paged(page_size: i64) -> (TempDir, Connection) {
     let dir = tempfile::tempdir().expect("temp dir");
     let conn = Connection::open(dir.path().join("raw.db")).expect("open");
+    conn.execute_batch(&format!("PRAGMA page_size = {page_size};")).expect("page size");
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).expect("wal");
     assert_eq!(mode, "wal");
     conn.execute_batch(
@@ -185,7 +191,13 @@ fn raw_db() -> (TempDir, Connection) {
     .expect("schema");
     let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).expect("sync");
     assert_eq!(sync, 1);
+    let got: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).expect("page size");
+    assert_eq!(got, page_size);
     (dir, conn)
+}
+
+fn raw_db() -> (TempDir, Connection) {
+    raw_db_paged(RAW_PAGE_SIZE)
 }
 
 const RAW_INSERT: &str =
@@ -209,6 +221,22 @@ fn raw_sqlite(c: &mut Criterion) {
     let (_d1, conn) = raw_db();
     let sent = Cell::new(0u64);
     g.bench_function("single_row_commit", |b| {
+        b.iter(|| {
+            let n = conn
+                .prepare_cached(RAW_INSERT)
+                .expect("prepare")
+                .execute(params![PAYLOAD, 0])
+                .expect("insert");
+            assert_eq!(n, 1);
+            sent.set(sent.get() + 1);
+        })
+    });
+    assert_eq!(raw_count(&conn, 0), sent.get(), "rows stored");
+
+    // The same loop at SQLite's default page size, for comparison.
+    let (_d4, conn) = raw_db_paged(4096);
+    let sent = Cell::new(0u64);
+    g.bench_function("single_row_commit_4096_pages", |b| {
         b.iter(|| {
             let n = conn
                 .prepare_cached(RAW_INSERT)

@@ -11,7 +11,7 @@ use ferroq_core::store::{
 use ferroq_core::{Backoff, BackoffStrategy, NewTask, Status, Store};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,23 @@ const SLICE: Duration = Duration::from_millis(100);
 pub struct PyStore {
     inner: RwLock<Option<Arc<dyn Store>>>,
     url: String,
+}
+
+/// Bytes from Python. `bytes` and `bytearray` are copied in one piece;
+/// extracting a `Vec<u8>` directly would convert them element by element,
+/// which costs a send more than its payload is worth.
+struct Blob(Vec<u8>);
+
+impl<'py> FromPyObject<'py> for Blob {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(b) = ob.downcast::<PyBytes>() {
+            return Ok(Blob(b.as_bytes().to_vec()));
+        }
+        if let Ok(b) = ob.downcast::<PyByteArray>() {
+            return Ok(Blob(b.to_vec()));
+        }
+        Ok(Blob(ob.extract()?))
+    }
 }
 
 /// A value given once for all rows, or one per row.
@@ -196,7 +213,7 @@ impl PyStore {
         py: Python<'_>,
         queue: String,
         name: String,
-        payload: Vec<u8>,
+        payload: Blob,
         priority: i32,
         run_at: Option<i64>,
         max_attempts: u32,
@@ -214,7 +231,7 @@ impl PyStore {
                 let task = NewTask {
                     queue,
                     name,
-                    payload,
+                    payload: payload.0,
                     priority,
                     run_at,
                     max_attempts,
@@ -245,7 +262,7 @@ impl PyStore {
         py: Python<'_>,
         queue: String,
         name: OneOrMany<String>,
-        payloads: Vec<Vec<u8>>,
+        payloads: Vec<Blob>,
         priority: Option<OneOrMany<i32>>,
         run_at: Option<OneOrMany<i64>>,
         max_attempts: u32,
@@ -282,7 +299,7 @@ impl PyStore {
                     .map(|(i, payload)| NewTask {
                         queue: queue.clone(),
                         name: name.at(i),
-                        payload,
+                        payload: payload.0,
                         priority: priority.at(i),
                         run_at: run_at.as_ref().map(|r| r.at(i)),
                         max_attempts,
@@ -346,16 +363,16 @@ impl PyStore {
     }
 
     /// Finishes a running task with its serialised result.
-    fn complete(&self, py: Python<'_>, id: i64, worker: String, result: Vec<u8>) -> PyResult<()> {
+    fn complete(&self, py: Python<'_>, id: i64, worker: String, result: Blob) -> PyResult<()> {
         let store = self.store()?;
-        let p = [CompleteParams { id, worker, result }];
+        let p = [CompleteParams { id, worker, result: result.0 }];
         let mut out = py.detach(|| store.complete(&p)).py(py)?;
         out.pop().unwrap_or(Ok(())).py(py)
     }
 
     /// Finishes many running tasks in one call; returns one exception (or
     /// None) per task.
-    fn complete_many(&self, py: Python<'_>, ids: Vec<i64>, worker: String, results: Vec<Vec<u8>>) -> PyResult<Vec<Option<Py<PyAny>>>> {
+    fn complete_many(&self, py: Python<'_>, ids: Vec<i64>, worker: String, results: Vec<Blob>) -> PyResult<Vec<Option<Py<PyAny>>>> {
         if ids.len() != results.len() {
             return Err(pyo3::exceptions::PyValueError::new_err("ids and results differ in length"));
         }
@@ -363,7 +380,7 @@ impl PyStore {
         let p: Vec<CompleteParams> = ids
             .into_iter()
             .zip(results)
-            .map(|(id, result)| CompleteParams { id, worker: worker.clone(), result })
+            .map(|(id, result)| CompleteParams { id, worker: worker.clone(), result: result.0 })
             .collect();
         let out = py.detach(|| store.complete(&p)).py(py)?;
         Ok(item_errors(py, out))
@@ -552,9 +569,9 @@ impl PyStore {
     }
 
     /// Sets listen data; returns the change's version.
-    fn listen_set(&self, py: Python<'_>, key: String, value: Vec<u8>) -> PyResult<i64> {
+    fn listen_set(&self, py: Python<'_>, key: String, value: Blob) -> PyResult<i64> {
         let store = self.store()?;
-        py.detach(|| store.listen_set(&key, &value)).py(py)
+        py.detach(|| store.listen_set(&key, &value.0)).py(py)
     }
 
     /// Listen changes after `since`: [(version, key, value, at_ms)].

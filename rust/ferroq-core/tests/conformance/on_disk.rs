@@ -255,6 +255,7 @@ fn pragmas_read_back_wal_and_synchronous(b: Backend) {
         assert_eq!(p.journal_mode, "wal");
         assert_eq!(p.synchronous, 1, "NORMAL by default");
         assert_eq!(p.busy_timeout, 10_000);
+        assert_eq!(p.page_size, 1024, "new shards use small pages (schema::PAGE_SIZE)");
     }
     drop(store);
     let store = open(&format!("{url}?synchronous=full&busy_timeout_ms=2500"));

@@ -1,9 +1,12 @@
 //! Group commit for enqueue. Concurrent sends to one shard share a single
 //! write transaction: each caller queues its (already validated) request;
-//! whoever gets the shard's connection serves every queued request in one
-//! transaction, then wakes their callers. Every call still returns only once its own tasks are
-//! committed. With one sender there is nothing to share and the cost is a
-//! queue push and an uncontended lock.
+//! whoever gets the shard's connection serves every request queued by then
+//! in one transaction, wakes their callers, and hands the lead to the
+//! oldest request still queued (those that arrived during its commit), so
+//! it can return to its own caller at once while the next batch commits.
+//! Every call still returns only once its own tasks are committed. With
+//! one sender there is nothing to share and the cost is a queue push and an
+//! uncontended lock.
 
 use crate::error::{Error, Result};
 use crate::store::Enqueued;
@@ -17,7 +20,7 @@ use std::time::Duration;
 pub const GROUP_MAX_BYTES: usize = 256 * 1024;
 
 /// How long a waiting sender sleeps before looking at the lock again (it is
-/// woken at once when its request is served).
+/// woken at once when its request is served or it is handed the lead).
 const FOLLOWER_WAIT: Duration = Duration::from_micros(200);
 
 /// One caller's enqueue, waiting to be committed.
@@ -28,34 +31,49 @@ pub struct Pending {
     pub first_local: i64,
     /// The enqueue time.
     pub now: i64,
-    result: Mutex<Option<Result<Vec<Enqueued>>>>,
+    slot: Mutex<Slot>,
     done: Condvar,
+}
+
+/// What a waiting caller is told: its outcome, or that it should lead.
+struct Slot {
+    result: Option<Result<Vec<Enqueued>>>,
+    lead: bool,
 }
 
 impl Pending {
     /// A request for `tasks`.
     pub fn new(tasks: Vec<NewTask>, first_local: i64, now: i64) -> Arc<Self> {
-        Arc::new(Pending { tasks, first_local, now, result: Mutex::new(None), done: Condvar::new() })
+        let slot = Mutex::new(Slot { result: None, lead: false });
+        Arc::new(Pending { tasks, first_local, now, slot, done: Condvar::new() })
     }
 
     /// Hands the request its outcome and wakes its caller.
     pub fn finish(&self, r: Result<Vec<Enqueued>>) {
-        *self.result.lock() = Some(r);
+        self.slot.lock().result = Some(r);
         self.done.notify_one();
     }
 
-    /// The outcome, if served; otherwise waits briefly for it.
+    /// Wakes the caller to take the lead for the requests queued now.
+    pub fn nudge(&self) {
+        self.slot.lock().lead = true;
+        self.done.notify_one();
+    }
+
+    /// The outcome, if served; otherwise waits until it is served, the
+    /// caller is asked to lead, or a short while passes.
     pub fn wait(&self) -> Option<Result<Vec<Enqueued>>> {
-        let mut slot = self.result.lock();
-        if slot.is_none() {
+        let mut slot = self.slot.lock();
+        if slot.result.is_none() && !slot.lead {
             self.done.wait_for(&mut slot, FOLLOWER_WAIT);
         }
-        slot.take()
+        slot.lead = false;
+        slot.result.take()
     }
 
     /// The outcome, if served, without waiting.
     pub fn take(&self) -> Option<Result<Vec<Enqueued>>> {
-        self.result.lock().take()
+        self.slot.lock().result.take()
     }
 }
 
@@ -74,6 +92,13 @@ impl Group {
     /// Takes every queued request.
     pub fn drain(&self) -> Vec<Arc<Pending>> {
         std::mem::take(&mut *self.queue.lock())
+    }
+
+    /// Asks the oldest queued request's caller to lead the next batch.
+    pub fn hand_over(&self) {
+        if let Some(p) = self.queue.lock().first() {
+            p.nudge();
+        }
     }
 }
 

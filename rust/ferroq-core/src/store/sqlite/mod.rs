@@ -11,6 +11,7 @@
 mod group;
 mod schema;
 pub mod sql;
+mod tx;
 mod watch;
 
 pub use schema::Pragmas;
@@ -28,7 +29,8 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::task::{NewTask, Status, Task};
 use parking_lot::{Condvar, Mutex};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use tx::WriteTx;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -324,9 +326,9 @@ impl SqliteStore {
     }
 
     /// Runs `f` in one IMMEDIATE transaction on a shard.
-    fn write<T>(&self, shard: usize, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
-        let mut conn = self.shards[shard].conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    fn write<T>(&self, shard: usize, f: impl FnOnce(&WriteTx) -> Result<T>) -> Result<T> {
+        let conn = self.shards[shard].conn.lock();
+        let tx = WriteTx::begin(&conn)?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
@@ -338,7 +340,7 @@ impl SqliteStore {
         &self,
         items: &[P],
         id_of: impl Fn(&P) -> i64,
-        mut f: impl FnMut(&Transaction, usize, i64, &P) -> Result<Result<T>>,
+        mut f: impl FnMut(&WriteTx, usize, i64, &P) -> Result<Result<T>>,
     ) -> Result<Vec<Result<T>>> {
         let mut out: Vec<Option<Result<T>>> = items.iter().map(|_| None).collect();
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
@@ -370,7 +372,7 @@ impl SqliteStore {
     }
 
     /// Names the reason a guarded statement on task `id` changed nothing.
-    fn explain(&self, tx: &Transaction, id: i64, local: i64, worker: Option<&str>, guard: Guard, action: &'static str) -> Result<Error> {
+    fn explain(&self, tx: &WriteTx, id: i64, local: i64, worker: Option<&str>, guard: Guard, action: &'static str) -> Result<Error> {
         let found: Option<(i64, Option<String>)> = tx
             .prepare_cached(sql::STATUS_OF)?
             .query_row([local], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -390,7 +392,7 @@ impl SqliteStore {
     #[allow(clippy::too_many_arguments)]
     fn move_to_done(
         &self,
-        tx: &Transaction,
+        tx: &WriteTx,
         local: i64,
         to: Status,
         result: Option<&[u8]>,
@@ -459,7 +461,7 @@ impl SqliteStore {
     /// Claims up to `limit` tasks in one shard's transaction. With an
     /// allowance (function limits in force), tasks of a limited name beyond
     /// what it allows are given back at once, uncounted.
-    fn claim_in(&self, tx: &Transaction, shard: usize, p: &ClaimParams, limit: u32, c: &ClaimCtx<'_>, allowance: &mut Option<HashMap<String, u64>>) -> Result<Vec<Task>> {
+    fn claim_in(&self, tx: &WriteTx, shard: usize, p: &ClaimParams, limit: u32, c: &ClaimCtx<'_>, allowance: &mut Option<HashMap<String, u64>>) -> Result<Vec<Task>> {
         let claimed = self.query_tasks(
             tx,
             shard,
@@ -488,7 +490,7 @@ impl SqliteStore {
     /// Peeks every shard, merges the heads in claim order and claims the
     /// best `p.limit`. `tx0` is shard 0's open transaction when the caller
     /// holds it (limited claims), so shard 0 is used through it.
-    fn claim_merged(&self, p: &ClaimParams, c: &ClaimCtx<'_>, tx0: Option<&Transaction>, allowance: &mut Option<HashMap<String, u64>>) -> Result<Vec<Task>> {
+    fn claim_merged(&self, p: &ClaimParams, c: &ClaimCtx<'_>, tx0: Option<&WriteTx>, allowance: &mut Option<HashMap<String, u64>>) -> Result<Vec<Task>> {
         // Peek (a read, no write lock) so an idle claim never blocks writers,
         // and so several shards can be merged in priority order.
         let peek_limit = if self.shards.len() == 1 { 1 } else { p.limit };
@@ -535,8 +537,8 @@ impl SqliteStore {
     /// A claim while function limits are in force: shard 0's write lock
     /// serialises every such claim store-wide, so running counts and rate
     /// buckets are exact across processes.
-    fn claim_limited(&self, p: &ClaimParams, resources: &str, mut conn0: parking_lot::MutexGuard<'_, Connection>) -> Result<Vec<Task>> {
-        let tx0 = conn0.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    fn claim_limited(&self, p: &ClaimParams, resources: &str, conn0: parking_lot::MutexGuard<'_, Connection>) -> Result<Vec<Task>> {
+        let tx0 = WriteTx::begin(&conn0)?;
         // Read the clock only now that the lock is held: a time read before
         // waiting for it could be older than a bucket's last refill, and
         // moving `refilled_at` back would hand out its tokens twice.
@@ -622,15 +624,17 @@ impl SqliteStore {
             if let Some(r) = req.take() {
                 return r;
             }
-            if let Some(mut conn) = shard.conn.try_lock() {
-                // Lead: serve every queued request, ours included, until none is left.
-                loop {
-                    let batch = shard.group.drain();
-                    if batch.is_empty() {
-                        break;
-                    }
-                    self.commit_group(&mut conn, s, &batch);
+            if let Some(conn) = shard.conn.try_lock() {
+                // Lead one batch: every request queued now, ours included
+                // unless another leader took it already. Requests queued
+                // during the commit get a leader of their own, so this
+                // caller returns without waiting for them.
+                let batch = shard.group.drain();
+                if !batch.is_empty() {
+                    self.commit_group(&conn, s, &batch);
                 }
+                drop(conn);
+                shard.group.hand_over();
                 continue;
             }
             if let Some(r) = req.wait() {
@@ -640,12 +644,12 @@ impl SqliteStore {
     }
 
     /// Commits a batch of queued enqueues in one transaction.
-    fn commit_group(&self, conn: &mut Connection, s: usize, batch: &[Arc<group::Pending>]) {
+    fn commit_group(&self, conn: &Connection, s: usize, batch: &[Arc<group::Pending>]) {
         // Requests were validated before they were queued, so what can fail
         // here is the storage itself, and then it fails for all of them: no
         // savepoint per request (one would cost about as much as the insert).
-        let run = |conn: &mut Connection| -> Result<Vec<Result<Vec<Enqueued>>>> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let run = |conn: &Connection| -> Result<Vec<Result<Vec<Enqueued>>>> {
+            let tx = WriteTx::begin(conn)?;
             let mut results = Vec::with_capacity(batch.len());
             for p in batch {
                 let all: Vec<usize> = (0..p.tasks.len()).collect();
@@ -1223,6 +1227,9 @@ impl Store for SqliteStore {
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         let watching = self.shards.iter().any(|s| s.watch.is_some());
+        // Armed before the first look at data_version (see DirWatch::arm).
+        let armed = self.dir_watch.as_ref().map(|d| d.arm());
+        let dir_watch = armed.as_ref().filter(|a| a.watching).and(self.dir_watch.as_ref());
         let mut generation = self.wake.generation.lock();
         loop {
             if self.token_at(*generation)? != token {
@@ -1237,7 +1244,7 @@ impl Store for SqliteStore {
                 self.wake.cv.wait_for(&mut generation, deadline - now);
                 continue;
             }
-            let Some(dir) = &self.dir_watch else {
+            let Some(dir) = dir_watch else {
                 // Other processes cannot signal the condvar: look at
                 // data_version again after a short poll interval.
                 self.wake.cv.wait_for(&mut generation, self.config.poll_interval.min(deadline - now));

@@ -4,26 +4,69 @@
 //! waiting for a change blocks on that descriptor (with a timeout) instead
 //! of polling `PRAGMA data_version`; nothing runs while nobody waits. Where
 //! inotify is unavailable the store falls back to polling.
+//!
+//! The watch is on the directory only while some thread of this process
+//! waits ([`DirWatch::arm`]): a watch makes the kernel queue an event on
+//! every write to every file in the directory, which costs each commit
+//! (any process's) about a tenth of its time. A sender that nobody in this
+//! process is waiting on pays nothing for it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A watch on the store directory.
 pub struct DirWatch {
     #[cfg(target_os = "linux")]
     inner: parking_lot::Mutex<inotify::Inotify>,
+    #[cfg(target_os = "linux")]
+    armed: parking_lot::Mutex<Armed>,
+    dir: PathBuf,
+}
+
+/// How many threads wait, and the watch they keep on the directory.
+#[cfg(target_os = "linux")]
+struct Armed {
+    waiters: usize,
+    watches: inotify::Watches,
+    wd: Option<inotify::WatchDescriptor>,
+}
+
+/// Keeps the directory watched while held (see [`DirWatch::arm`]).
+pub struct ArmGuard<'a> {
+    watch: &'a DirWatch,
+    /// False when the watch could not be added: waiters then poll.
+    pub watching: bool,
+}
+
+impl Drop for ArmGuard<'_> {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            let mut armed = self.watch.armed.lock();
+            armed.waiters = armed.waiters.saturating_sub(1);
+            if armed.waiters == 0 {
+                if let Some(wd) = armed.wd.take() {
+                    // Fails only when the directory is gone, which removed the watch.
+                    let _ = armed.watches.remove(wd);
+                }
+            }
+        }
+    }
 }
 
 impl DirWatch {
-    /// Watches `dir` for writes to the files in it; None when inotify cannot
-    /// be used (then waiters poll).
+    /// A watch for `dir`, not yet armed; None when inotify cannot be used
+    /// (then waiters poll).
     pub fn start(dir: &Path) -> Option<DirWatch> {
         #[cfg(target_os = "linux")]
         {
-            use inotify::{Inotify, WatchMask};
-            let inotify = Inotify::init().ok()?;
-            inotify.watches().add(dir, WatchMask::MODIFY | WatchMask::CREATE | WatchMask::MOVED_TO).ok()?;
-            Some(DirWatch { inner: parking_lot::Mutex::new(inotify) })
+            let inotify = inotify::Inotify::init().ok()?;
+            let watches = inotify.watches();
+            Some(DirWatch {
+                inner: parking_lot::Mutex::new(inotify),
+                armed: parking_lot::Mutex::new(Armed { waiters: 0, watches, wd: None }),
+                dir: dir.to_path_buf(),
+            })
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -32,9 +75,32 @@ impl DirWatch {
         }
     }
 
+    /// Watches the directory until the guard drops. A caller arms first and
+    /// only then reads the state it waits to see change, so a commit made in
+    /// between is seen either by that read or by the watch.
+    pub fn arm(&self) -> ArmGuard<'_> {
+        #[cfg(target_os = "linux")]
+        {
+            use inotify::WatchMask;
+            let mut armed = self.armed.lock();
+            armed.waiters += 1;
+            if armed.wd.is_none() {
+                let mask = WatchMask::MODIFY | WatchMask::CREATE | WatchMask::MOVED_TO;
+                armed.wd = armed.watches.add(&self.dir, mask).ok();
+            }
+            let watching = armed.wd.is_some();
+            ArmGuard { watch: self, watching }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            ArmGuard { watch: self, watching: false }
+        }
+    }
+
     /// Blocks until a file in the directory is written or `timeout` passes;
     /// true when something was written. Returns None at once when another
-    /// thread is already watching (that thread wakes the rest).
+    /// thread is already watching (that thread wakes the rest). Only
+    /// meaningful while armed.
     pub fn wait(&self, timeout: Duration) -> Option<bool> {
         #[cfg(target_os = "linux")]
         {
