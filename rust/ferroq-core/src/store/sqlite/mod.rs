@@ -29,7 +29,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::task::{NewTask, Status, Task};
 use parking_lot::{Condvar, Mutex};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, ToSql};
 use tx::WriteTx;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -85,6 +85,28 @@ pub struct SqliteStore {
     /// Whether any capacity was set, and when that was read.
     capacity_seen: Mutex<Option<(bool, Instant)>>,
     label: String,
+}
+
+/// The values of `sql::INSERT_TASK` (and `INSERT_TASK_ALONE`) for task `t`
+/// with local id `local`, enqueued at `now`.
+fn insert_values<'a>(t: &'a NewTask, now: &'a i64, backoff: &'a Option<String>, local: &'a i64) -> [&'a dyn ToSql; 15] {
+    [
+        &t.queue,
+        &t.name,
+        &t.payload,
+        &t.priority,
+        t.run_at.as_ref().unwrap_or(now),
+        &t.max_attempts,
+        &t.key,
+        &t.batch,
+        now,
+        &t.expires_at,
+        &t.metadata,
+        backoff,
+        &t.result_ttl_ms,
+        local,
+        &t.requires,
+    ]
 }
 
 /// The file name of shard `i` inside the store directory.
@@ -592,28 +614,24 @@ impl SqliteStore {
                 }
             }
             let local = (first_local + i as i64).max(last + 1);
-            insert.execute(params![
-                t.queue,
-                t.name,
-                t.payload,
-                t.priority,
-                t.run_at.unwrap_or(now),
-                t.max_attempts,
-                t.key,
-                t.batch,
-                now,
-                t.expires_at,
-                t.metadata,
-                t.backoff.map(|b| b.encode()),
-                t.result_ttl_ms,
-                local,
-                t.requires,
-            ])?;
+            let backoff = t.backoff.map(|b| b.encode());
+            insert.execute(&insert_values(t, &now, &backoff, &local)[..])?;
             last = local;
             out.push(Enqueued { id: self.global(s, local), inserted: true });
         }
         self.last_local.fetch_max(last, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Inserts one task without a key as a statement of its own (see
+    /// `sql::INSERT_TASK_ALONE`): the common single send, at the cost of
+    /// one statement.
+    fn insert_alone(&self, conn: &Connection, s: usize, t: &NewTask, first_local: i64, now: i64) -> Result<Enqueued> {
+        let backoff = t.backoff.map(|b| b.encode());
+        conn.prepare_cached(sql::INSERT_TASK_ALONE)?.execute(&insert_values(t, &now, &backoff, &first_local)[..])?;
+        let local = conn.last_insert_rowid();
+        self.last_local.fetch_max(local, Ordering::Relaxed);
+        Ok(Enqueued { id: self.global(s, local), inserted: true })
     }
 
     /// Enqueues through the shard's group commit (see `group.rs`).
@@ -645,6 +663,14 @@ impl SqliteStore {
 
     /// Commits a batch of queued enqueues in one transaction.
     fn commit_group(&self, conn: &Connection, s: usize, batch: &[Arc<group::Pending>]) {
+        if let [p] = batch {
+            if let [t] = &p.tasks[..] {
+                if t.key.is_none() {
+                    p.finish(self.insert_alone(conn, s, t, p.first_local, p.now).map(|e| vec![e]));
+                    return;
+                }
+            }
+        }
         // Requests were validated before they were queued, so what can fail
         // here is the storage itself, and then it fails for all of them: no
         // savepoint per request (one would cost about as much as the insert).

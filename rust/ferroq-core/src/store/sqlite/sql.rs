@@ -144,13 +144,33 @@ pub const INSERT_TASK: &str = "INSERT INTO task (id, queue, name, payload, prior
     requires)
     VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15)";
 
+/// The expression for the highest local id the shard ever handed out.
+macro_rules! last_local_id {
+    () => {
+        "max(
+    coalesce((SELECT max(id) FROM task), 0),
+    coalesce((SELECT max(id) FROM task_done), 0),
+    coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'high_id'), 0))"
+    };
+}
 /// The highest local id the shard ever handed out: the newest row of either
 /// table, or the mark a purge left when it deleted the newest rows (so ids
 /// are never reused).
-pub const LAST_LOCAL_ID: &str = "SELECT max(
-    coalesce((SELECT max(id) FROM task), 0),
-    coalesce((SELECT max(id) FROM task_done), 0),
-    coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'high_id'), 0))";
+pub const LAST_LOCAL_ID: &str = concat!("SELECT ", last_local_id!());
+
+/// `INSERT_TASK` as a statement of its own, outside any transaction (a
+/// single send): the local id is ?14, or the next after `LAST_LOCAL_ID`
+/// when the shard's sequence is ahead, decided under the statement's own
+/// write lock. One statement instead of four (begin, read the sequence,
+/// insert, commit).
+pub const INSERT_TASK_ALONE: &str = concat!(
+    "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
+    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
+    requires)
+    VALUES (max(?14, 1 + ",
+    last_local_id!(),
+    "), ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15)"
+);
 /// Records the id high-water mark before a purge deletes rows.
 pub const SET_HIGH_ID: &str = "INSERT OR REPLACE INTO meta (name, value) VALUES ('high_id', ?1)";
 
