@@ -13,6 +13,7 @@ const UNKNOWN: i64 = 1_000_000_007;
 crate::conformance!(
     enqueue_one_stores_every_field,
     enqueue_many_keeps_input_order,
+    enqueue_large_mixed_batch_keeps_every_field,
     claim_leases_and_counts_the_attempt,
     claim_respects_limit_and_queue,
     heartbeat_extends_lease_and_reports_cancel,
@@ -113,6 +114,48 @@ fn enqueue_many_keeps_input_order(b: Backend) {
     assert_eq!(env.count("q", Status::Queued), 20);
     assert!(env.store.enqueue(&[]).unwrap().is_empty());
     assert_eq!(env.total(), 20);
+}
+
+fn enqueue_large_mixed_batch_keeps_every_field(b: Backend) {
+    // Big enough for several multi-row statements per shard, with keyed
+    // tasks (one a duplicate of an earlier one) and per-task fields between
+    // them: every task must come back as sent, ids in input order.
+    let env = b.open();
+    let tasks: Vec<NewTask> = (0..250u32)
+        .map(|i| {
+            let mut t = NewTask::new("q", format!("job{}", i % 7), i.to_be_bytes().to_vec());
+            t.priority = (i % 5) as i32;
+            t.max_attempts = 1 + i % 3;
+            if i % 9 == 0 {
+                t.key = Some(format!("k{}", i % 90));
+            }
+            if i % 11 == 0 {
+                t.batch = Some("b".into());
+            }
+            t
+        })
+        .collect();
+    let out = env.store.enqueue(&tasks).unwrap();
+    assert_eq!(out.len(), 250);
+    for (i, e) in out.iter().enumerate() {
+        // Keys k0..k89 repeat from i = 90 * n: only the first of each stores.
+        let duplicate = i % 9 == 0 && i >= 90;
+        assert_eq!(e.inserted, !duplicate, "task {i}");
+        if duplicate {
+            assert_eq!(e.id, out[i % 90].id, "task {i} reports the task holding its key");
+            continue;
+        }
+        let t = env.get(e.id);
+        assert_eq!(t.payload, (i as u32).to_be_bytes().to_vec(), "task {i}");
+        assert_eq!(t.name, format!("job{}", i % 7));
+        assert_eq!(t.priority, (i % 5) as i32);
+        assert_eq!(t.max_attempts, 1 + i as u32 % 3);
+        assert_eq!(t.key, (i % 9 == 0).then(|| format!("k{}", i % 90)));
+        assert_eq!(t.batch.as_deref(), (i % 11 == 0).then_some("b"));
+    }
+    let stored: Vec<i64> = out.iter().enumerate().filter(|(i, _)| !(i % 9 == 0 && *i >= 90)).map(|(_, e)| e.id).collect();
+    assert!(stored.windows(2).all(|w| w[0] < w[1]), "ids follow input order");
+    assert_eq!(env.count("q", Status::Queued), stored.len() as u64);
 }
 
 fn claim_leases_and_counts_the_attempt(b: Backend) {

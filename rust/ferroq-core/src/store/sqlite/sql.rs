@@ -136,13 +136,44 @@ pub const TABLE_EXISTS: &str = "SELECT count(*) FROM sqlite_master WHERE type = 
 pub const FIND_KEY: &str = "SELECT id FROM task WHERE queue = ?1 AND key = ?2
     UNION ALL SELECT id FROM task_done WHERE queue = ?1 AND key = ?2 LIMIT 1";
 
+/// The head of every task insert.
+macro_rules! insert_task_columns {
+    () => {
+        "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
+    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
+    requires)"
+    };
+}
+
 /// Inserts a queued task with local id ?14. The store picks ids from one
 /// counter for all its shards (so that id order follows enqueue order
 /// across shards), never at or below the shard's `LAST_LOCAL_ID`.
-pub const INSERT_TASK: &str = "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
-    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
-    requires)
-    VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15)";
+pub const INSERT_TASK: &str = concat!(
+    insert_task_columns!(),
+    " VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15)"
+);
+
+/// How many values `INSERT_TASK` binds per row.
+pub const INSERT_TASK_PARAMS: usize = 15;
+
+/// `INSERT_TASK` for `rows` rows in one statement: row `r` binds its values
+/// at `r * INSERT_TASK_PARAMS` + the single-row positions.
+pub fn insert_task_rows(rows: usize) -> String {
+    let mut out = String::from(insert_task_columns!());
+    out.push_str(" VALUES ");
+    for r in 0..rows {
+        let b = r * INSERT_TASK_PARAMS;
+        let p = |k: usize| b + k;
+        if r > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{}, 0, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+            p(14), p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13), p(15)
+        ));
+    }
+    out
+}
 
 /// The expression for the highest local id the shard ever handed out.
 macro_rules! last_local_id {
