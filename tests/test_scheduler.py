@@ -316,6 +316,45 @@ def test_a_failed_store_call_mid_batch_gives_the_rest_back(q: Queue) -> None:
     assert (stats["queued"], stats["running"]) == (8, 2)
 
 
+def test_results_share_a_commit_only_while_tasks_are_fast(q: Queue) -> None:
+    # Results of fast tasks share one store call; a slow task's result is
+    # stored at once rather than waiting for the next task to finish (a
+    # crash in between would run a finished task again).
+    from ferroq.scheduler.task_loop import ThreadTaskLoop
+
+    s = QueueScheduler(q, queues=["default"], batch_size=10)
+    calls: list[int] = []
+
+    class Counting:
+        """The store, counting results per complete_many call."""
+
+        def __init__(self, store: object) -> None:
+            self._store = store
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._store, name)
+
+        def complete_many(self, ids: list[int], *a: object) -> object:
+            calls.append(len(ids))
+            return self._store.complete_many(ids, *a)  # type: ignore[attr-defined]
+
+    s.store = Counting(q.store)  # type: ignore[assignment]
+    loop = ThreadTaskLoop(s, ["default"])
+    for i in range(10):
+        q.send("app.more.echo", i)
+    loop._avg_seconds = 1e-6  # fast tasks: the whole batch at once
+    assert loop.tick(0) == 10
+    assert calls == [10]
+
+    calls.clear()
+    for _ in range(4):
+        q.send(modes.sleep_for, 0.02)
+    loop._avg_seconds = 0.02 / 4  # claim all four in one batch
+    assert loop.tick(0) == 4
+    assert calls == [1, 1, 1, 1]
+    assert q.stats()["default"]["done"] == 14
+
+
 def test_queue_repr_hides_passwords() -> None:
     from ferroq.queue import redact
 

@@ -164,7 +164,11 @@ class ClaimingLoop:
                 self._first_done_at = now
             self._done_ids.append(t.id)
             self._done_results.append(outcome.result)
-            if len(self._done_ids) >= _FLUSH_AT or now - self._first_done_at >= _FLUSH_AFTER_S:
+            # Held only while the next result is due in time to share its
+            # commit: a slow task's result is stored at once, so a crash
+            # re-runs no task whose function had already returned long ago.
+            due = now + self.next_result_in() - self._first_done_at
+            if len(self._done_ids) >= _FLUSH_AT or due >= _FLUSH_AFTER_S:
                 self.flush()
         elif outcome.error is not None:
             try:
@@ -173,6 +177,11 @@ class ClaimingLoop:
                 log.warning("could not record failure of task %s: %s", t.id, e)
                 return
             s.emit(t.id, "running", status)
+
+    def next_result_in(self) -> float:
+        """How soon this loop expects to record its next result (seconds).
+        Loops that flush after every round of concurrent tasks say 0."""
+        return 0.0
 
     def _store_cancelled(self, task_id: int) -> None:
         s = self.s
@@ -208,6 +217,11 @@ class ClaimingLoop:
 
 class ThreadTaskLoop(ClaimingLoop):
     """Runs tasks in one worker thread (soft timeouts, cooperative cancel)."""
+
+    def next_result_in(self) -> float:
+        """Tasks run one after another here: the next result is one recent
+        task time away."""
+        return self._avg_seconds
 
     def tick(self, wait: float = 0.0) -> int:
         """One step: claim a batch (waiting up to ``wait``), run it, store
