@@ -249,6 +249,26 @@ fn raw_sqlite(c: &mut Criterion) {
     });
     assert_eq!(raw_count(&conn, 0), sent.get(), "rows stored");
 
+    // Four rows per transaction: the most a group commit of four
+    // one-task senders can share, so the ceiling for four producer threads.
+    g.throughput(Throughput::Elements(4));
+    let (_d5, mut conn) = raw_db();
+    let sent = Cell::new(0u64);
+    g.bench_function("insert_4_per_tx", |b| {
+        b.iter(|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).expect("begin");
+            {
+                let mut stmt = tx.prepare_cached(RAW_INSERT).expect("prepare");
+                for _ in 0..4 {
+                    stmt.execute(params![PAYLOAD, 0]).expect("insert");
+                }
+            }
+            tx.commit().expect("commit");
+            sent.set(sent.get() + 4);
+        })
+    });
+    assert_eq!(raw_count(&conn, 0), sent.get(), "rows stored");
+
     g.throughput(Throughput::Elements(BATCH as u64));
     let (_d2, mut conn) = raw_db();
     let sent = Cell::new(0u64);
