@@ -18,6 +18,7 @@ crate::conformance_on_disk!(
     second_handle_sees_commits_and_wakes,
     two_handles_enqueueing_never_collide,
     pragmas_read_back_wal_and_synchronous,
+    shards_with_the_old_page_size_keep_working,
 );
 
 /// The URL of `env`'s directory with options but without `?shards`.
@@ -300,4 +301,37 @@ fn two_handles_enqueueing_never_collide(b: Backend) {
 
 fn claim_params_n(queue: &str, limit: u32) -> ferroq_core::store::ClaimParams {
     ferroq_core::store::ClaimParams { limit, ..claim_params(queue, "w") }
+}
+
+fn shards_with_the_old_page_size_keep_working(b: Backend) {
+    // Shards made before 1 KiB pages (or by hand at SQLite's 4 KiB default)
+    // keep their page size and every task: opening never rewrites a file.
+    let mut env = b.open();
+    let ids: Vec<i64> = (0..40).map(|_| env.add("q")).collect();
+    let dir = env.path.clone().unwrap();
+    let url = env.url.clone();
+    let clock = env.clock.clone();
+    env.store = ferroq_core::open("memory://").unwrap();
+    for i in 0..b.shards() {
+        let conn = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA page_size = 4096; VACUUM; PRAGMA journal_mode = WAL;")
+            .unwrap();
+        let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(size, 4096);
+    }
+    let store = SqliteStore::open(StoreConfig::parse(&url_no_shards_dir(&dir)).unwrap(), clock.clone()).unwrap();
+    for p in store.pragmas().unwrap() {
+        assert_eq!(p.page_size, 4096, "an existing shard keeps its page size");
+    }
+    drop(store);
+    env.store = ferroq_core::open_with_clock(&url, clock).unwrap();
+    for id in &ids {
+        assert_eq!(env.get(*id).status, Status::Queued);
+    }
+    let more = env.add("q");
+    let claimed = env.claim_one("q", "w");
+    assert_eq!(claimed.id, ids[0], "the oldest task first");
+    env.complete(claimed.id, "w", b"ok").unwrap();
+    assert_eq!(env.get(more).status, Status::Queued);
+    assert_eq!(env.count("q", Status::Queued), 40);
 }
