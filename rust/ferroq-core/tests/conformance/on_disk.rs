@@ -5,7 +5,7 @@
 use crate::harness::*;
 use crate::wake::{claim_params, LONG_WAIT};
 use ferroq_core::store::sqlite::{shard_file, SqliteStore};
-use ferroq_core::store::{CompleteParams, ListParams};
+use ferroq_core::store::{CompleteParams, ListParams, PurgeParams};
 use ferroq_core::{Error, ManualClock, NewTask, Status, StoreConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ crate::conformance_on_disk!(
     close_leaves_no_write_ahead_log,
     second_handle_sees_commits_and_wakes,
     two_handles_enqueueing_never_collide,
+    a_lagging_handle_never_reuses_purged_ids,
     pragmas_read_back_wal_and_synchronous,
     shards_with_the_old_page_size_keep_working,
 );
@@ -334,4 +335,28 @@ fn shards_with_the_old_page_size_keep_working(b: Backend) {
     env.complete(claimed.id, "w", b"ok").unwrap();
     assert_eq!(env.get(more).status, Status::Queued);
     assert_eq!(env.count("q", Status::Queued), 40);
+}
+
+fn a_lagging_handle_never_reuses_purged_ids(b: Backend) {
+    // Handle `other` opened before `env` sent anything, so its own counter
+    // is behind; the newest tasks are then finished and purged, leaving
+    // only each shard's high-water mark. A single send through `other`
+    // must still get an id above every purged one of its shard (ids are
+    // `local * shards + shard`; across shards only one handle's own sends
+    // are ordered).
+    let env = b.open();
+    let other = ferroq_core::open_with_clock(&url_no_shards(&env, ""), env.clock.clone()).unwrap();
+    let old: Vec<i64> = (0..12).map(|_| env.add("q")).collect();
+    for t in env.claim("q", "w", 12) {
+        env.complete(t.id, "w", b"").unwrap();
+    }
+    env.advance(1);
+    assert_eq!(env.store.purge(&PurgeParams { finished_before: Some(env.now()) }).unwrap(), 12);
+    for _ in 0..b.shards() {
+        let newer = other.enqueue(&[task("q")]).unwrap()[0].id;
+        let n = i64::from(b.shards());
+        let same_shard = old.iter().filter(|id| *id % n == newer % n);
+        assert!(same_shard.clone().all(|id| newer > *id), "{newer} reuses an id up to {old:?}");
+        assert!(same_shard.count() > 0, "every shard had purged tasks");
+    }
 }

@@ -1282,6 +1282,7 @@ impl Store for SqliteStore {
         // Armed before the first look at data_version (see DirWatch::arm).
         let armed = self.dir_watch.as_ref().map(|d| d.arm());
         let dir_watch = armed.as_ref().filter(|a| a.watching).and(self.dir_watch.as_ref());
+        let mut fresh = armed.as_ref().is_some_and(|a| a.fresh);
         let mut generation = self.wake.generation.lock();
         loop {
             if self.token_at(*generation)? != token {
@@ -1305,7 +1306,8 @@ impl Store for SqliteStore {
             // One waiting thread blocks on the directory watch (any commit,
             // from any process, wakes it) and wakes the others through the
             // condvar; a long fallback slice bounds every wait.
-            let slice = WATCHED_POLL.min(deadline - now);
+            let slice = if std::mem::take(&mut fresh) { watch::FRESH_RECHECK } else { WATCHED_POLL };
+            let slice = slice.min(deadline - now);
             let watched = parking_lot::MutexGuard::unlocked(&mut generation, || dir.wait(slice));
             match watched {
                 Some(true) => {

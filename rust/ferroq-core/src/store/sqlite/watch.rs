@@ -36,7 +36,15 @@ pub struct ArmGuard<'a> {
     watch: &'a DirWatch,
     /// False when the watch could not be added: waiters then poll.
     pub watching: bool,
+    /// True when this guard added the watch. A commit whose WAL write came
+    /// just before that but which SQLite had not yet published is in
+    /// neither the caller's first read nor the watch: such a waiter looks
+    /// again after [`FRESH_RECHECK`] rather than a whole slice.
+    pub fresh: bool,
 }
+
+/// How soon a waiter that just added the watch looks at the store again.
+pub const FRESH_RECHECK: Duration = Duration::from_millis(1);
 
 impl Drop for ArmGuard<'_> {
     fn drop(&mut self) {
@@ -84,16 +92,30 @@ impl DirWatch {
             use inotify::WatchMask;
             let mut armed = self.armed.lock();
             armed.waiters += 1;
+            let mut fresh = false;
             if armed.wd.is_none() {
+                // Events left from the last watch (its removal queues one)
+                // would wake the first wait for nothing: drop them. Safe
+                // because the caller reads the store's state after this.
+                if let Some(mut inotify) = self.inner.try_lock() {
+                    let mut buf = [0u8; 4096];
+                    // Non-blocking: an empty queue ends the loop with WouldBlock.
+                    while let Ok(mut events) = inotify.read_events(&mut buf) {
+                        if events.next().is_none() {
+                            break;
+                        }
+                    }
+                }
                 let mask = WatchMask::MODIFY | WatchMask::CREATE | WatchMask::MOVED_TO;
                 armed.wd = armed.watches.add(&self.dir, mask).ok();
+                fresh = true;
             }
             let watching = armed.wd.is_some();
-            ArmGuard { watch: self, watching }
+            ArmGuard { watch: self, watching, fresh }
         }
         #[cfg(not(target_os = "linux"))]
         {
-            ArmGuard { watch: self, watching: false }
+            ArmGuard { watch: self, watching: false, fresh: false }
         }
     }
 
