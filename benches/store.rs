@@ -214,40 +214,32 @@ fn raw_count(conn: &Connection, status: i64) -> u64 {
         .expect("count") as u64
 }
 
+/// One-row inserts, each its own (autocommit) transaction, checked.
+fn raw_single_commits(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, conn: &Connection) {
+    let sent = Cell::new(0u64);
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let n = conn
+                .prepare_cached(RAW_INSERT)
+                .expect("prepare")
+                .execute(params![PAYLOAD, 0])
+                .expect("insert");
+            assert_eq!(n, 1);
+            sent.set(sent.get() + 1);
+        })
+    });
+    assert_eq!(raw_count(conn, 0), sent.get(), "rows stored");
+}
+
 fn raw_sqlite(c: &mut Criterion) {
     let mut g = configure(c, "raw_sqlite");
 
     g.throughput(Throughput::Elements(1));
     let (_d1, conn) = raw_db();
-    let sent = Cell::new(0u64);
-    g.bench_function("single_row_commit", |b| {
-        b.iter(|| {
-            let n = conn
-                .prepare_cached(RAW_INSERT)
-                .expect("prepare")
-                .execute(params![PAYLOAD, 0])
-                .expect("insert");
-            assert_eq!(n, 1);
-            sent.set(sent.get() + 1);
-        })
-    });
-    assert_eq!(raw_count(&conn, 0), sent.get(), "rows stored");
-
+    raw_single_commits(&mut g, "single_row_commit", &conn);
     // The same loop at SQLite's default page size, for comparison.
     let (_d4, conn) = raw_db_paged(4096);
-    let sent = Cell::new(0u64);
-    g.bench_function("single_row_commit_4096_pages", |b| {
-        b.iter(|| {
-            let n = conn
-                .prepare_cached(RAW_INSERT)
-                .expect("prepare")
-                .execute(params![PAYLOAD, 0])
-                .expect("insert");
-            assert_eq!(n, 1);
-            sent.set(sent.get() + 1);
-        })
-    });
-    assert_eq!(raw_count(&conn, 0), sent.get(), "rows stored");
+    raw_single_commits(&mut g, "single_row_commit_4096_pages", &conn);
 
     // Four rows per transaction: the most a group commit of four
     // one-task senders can share, so the ceiling for four producer threads.

@@ -50,8 +50,10 @@ def test_round_trip_10k_rows(queue: Queue) -> None:
     assert again.sort("n").equals(out.sort("n"))
 
 
-def test_enqueue_is_one_store_call_and_idempotent(queue: Queue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    calls = []
+def count_enqueue_calls(queue: Queue, monkeypatch) -> list[int]:  # type: ignore[no-untyped-def]
+    """Replaces the queue's store by one that records the rows of each
+    ``enqueue_many`` call (and forwards everything)."""
+    calls: list[int] = []
     real = queue.store.enqueue_many
 
     class Spy:
@@ -63,6 +65,11 @@ def test_enqueue_is_one_store_call_and_idempotent(queue: Queue, monkeypatch) -> 
             return real(*a, **kw)
 
     monkeypatch.setattr(queue, "store", Spy())
+    return calls
+
+
+def test_enqueue_is_one_store_call_and_idempotent(queue: Queue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls = count_enqueue_calls(queue, monkeypatch)
     task = queue.task(measure)
     df = frame(3_000)
     first = queue.enqueue_frame(df, task=task, key="n", batch="b")
@@ -78,18 +85,7 @@ def test_enqueue_is_one_store_call_and_idempotent(queue: Queue, monkeypatch) -> 
 def test_large_frames_go_in_calls_of_bounded_size(queue: Queue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr("ferroq.frames._CHUNK_ROWS", 700)
     monkeypatch.setattr("ferroq.frames._CHUNK_BYTES", 20_000)
-    calls: list[int] = []
-    real = queue.store.enqueue_many
-
-    class Spy:
-        def __getattr__(self, name: str) -> object:
-            return getattr(real.__self__, name)
-
-        def enqueue_many(self, *a, **kw):  # type: ignore[no-untyped-def]
-            calls.append(len(a[2]))
-            return real(*a, **kw)
-
-    monkeypatch.setattr(queue, "store", Spy())
+    calls = count_enqueue_calls(queue, monkeypatch)
     task = queue.task(measure)
     df = frame(2_000)  # about 32 bytes of payload a row: 20,000 bytes is 631 rows
     assert queue.enqueue_frame(df, task=task, key="n", batch="c").inserted == 2_000
