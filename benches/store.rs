@@ -12,6 +12,9 @@
 //! `cargo bench` runs it all in about two minutes; `cargo bench -- raw`
 //! runs only the reference.
 
+// A bench that cannot set up or whose counts are wrong should stop loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use ferroq_core::store::{ClaimParams, CompleteParams};
@@ -132,8 +135,13 @@ fn claim_complete(c: &mut Criterion) {
     for shards in [1, 4] {
         let (_dir, store) = fresh_store(shards);
         let done = Cell::new(0u64);
-        let params =
-            ClaimParams { queue: "bench".into(), worker: "w".into(), limit: CLAIM_BATCH, lease_ms: 60_000, resources: None };
+        let params = ClaimParams {
+            queue: "bench".into(),
+            worker: "w".into(),
+            limit: CLAIM_BATCH,
+            lease_ms: 60_000,
+            resources: None,
+        };
         let fill: Vec<NewTask> = (0..BATCH).map(|_| task()).collect();
         g.bench_function(shards_label(shards), |b| {
             b.iter_custom(|iters| {
@@ -200,8 +208,7 @@ fn raw_db() -> (TempDir, Connection) {
     raw_db_paged(RAW_PAGE_SIZE)
 }
 
-const RAW_INSERT: &str =
-    "INSERT INTO task (queue, payload, priority, status, run_at) VALUES ('bench', ?1, 0, 0, ?2)";
+const RAW_INSERT: &str = "INSERT INTO task (queue, payload, priority, status, run_at) VALUES ('bench', ?1, 0, 0, ?2)";
 const RAW_CLAIM: &str = "UPDATE task SET status = 1, worker = 'w', lease_until = ?2
     WHERE id IN (SELECT id FROM task WHERE queue = 'bench' AND status = 0 AND run_at <= ?1
                  ORDER BY priority DESC, run_at, id LIMIT ?3)
@@ -210,8 +217,8 @@ const RAW_COMPLETE: &str = "UPDATE task SET status = 2, result = ?2, lease_until
     WHERE id = ?1 AND status = 1 AND worker = 'w'";
 
 fn raw_count(conn: &Connection, status: i64) -> u64 {
-    conn.query_row("SELECT count(*) FROM task WHERE status = ?1", [status], |r| r.get::<_, i64>(0))
-        .expect("count") as u64
+    conn.query_row("SELECT count(*) FROM task WHERE status = ?1", [status], |r| r.get::<_, i64>(0)).expect("count")
+        as u64
 }
 
 /// One-row inserts, each its own (autocommit) transaction, checked.
@@ -219,11 +226,7 @@ fn raw_single_commits(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, conn: &C
     let sent = Cell::new(0u64);
     g.bench_function(name, |b| {
         b.iter(|| {
-            let n = conn
-                .prepare_cached(RAW_INSERT)
-                .expect("prepare")
-                .execute(params![PAYLOAD, 0])
-                .expect("insert");
+            let n = conn.prepare_cached(RAW_INSERT).expect("prepare").execute(params![PAYLOAD, 0]).expect("insert");
             assert_eq!(n, 1);
             sent.set(sent.get() + 1);
         })

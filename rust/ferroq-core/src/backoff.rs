@@ -16,6 +16,22 @@ pub enum BackoffStrategy {
     Exponential,
 }
 
+impl std::str::FromStr for BackoffStrategy {
+    type Err = Error;
+
+    /// `fixed`, `linear`, or `exponential` (also `exp`).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fixed" => Ok(BackoffStrategy::Fixed),
+            "linear" => Ok(BackoffStrategy::Linear),
+            "exponential" | "exp" => Ok(BackoffStrategy::Exponential),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown backoff strategy {other:?}: use fixed, linear or exponential"
+            ))),
+        }
+    }
+}
+
 /// A retry delay policy: strategy, base delay, growth, cap and jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
@@ -47,13 +63,7 @@ impl Default for Backoff {
 
 impl Backoff {
     /// A validated policy.
-    pub fn new(
-        strategy: BackoffStrategy,
-        base_ms: i64,
-        multiplier: f64,
-        max_ms: i64,
-        jitter: f64,
-    ) -> Result<Self> {
+    pub fn new(strategy: BackoffStrategy, base_ms: i64, multiplier: f64, max_ms: i64, jitter: f64) -> Result<Self> {
         let b = Backoff { strategy, base_ms, multiplier, max_ms, jitter };
         b.validate()?;
         Ok(b)
@@ -62,10 +72,7 @@ impl Backoff {
     /// Checks every number is in range.
     pub fn validate(&self) -> Result<()> {
         if self.base_ms < 0 {
-            return Err(Error::InvalidArgument(format!(
-                "backoff base must be >= 0 ms, got {}",
-                self.base_ms
-            )));
+            return Err(Error::InvalidArgument(format!("backoff base must be >= 0 ms, got {}", self.base_ms)));
         }
         if self.max_ms < self.base_ms {
             return Err(Error::InvalidArgument(format!(
@@ -80,10 +87,7 @@ impl Backoff {
             )));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(Error::InvalidArgument(format!(
-                "backoff jitter must be within 0..=1, got {}",
-                self.jitter
-            )));
+            return Err(Error::InvalidArgument(format!("backoff jitter must be within 0..=1, got {}", self.jitter)));
         }
         Ok(())
     }
@@ -154,6 +158,15 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    #[test]
+    fn strategy_names_parse() {
+        assert_eq!("fixed".parse::<BackoffStrategy>().unwrap(), BackoffStrategy::Fixed);
+        assert_eq!("linear".parse::<BackoffStrategy>().unwrap(), BackoffStrategy::Linear);
+        assert_eq!("exp".parse::<BackoffStrategy>().unwrap(), BackoffStrategy::Exponential);
+        assert_eq!("exponential".parse::<BackoffStrategy>().unwrap(), BackoffStrategy::Exponential);
+        assert!(matches!("cubic".parse::<BackoffStrategy>(), Err(Error::InvalidArgument(_))));
+    }
 
     #[test]
     fn strategies_grow_as_documented() {

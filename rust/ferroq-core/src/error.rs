@@ -7,7 +7,13 @@ use crate::task::Status;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in a store call.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so that one failure can be reported to every caller it affects
+/// (a group commit fails for all the sends it carried). Deliberately not
+/// `#[non_exhaustive]`: the crate's one consumer is the Python binding,
+/// whose exhaustive match then refuses to compile until a new variant has
+/// its own Python class.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// No task (or listen key) matches the id or key given.
     #[error("{0} not found")]
@@ -100,9 +106,7 @@ impl From<rusqlite::Error> for Error {
                     C::DatabaseCorrupt => Error::Corrupt(text),
                     C::CannotOpen => Error::Unavailable(text),
                     C::PermissionDenied | C::ReadOnly => Error::PermissionDenied(text),
-                    C::DatabaseBusy | C::DatabaseLocked => {
-                        Error::Unavailable(format!("database is busy ({text})"))
-                    }
+                    C::DatabaseBusy | C::DatabaseLocked => Error::Unavailable(format!("database is busy ({text})")),
                     C::DiskFull => Error::Unavailable(format!("disk full ({text})")),
                     C::SystemIoFailure => Error::Unavailable(format!("I/O error ({text})")),
                     _ => Error::Storage(text),

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod columns;
 pub mod error;
 pub mod ratelimit;
 pub mod store;

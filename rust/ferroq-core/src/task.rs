@@ -33,14 +33,8 @@ pub enum Status {
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 6] = [
-        Status::Queued,
-        Status::Running,
-        Status::Done,
-        Status::Failed,
-        Status::Cancelled,
-        Status::Expired,
-    ];
+    pub const ALL: [Status; 6] =
+        [Status::Queued, Status::Running, Status::Done, Status::Failed, Status::Cancelled, Status::Expired];
 
     /// The lower-case name.
     pub fn as_str(self) -> &'static str {
@@ -206,11 +200,7 @@ impl NewTask {
         check_name("queue", &self.queue, 200)?;
         check_name("task name", &self.name, 500)?;
         if self.payload.len() > max_payload {
-            return Err(Error::PayloadTooLarge {
-                what: "payload",
-                size: self.payload.len(),
-                limit: max_payload,
-            });
+            return Err(Error::PayloadTooLarge { what: "payload", size: self.payload.len(), limit: max_payload });
         }
         if !PRIORITY_RANGE.contains(&self.priority) {
             return Err(Error::InvalidArgument(format!(
@@ -276,10 +266,7 @@ fn check_name(what: &str, value: &str, max: usize) -> Result<()> {
         return Err(Error::InvalidArgument(format!("{what} must not be empty")));
     }
     if value.len() > max {
-        return Err(Error::InvalidArgument(format!(
-            "{what} is {} bytes long; the limit is {max}",
-            value.len()
-        )));
+        return Err(Error::InvalidArgument(format!("{what} is {} bytes long; the limit is {max}", value.len())));
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! errors onto ferroq's exception classes. No queue logic lives here.
 
 mod errors;
-mod frames;
 mod store;
 mod task;
 mod tokenbucket;
@@ -11,12 +10,13 @@ mod tokenbucket;
 use pyo3::prelude::*;
 
 /// The native module. Users import `ferroq`, never this.
-#[pymodule]
+#[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::PyStore>()?;
     m.add_class::<task::PyTask>()?;
     m.add_class::<tokenbucket::PyTokenBucket>()?;
     m.add_function(wrap_pyfunction!(store::backoff_delay_ms, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::_error_samples, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

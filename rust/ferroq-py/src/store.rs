@@ -1,17 +1,17 @@
 //! `Store` for Python: each method extracts its arguments, releases the GIL
 //! for the core call, and converts the answer back.
 
-use crate::errors::{to_py, IntoPyResult};
-use crate::frames::{first_page, read_page, ResultColumns, ResultQuery, TextColumn};
+use crate::errors::{invalid, seconds, to_py, Int, IntoPyResult};
 use crate::task::PyTask;
+use ferroq_core::columns::{first_page, read_page, ResultColumns, ResultQuery, TextColumn};
 use ferroq_core::store::{
-    CancelParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, HeartbeatParams, ListParams, WorkerInfo,
-    ProgressParams, PurgeParams, RecoverParams, ReleaseParams, Retry,
+    CancelParams, CapacityParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, GetByKeyParams,
+    HeartbeatParams, ListParams, ListenChangesParams, ListenSetParams, ProgressParams, PurgeParams, RecoverParams,
+    ReleaseParams, Retry, RetryParams, WorkerInfo,
 };
-use ferroq_core::{Backoff, BackoffStrategy, NewTask, Status, Store};
-use pyo3::exceptions::PyRuntimeError;
+use ferroq_core::{Backoff, BackoffStrategy, Error, NewTask, Status, Store};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,45 +50,52 @@ impl<'py> FromPyObject<'py> for Blob {
     }
 }
 
-/// A value given once for all rows, or one per row.
-#[derive(FromPyObject)]
+/// A value given once for all rows, or one per row (any sequence but a
+/// string).
 enum OneOrMany<T> {
     Many(Vec<T>),
     One(T),
 }
 
+impl<'py, T: FromPyObject<'py>> FromPyObject<'py> for OneOrMany<T> {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if ob.is_instance_of::<PyString>() || ob.is_instance_of::<PyInt>() || ob.is_instance_of::<PyFloat>() {
+            return Ok(OneOrMany::One(ob.extract()?));
+        }
+        Ok(OneOrMany::Many(ob.extract()?))
+    }
+}
+
 impl<T: Clone> OneOrMany<T> {
+    /// The value for row `i`; `check_len` has made sure it exists.
     fn at(&self, i: usize) -> T {
         match self {
             OneOrMany::One(v) => v.clone(),
             OneOrMany::Many(v) => v[i].clone(),
         }
     }
-    fn check_len(&self, what: &str, n: usize) -> PyResult<()> {
+    fn check_len(&self, py: Python<'_>, what: &str, n: usize) -> PyResult<()> {
         match self {
-            OneOrMany::Many(v) if v.len() != n => Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "{what} has {} values for {n} tasks",
-                v.len()
-            ))),
+            OneOrMany::Many(v) if v.len() != n => {
+                Err(invalid(py, format!("{what} has {} values for {n} tasks", v.len())))
+            }
             _ => Ok(()),
         }
     }
 }
 
-fn parse_retry(retry: Option<&Bound<'_, PyAny>>) -> PyResult<Retry> {
+fn parse_retry(py: Python<'_>, retry: Option<&Bound<'_, PyAny>>) -> PyResult<Retry> {
     let Some(r) = retry else { return Ok(Retry::Backoff) };
     if r.is_none() {
         return Ok(Retry::Backoff);
     }
-    if let Ok(ms) = r.extract::<i64>() {
-        return Ok(Retry::After(ms));
+    if r.is_instance_of::<PyInt>() {
+        return Ok(Retry::After(r.extract::<Int<i64>>()?.0));
     }
-    match r.extract::<String>()?.as_str() {
-        "backoff" => Ok(Retry::Backoff),
-        "never" => Ok(Retry::Never),
-        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "retry must be 'backoff', 'never' or a delay in ms, got {other:?}"
-        ))),
+    match r.extract::<String>().ok().as_deref() {
+        Some("backoff") => Ok(Retry::Backoff),
+        Some("never") => Ok(Retry::Never),
+        _ => Err(invalid(py, format!("retry must be 'backoff', 'never' or a delay in ms, got {r}"))),
     }
 }
 
@@ -99,14 +106,14 @@ fn parse_backoff(text: Option<&str>) -> ferroq_core::Result<Option<Backoff>> {
 /// Appends one page of result columns to the Python lists of
 /// `results_columns` (in its field order).
 fn append_page<'py>(
+    py: Python<'py>,
     lists: &[Bound<'py, PyList>],
     page: &ResultColumns,
     names: &[(Status, Bound<'py, PyString>)],
 ) -> PyResult<()> {
     let [id, key, status, attempts, error, result, raw] = lists else {
-        return Err(PyRuntimeError::new_err("results_columns: wrong number of columns"));
+        return Err(to_py(py, Error::Storage("results_columns: wrong number of columns".into())));
     };
-    let py = id.py();
     let text = |list: &Bound<'py, PyList>, c: &TextColumn| -> PyResult<()> {
         for t in c.iter() {
             list.append(t.map(|t| PyString::new(py, t)))?;
@@ -136,39 +143,58 @@ fn tasks_to_py(py: Python<'_>, tasks: Vec<ferroq_core::Task>) -> PyResult<Bound<
 }
 
 fn item_errors(py: Python<'_>, results: Vec<ferroq_core::Result<()>>) -> Vec<Option<Py<PyAny>>> {
-    results
-        .into_iter()
-        .map(|r| r.err().map(|e| to_py(py, e).into_value(py).into_any()))
-        .collect()
+    results.into_iter().map(|r| r.err().map(|e| to_py(py, e).into_value(py).into_any())).collect()
+}
+
+/// The one answer of a single-item verb. A store that returns none breaks
+/// the `Store` contract; that is reported, never papered over with an
+/// invented status.
+fn one<T>(py: Python<'_>, mut out: Vec<T>, verb: &str) -> PyResult<T> {
+    out.pop().ok_or_else(|| to_py(py, Error::Storage(format!("{verb}: the store returned no answer"))))
 }
 
 impl PyStore {
-    fn store(&self) -> PyResult<Arc<dyn Store>> {
+    fn store(&self, py: Python<'_>) -> PyResult<Arc<dyn Store>> {
         self.inner
             .read()
-            .map_err(|_| PyRuntimeError::new_err("store lock poisoned"))?
+            .map_err(|_| to_py(py, Error::Storage("store lock poisoned".into())))?
             .clone()
-            .ok_or_else(|| PyRuntimeError::new_err(format!("store {} is closed", self.url)))
+            .ok_or_else(|| to_py(py, Error::Unavailable(format!("store {} is closed", self.url))))
     }
 
-    /// Runs `f` in slices of at most SLICE with the GIL released, checking
-    /// Ctrl+C between slices, until it yields Some or `total` passes.
-    fn sliced<T: Send>(
+    /// Every store call goes through here (polars' `enter_polars`): take
+    /// the store, release the GIL for `f`, map its error.
+    fn call<T: Send>(
+        &self,
         py: Python<'_>,
-        total: Duration,
-        mut f: impl FnMut(Duration) -> ferroq_core::Result<Option<T>> + Send,
-    ) -> PyResult<Option<T>> {
-        let deadline = Instant::now() + total;
-        loop {
-            let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
-            if let Some(v) = py.detach(|| f(slice)).py(py)? {
-                return Ok(Some(v));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            py.check_signals()?;
+        f: impl FnOnce(&dyn Store) -> ferroq_core::Result<T> + Send,
+    ) -> PyResult<T> {
+        let store = self.store(py)?;
+        py.detach(|| f(store.as_ref())).py(py)
+    }
+}
+
+/// Runs `f` in slices of at most SLICE with the GIL released, checking
+/// Ctrl+C between slices, until it yields Some or `total` passes
+/// (`None`: no end).
+pub(crate) fn sliced<T: Send>(
+    py: Python<'_>,
+    total: Option<Duration>,
+    mut f: impl FnMut(Duration) -> ferroq_core::Result<Option<T>> + Send,
+) -> PyResult<Option<T>> {
+    let deadline = total.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let slice = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
+            None => SLICE,
+        };
+        if let Some(v) = py.detach(|| f(slice)).py(py)? {
+            return Ok(Some(v));
         }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
+        }
+        py.check_signals()?;
     }
 }
 
@@ -186,10 +212,11 @@ impl PyStore {
         &self.url
     }
 
-    /// Closes the store; later calls raise.
-    fn close(&self) -> PyResult<()> {
-        let taken = self.inner.write().map_err(|_| PyRuntimeError::new_err("store lock poisoned"))?.take();
-        drop(taken);
+    /// Closes the store; later calls raise `StoreUnavailableError`.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = self.inner.write().map_err(|_| to_py(py, Error::Storage("store lock poisoned".into())))?.take();
+        // Dropping the last handle may checkpoint and close files: no GIL.
+        py.detach(|| drop(taken));
         Ok(())
     }
 
@@ -200,13 +227,15 @@ impl PyStore {
     }
 
     /// The store clock's wall time in ms.
-    fn now_ms(&self) -> PyResult<i64> {
-        Ok(self.store()?.clock().now_ms())
+    fn now_ms(&self, py: Python<'_>) -> PyResult<i64> {
+        Ok(self.store(py)?.clock().now_ms())
     }
 
     /// Enqueues one task; returns (id, inserted).
-    #[pyo3(signature = (queue, name, payload, *, priority=0, run_at=None, max_attempts=1, key=None,
-        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None, requires=None))]
+    #[pyo3(signature = (queue, name, payload, *, priority=Int(0), run_at=None, max_attempts=Int(1), key=None,
+        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None, requires=None),
+        text_signature = "($self, queue, name, payload, *, priority=0, run_at=None, max_attempts=1, key=None, \
+        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None, requires=None)")]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -214,39 +243,36 @@ impl PyStore {
         queue: String,
         name: String,
         payload: Blob,
-        priority: i32,
-        run_at: Option<i64>,
-        max_attempts: u32,
+        priority: Int<i32>,
+        run_at: Option<Int<i64>>,
+        max_attempts: Int<u32>,
         key: Option<String>,
         batch: Option<String>,
-        expires_at: Option<i64>,
+        expires_at: Option<Int<i64>>,
         metadata: Option<String>,
         backoff: Option<String>,
-        result_ttl_ms: Option<i64>,
+        result_ttl_ms: Option<Int<i64>>,
         requires: Option<String>,
     ) -> PyResult<(i64, bool)> {
-        let store = self.store()?;
-        let out = py
-            .detach(|| {
-                let task = NewTask {
-                    queue,
-                    name,
-                    payload: payload.0,
-                    priority,
-                    run_at,
-                    max_attempts,
-                    key,
-                    batch,
-                    expires_at,
-                    metadata,
-                    backoff: parse_backoff(backoff.as_deref())?,
-                    result_ttl_ms,
-                    requires,
-                };
-                store.enqueue(std::slice::from_ref(&task))
-            })
-            .py(py)?;
-        let first = out.first().ok_or_else(|| PyRuntimeError::new_err("enqueue returned nothing"))?;
+        let out = self.call(py, |store| {
+            let task = NewTask {
+                queue,
+                name,
+                payload: payload.0,
+                priority: priority.0,
+                run_at: run_at.map(|v| v.0),
+                max_attempts: max_attempts.0,
+                key,
+                batch,
+                expires_at: expires_at.map(|v| v.0),
+                metadata,
+                backoff: parse_backoff(backoff.as_deref())?,
+                result_ttl_ms: result_ttl_ms.map(|v| v.0),
+                requires,
+            };
+            store.enqueue(std::slice::from_ref(&task))
+        })?;
+        let first = one(py, out, "enqueue")?;
         Ok((first.id, first.inserted))
     }
 
@@ -254,8 +280,10 @@ impl PyStore {
     /// per-task option is either one value for all or a list with one value
     /// per payload. Returns (ids, inserted flags).
     #[pyo3(signature = (queue, name, payloads, *, priority=None, run_at=None,
-        max_attempts=1, keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None,
-        requires=None))]
+        max_attempts=Int(1), keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None,
+        requires=None),
+        text_signature = "($self, queue, name, payloads, *, priority=None, run_at=None, max_attempts=1, \
+        keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None, requires=None)")]
     #[allow(clippy::too_many_arguments)]
     fn enqueue_many(
         &self,
@@ -263,81 +291,79 @@ impl PyStore {
         queue: String,
         name: OneOrMany<String>,
         payloads: Vec<Blob>,
-        priority: Option<OneOrMany<i32>>,
-        run_at: Option<OneOrMany<i64>>,
-        max_attempts: u32,
+        priority: Option<OneOrMany<Int<i32>>>,
+        run_at: Option<OneOrMany<Int<i64>>>,
+        max_attempts: Int<u32>,
         keys: Option<Vec<Option<String>>>,
         batch: Option<String>,
-        expires_at: Option<i64>,
+        expires_at: Option<Int<i64>>,
         backoff: Option<String>,
-        result_ttl_ms: Option<i64>,
+        result_ttl_ms: Option<Int<i64>>,
         requires: Option<String>,
     ) -> PyResult<(Vec<i64>, Vec<bool>)> {
         let n = payloads.len();
-        let priority = priority.unwrap_or(OneOrMany::One(0));
-        name.check_len("name", n)?;
-        priority.check_len("priority", n)?;
+        name.check_len(py, "name", n)?;
+        if let Some(p) = &priority {
+            p.check_len(py, "priority", n)?;
+        }
         if let Some(r) = &run_at {
-            r.check_len("run_at", n)?;
+            r.check_len(py, "run_at", n)?;
         }
         if let Some(k) = &keys {
             if k.len() != n {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "keys has {} values for {n} tasks",
-                    k.len()
-                )));
+                return Err(invalid(py, format!("keys has {} values for {n} tasks", k.len())));
             }
         }
-        let store = self.store()?;
-        let out = py
-            .detach(|| {
-                let backoff = parse_backoff(backoff.as_deref())?;
-                let mut keys = keys.map(|k| k.into_iter());
-                let tasks: Vec<NewTask> = payloads
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, payload)| NewTask {
-                        queue: queue.clone(),
-                        name: name.at(i),
-                        payload: payload.0,
-                        priority: priority.at(i),
-                        run_at: run_at.as_ref().map(|r| r.at(i)),
-                        max_attempts,
-                        key: keys.as_mut().and_then(|k| k.next()).flatten(),
-                        batch: batch.clone(),
-                        expires_at,
-                        metadata: None,
-                        backoff,
-                        result_ttl_ms,
-                        requires: requires.clone(),
-                    })
-                    .collect();
-                store.enqueue(&tasks)
-            })
-            .py(py)?;
+        let out = self.call(py, |store| {
+            let backoff = parse_backoff(backoff.as_deref())?;
+            let mut keys = keys.map(|k| k.into_iter());
+            let tasks: Vec<NewTask> = payloads
+                .into_iter()
+                .enumerate()
+                .map(|(i, payload)| NewTask {
+                    queue: queue.clone(),
+                    name: name.at(i),
+                    payload: payload.0,
+                    priority: priority.as_ref().map_or(0, |p| p.at(i).0),
+                    run_at: run_at.as_ref().map(|r| r.at(i).0),
+                    max_attempts: max_attempts.0,
+                    key: keys.as_mut().and_then(|k| k.next()).flatten(),
+                    batch: batch.clone(),
+                    expires_at: expires_at.as_ref().map(|v| v.0),
+                    metadata: None,
+                    backoff,
+                    result_ttl_ms: result_ttl_ms.as_ref().map(|v| v.0),
+                    requires: requires.clone(),
+                })
+                .collect();
+            store.enqueue(&tasks)
+        })?;
         Ok(out.into_iter().map(|e| (e.id, e.inserted)).unzip())
     }
 
     /// Claims up to `limit` ready tasks of `queue` for `worker` with a lease
-    /// of `lease_ms`, waiting up to `wait` seconds for work (GIL released).
-    #[pyo3(signature = (queue, worker, limit=1, lease_ms=30_000, wait=0.0, resources=None))]
+    /// of `lease_ms`, waiting up to `wait` seconds for work (GIL released;
+    /// `inf` waits until work comes).
+    #[pyo3(signature = (queue, worker, limit=Int(1), lease_ms=Int(30_000), wait=0.0, resources=None),
+        text_signature = "($self, queue, worker, limit=1, lease_ms=30000, wait=0.0, resources=None)")]
     #[allow(clippy::too_many_arguments)]
     fn claim<'py>(
         &self,
         py: Python<'py>,
         queue: String,
         worker: String,
-        limit: u32,
-        lease_ms: i64,
+        limit: Int<u32>,
+        lease_ms: Int<i64>,
         wait: f64,
         resources: Option<String>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let store = self.store()?;
-        let p = ClaimParams { queue, worker, limit, lease_ms, resources };
-        let tasks = if wait <= 0.0 {
-            py.detach(|| store.claim(&p)).py(py)?
+        let wait = seconds(py, wait, "wait")?;
+        let p = ClaimParams { queue, worker, limit: limit.0, lease_ms: lease_ms.0, resources };
+        let tasks = if wait == Some(Duration::ZERO) {
+            self.call(py, |store| store.claim(&p))?
         } else {
-            Self::sliced(py, Duration::from_secs_f64(wait), |slice| {
+            let store = self.store(py)?;
+            sliced(py, wait, |slice| {
                 let got = store.claim_wait(&p, slice)?;
                 Ok(if got.is_empty() { None } else { Some(got) })
             })?
@@ -347,54 +373,67 @@ impl PyStore {
     }
 
     /// Extends leases; returns [(id, held, cancel_requested)].
-    fn heartbeat(&self, py: Python<'_>, ids: Vec<i64>, worker: String, lease_ms: i64) -> PyResult<Vec<(i64, bool, bool)>> {
-        let store = self.store()?;
-        let p = HeartbeatParams { ids, worker, lease_ms };
-        let out = py.detach(|| store.heartbeat(&p)).py(py)?;
+    fn heartbeat(
+        &self,
+        py: Python<'_>,
+        ids: Vec<i64>,
+        worker: String,
+        lease_ms: Int<i64>,
+    ) -> PyResult<Vec<(i64, bool, bool)>> {
+        let p = HeartbeatParams { ids, worker, lease_ms: lease_ms.0 };
+        let out = self.call(py, |store| store.heartbeat(&p))?;
         Ok(out.into_iter().map(|h| (h.id, h.held, h.cancel_requested)).collect())
     }
 
     /// Records progress (0..=1) of a running task.
     fn progress(&self, py: Python<'_>, id: i64, worker: String, progress: f64) -> PyResult<()> {
-        let store = self.store()?;
         let p = [ProgressParams { id, worker, progress }];
-        let mut out = py.detach(|| store.progress(&p)).py(py)?;
-        out.pop().unwrap_or(Ok(())).py(py)
+        let out = self.call(py, |store| store.progress(&p))?;
+        one(py, out, "progress")?.py(py)
     }
 
     /// Finishes a running task with its serialised result.
     fn complete(&self, py: Python<'_>, id: i64, worker: String, result: Blob) -> PyResult<()> {
-        let store = self.store()?;
         let p = [CompleteParams { id, worker, result: result.0 }];
-        let mut out = py.detach(|| store.complete(&p)).py(py)?;
-        out.pop().unwrap_or(Ok(())).py(py)
+        let out = self.call(py, |store| store.complete(&p))?;
+        one(py, out, "complete")?.py(py)
     }
 
     /// Finishes many running tasks in one call; returns one exception (or
     /// None) per task.
-    fn complete_many(&self, py: Python<'_>, ids: Vec<i64>, worker: String, results: Vec<Blob>) -> PyResult<Vec<Option<Py<PyAny>>>> {
+    fn complete_many(
+        &self,
+        py: Python<'_>,
+        ids: Vec<i64>,
+        worker: String,
+        results: Vec<Blob>,
+    ) -> PyResult<Vec<Option<Py<PyAny>>>> {
         if ids.len() != results.len() {
-            return Err(pyo3::exceptions::PyValueError::new_err("ids and results differ in length"));
+            return Err(invalid(py, format!("{} ids but {} results", ids.len(), results.len())));
         }
-        let store = self.store()?;
         let p: Vec<CompleteParams> = ids
             .into_iter()
             .zip(results)
             .map(|(id, result)| CompleteParams { id, worker: worker.clone(), result: result.0 })
             .collect();
-        let out = py.detach(|| store.complete(&p)).py(py)?;
+        let out = self.call(py, |store| store.complete(&p))?;
         Ok(item_errors(py, out))
     }
 
     /// Records a failed attempt. `retry` is 'backoff' (the task's policy),
     /// 'never', or a delay in ms. Returns the new status ('queued' or 'failed').
     #[pyo3(signature = (id, worker, error, retry=None))]
-    fn fail(&self, py: Python<'_>, id: i64, worker: String, error: String, retry: Option<&Bound<'_, PyAny>>) -> PyResult<&'static str> {
-        let store = self.store()?;
-        let p = [FailParams { id, worker, error, retry: parse_retry(retry)? }];
-        let mut out = py.detach(|| store.fail(&p)).py(py)?;
-        let status = out.pop().unwrap_or(Ok(Status::Failed)).py(py)?;
-        Ok(status.as_str())
+    fn fail(
+        &self,
+        py: Python<'_>,
+        id: i64,
+        worker: String,
+        error: String,
+        retry: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<&'static str> {
+        let p = [FailParams { id, worker, error, retry: parse_retry(py, retry)? }];
+        let out = self.call(py, |store| store.fail(&p))?;
+        Ok(one(py, out, "fail")?.py(py)?.as_str())
     }
 
     /// Cancels a task: a queued one at once ('cancelled'), a running one is
@@ -402,72 +441,65 @@ impl PyStore {
     /// cancellation of its running task.
     #[pyo3(signature = (id, worker=None))]
     fn cancel(&self, py: Python<'_>, id: i64, worker: Option<String>) -> PyResult<&'static str> {
-        let store = self.store()?;
         let p = [CancelParams { id, worker }];
-        let mut out = py.detach(|| store.cancel(&p)).py(py)?;
-        let status = out.pop().unwrap_or(Ok(Status::Cancelled)).py(py)?;
-        Ok(status.as_str())
+        let out = self.call(py, |store| store.cancel(&p))?;
+        Ok(one(py, out, "cancel")?.py(py)?.as_str())
     }
 
     /// Gives claimed tasks back without counting the attempt; returns one
     /// exception (or None) per task.
     fn release(&self, py: Python<'_>, ids: Vec<i64>, worker: String) -> PyResult<Vec<Option<Py<PyAny>>>> {
-        let store = self.store()?;
         let p: Vec<ReleaseParams> = ids.into_iter().map(|id| ReleaseParams { id, worker: worker.clone() }).collect();
-        let out = py.detach(|| store.release(&p)).py(py)?;
+        let out = self.call(py, |store| store.release(&p))?;
         Ok(item_errors(py, out))
     }
 
     /// Requeues a failed, cancelled or expired task with fresh attempts.
     fn retry(&self, py: Python<'_>, id: i64) -> PyResult<()> {
-        let store = self.store()?;
-        let mut out = py.detach(|| store.retry(&[id])).py(py)?;
-        out.pop().unwrap_or(Ok(())).py(py)
+        let out = self.call(py, |store| store.retry(&[RetryParams { id }]))?;
+        one(py, out, "retry")?.py(py)
     }
 
     /// Recovers running tasks whose lease expired (or all of `worker`'s);
     /// returns [(id, new status)].
     #[pyo3(signature = (worker=None))]
     fn recover(&self, py: Python<'_>, worker: Option<String>) -> PyResult<Vec<(i64, &'static str)>> {
-        let store = self.store()?;
         let p = RecoverParams { worker };
-        let out = py.detach(|| store.recover(&p)).py(py)?;
+        let out = self.call(py, |store| store.recover(&p))?;
         Ok(out.into_iter().map(|(id, s)| (id, s.as_str())).collect())
     }
 
     /// Moves queued tasks past their deadline to 'expired'; returns their ids.
     fn expire(&self, py: Python<'_>) -> PyResult<Vec<i64>> {
-        let store = self.store()?;
-        py.detach(|| store.expire()).py(py)
+        self.call(py, |store| store.expire())
     }
 
     /// One task by id, or None.
     fn get(&self, py: Python<'_>, id: i64) -> PyResult<Option<PyTask>> {
-        let store = self.store()?;
-        let mut out = py.detach(|| store.get(&[id])).py(py)?;
-        Ok(out.pop().flatten().map(PyTask::from))
+        let out = self.call(py, |store| store.get(&[id]))?;
+        Ok(one(py, out, "get")?.map(PyTask::from))
     }
 
     /// Tasks by id (None where missing).
     fn get_many(&self, py: Python<'_>, ids: Vec<i64>) -> PyResult<Vec<Option<PyTask>>> {
-        let store = self.store()?;
-        let out = py.detach(|| store.get(&ids)).py(py)?;
+        let out = self.call(py, |store| store.get(&ids))?;
         Ok(out.into_iter().map(|t| t.map(PyTask::from)).collect())
     }
 
     /// One task by key within a queue, or None.
     fn get_by_key(&self, py: Python<'_>, queue: String, key: String) -> PyResult<Option<PyTask>> {
-        let store = self.store()?;
-        let mut out = py.detach(|| store.get_by_key(&queue, std::slice::from_ref(&key))).py(py)?;
-        Ok(out.pop().flatten().map(PyTask::from))
+        let p = GetByKeyParams { queue, keys: vec![key] };
+        let out = self.call(py, |store| store.get_by_key(&p))?;
+        Ok(one(py, out, "get_by_key")?.map(PyTask::from))
     }
 
-    /// Waits up to `timeout` seconds for a task to finish; returns it as last seen.
+    /// Waits up to `timeout` seconds (`inf`: until it finishes) for a task
+    /// to finish; returns it as last seen.
     fn wait_finished(&self, py: Python<'_>, id: i64, timeout: f64) -> PyResult<PyTask> {
-        let store = self.store()?;
-        let total = Duration::from_secs_f64(timeout.max(0.0));
+        let total = seconds(py, timeout, "timeout")?;
+        let store = self.store(py)?;
         let mut last = None;
-        let done = Self::sliced(py, total, |slice| {
+        let done = sliced(py, total, |slice| {
             let t = store.wait_finished(id, slice)?;
             if t.status.is_finished() {
                 return Ok(Some(t));
@@ -477,12 +509,13 @@ impl PyStore {
         })?;
         match done.or(last) {
             Some(t) => Ok(PyTask::from(t)),
-            None => Err(to_py(py, ferroq_core::Error::NotFound(format!("task {id}")))),
+            None => Err(to_py(py, Error::NotFound(format!("task {id}")))),
         }
     }
 
     /// A page of tasks in id order.
-    #[pyo3(signature = (*, queue=None, status=None, batch=None, after_id=None, limit=100))]
+    #[pyo3(signature = (*, queue=None, status=None, batch=None, after_id=None, limit=Int(100)),
+        text_signature = "($self, *, queue=None, status=None, batch=None, after_id=None, limit=100)")]
     fn list_tasks<'py>(
         &self,
         py: Python<'py>,
@@ -490,12 +523,11 @@ impl PyStore {
         status: Option<String>,
         batch: Option<String>,
         after_id: Option<i64>,
-        limit: u32,
+        limit: Int<u32>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let store = self.store()?;
         let status = status.as_deref().map(Status::parse).transpose().py(py)?;
-        let p = ListParams { queue, status, batch, after_id, limit };
-        let out = py.detach(|| store.list(&p)).py(py)?;
+        let p = ListParams { queue, status, batch, after_id, limit: limit.0 };
+        let out = self.call(py, |store| store.list(&p))?;
         tasks_to_py(py, out)
     }
 
@@ -513,7 +545,6 @@ impl PyStore {
         queue: Option<String>,
         statuses: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let store = self.store()?;
         let statuses = statuses
             .unwrap_or_default()
             .iter()
@@ -532,8 +563,8 @@ impl PyStore {
             // Each page goes into the Python lists before the next is read,
             // so the rows are never held twice.
             let mut page = ResultColumns::default();
-            let next = py.detach(|| read_page(store.as_ref(), &q, at, limit, &mut page)).py(py)?;
-            append_page(&lists, &page, &names)?;
+            let next = self.call(py, |store| read_page(store, &q, at, limit, &mut page))?;
+            append_page(py, &lists, &page, &names)?;
             let Some((last, size)) = next else { break };
             at = Some(last);
             limit = size;
@@ -548,84 +579,74 @@ impl PyStore {
 
     /// Counts per queue and status: [(queue, status, count)].
     fn counts(&self, py: Python<'_>) -> PyResult<Vec<(String, &'static str, u64)>> {
-        let store = self.store()?;
-        let out = py.detach(|| store.counts()).py(py)?;
+        let out = self.call(py, |store| store.counts())?;
         Ok(out.into_iter().map(|c| (c.queue, c.status.as_str(), c.count)).collect())
     }
 
     /// Queued + running tasks in a queue.
     fn unfinished(&self, py: Python<'_>, queue: String) -> PyResult<u64> {
-        let store = self.store()?;
-        py.detach(|| store.unfinished(&queue)).py(py)
+        self.call(py, |store| store.unfinished(&queue))
     }
 
     /// Deletes finished tasks past retention, and those finished before
     /// `finished_before` (ms) when given; returns how many.
     #[pyo3(signature = (finished_before=None))]
-    fn purge(&self, py: Python<'_>, finished_before: Option<i64>) -> PyResult<u64> {
-        let store = self.store()?;
-        let p = PurgeParams { finished_before };
-        py.detach(|| store.purge(&p)).py(py)
+    fn purge(&self, py: Python<'_>, finished_before: Option<Int<i64>>) -> PyResult<u64> {
+        let p = PurgeParams { finished_before: finished_before.map(|v| v.0) };
+        self.call(py, |store| store.purge(&p))
     }
 
     /// Sets listen data; returns the change's version.
     fn listen_set(&self, py: Python<'_>, key: String, value: Blob) -> PyResult<i64> {
-        let store = self.store()?;
-        py.detach(|| store.listen_set(&key, &value.0)).py(py)
+        let p = ListenSetParams { key, value: value.0 };
+        self.call(py, |store| store.listen_set(&p))
     }
 
     /// Listen changes after `since`: [(version, key, value, at_ms)].
-    #[pyo3(signature = (since, limit=1000))]
-    fn listen_changes<'py>(&self, py: Python<'py>, since: i64, limit: u32) -> PyResult<Vec<ListenRow<'py>>> {
-        let store = self.store()?;
-        let out = py.detach(|| store.listen_changes(since, limit)).py(py)?;
+    #[pyo3(signature = (since, limit=Int(1000)), text_signature = "($self, since, limit=1000)")]
+    fn listen_changes<'py>(&self, py: Python<'py>, since: i64, limit: Int<u32>) -> PyResult<Vec<ListenRow<'py>>> {
+        let out = self.call(py, |store| store.listen_changes(&ListenChangesParams { since, limit: limit.0 }))?;
         Ok(out.into_iter().map(|c| (c.version, c.key, PyBytes::new(py, &c.value), c.at)).collect())
     }
 
     /// The latest (version, value) of a listen key, or None.
     fn listen_get<'py>(&self, py: Python<'py>, key: String) -> PyResult<Option<(i64, Bound<'py, PyBytes>)>> {
-        let store = self.store()?;
-        let out = py.detach(|| store.listen_get(&key)).py(py)?;
+        let out = self.call(py, |store| store.listen_get(&key))?;
         Ok(out.map(|c| (c.version, PyBytes::new(py, &c.value))))
     }
 
     /// The newest listen version.
     fn listen_head(&self, py: Python<'_>) -> PyResult<i64> {
-        let store = self.store()?;
-        py.detach(|| store.listen_head()).py(py)
+        self.call(py, |store| store.listen_head())
     }
 
     /// Records (or refreshes) a worker: (id, host, pid, queues).
     fn register_worker(&self, py: Python<'_>, id: String, host: String, pid: u32, queues: Vec<String>) -> PyResult<()> {
-        let store = self.store()?;
         let w = WorkerInfo { id, host, pid, started_at: 0, heartbeat_at: 0, queues };
-        py.detach(|| store.register_worker(&w)).py(py)
+        self.call(py, |store| store.register_worker(&w))
     }
 
     /// Recorded workers: [(id, host, pid, started_at, heartbeat_at, queues)].
     fn workers(&self, py: Python<'_>) -> PyResult<Vec<WorkerRow>> {
-        let store = self.store()?;
-        let out = py.detach(|| store.workers()).py(py)?;
+        let out = self.call(py, |store| store.workers())?;
         Ok(out.into_iter().map(|w| (w.id, w.host, w.pid, w.started_at, w.heartbeat_at, w.queues)).collect())
     }
 
     /// Forgets a worker; true if it was recorded.
     fn remove_worker(&self, py: Python<'_>, id: String) -> PyResult<bool> {
-        let store = self.store()?;
-        py.detach(|| store.remove_worker(&id)).py(py)
+        self.call(py, |store| store.remove_worker(&id))
     }
 
     /// Sets (None removes) a queue's maximum of unfinished tasks.
     #[pyo3(signature = (queue, capacity=None))]
-    fn set_capacity(&self, py: Python<'_>, queue: String, capacity: Option<u64>) -> PyResult<()> {
-        let store = self.store()?;
-        py.detach(|| store.set_capacity(&queue, capacity)).py(py)
+    fn set_capacity(&self, py: Python<'_>, queue: String, capacity: Option<Int<u64>>) -> PyResult<()> {
+        let p = CapacityParams { queue, capacity: capacity.map(|c| c.0) };
+        self.call(py, |store| store.set_capacity(&p))
     }
 
     /// A queue's capacity, or None.
     fn capacity(&self, py: Python<'_>, queue: String) -> PyResult<Option<u64>> {
-        let store = self.store()?;
-        py.detach(|| store.capacity(&queue)).py(py)
+        self.call(py, |store| store.capacity(&queue))
     }
 
     /// Sets a store-wide limit on a task function (both None removes it).
@@ -634,70 +655,56 @@ impl PyStore {
         &self,
         py: Python<'_>,
         name: String,
-        max_running: Option<u32>,
+        max_running: Option<Int<u32>>,
         rate_per_s: Option<f64>,
         burst: Option<f64>,
     ) -> PyResult<()> {
-        let store = self.store()?;
-        let l = FunctionLimit { name, max_running, rate_per_s, burst };
-        py.detach(|| store.set_function_limit(&l)).py(py)
+        let l = FunctionLimit { name, max_running: max_running.map(|m| m.0), rate_per_s, burst };
+        self.call(py, |store| store.set_function_limit(&l))
     }
 
     /// Function limits: [(name, max_running, rate_per_s, burst)].
     fn function_limits(&self, py: Python<'_>) -> PyResult<Vec<LimitRow>> {
-        let store = self.store()?;
-        let out = py.detach(|| store.function_limits()).py(py)?;
+        let out = self.call(py, |store| store.function_limits())?;
         Ok(out.into_iter().map(|l| (l.name, l.max_running, l.rate_per_s, l.burst)).collect())
     }
 
     /// A value that changes whenever any process commits to the store.
     fn change_token(&self, py: Python<'_>) -> PyResult<u64> {
-        let store = self.store()?;
-        py.detach(|| store.change_token()).py(py)
+        self.call(py, |store| store.change_token())
     }
 
-    /// Waits up to `timeout` seconds for the change token to move; true if it did.
+    /// Waits up to `timeout` seconds (`inf`: until it does) for the change
+    /// token to move; true if it did.
     fn wait_for_change(&self, py: Python<'_>, token: u64, timeout: f64) -> PyResult<bool> {
-        let store = self.store()?;
-        let changed = Self::sliced(py, Duration::from_secs_f64(timeout.max(0.0)), |slice| {
-            Ok(store.wait_for_change(token, slice)?.then_some(()))
-        })?;
+        let total = seconds(py, timeout, "timeout")?;
+        let store = self.store(py)?;
+        let changed = sliced(py, total, |slice| Ok(store.wait_for_change(token, slice)?.then_some(())))?;
         Ok(changed.is_some())
     }
 
-    fn __repr__(&self) -> String {
-        match self.store() {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        match self.store(py) {
             Ok(s) => format!("<Store {}>", s.describe()),
             Err(_) => format!("<Store {} (closed)>", self.url),
         }
     }
 }
 
-/// The delay in ms before retry `attempt` under a backoff policy.
+/// The delay in ms before retry `attempt` under a backoff policy, and the
+/// policy's stored text form.
 #[pyfunction]
 #[pyo3(signature = (strategy, base_ms, multiplier, max_ms, jitter, attempt))]
 pub fn backoff_delay_ms(
     py: Python<'_>,
     strategy: &str,
-    base_ms: i64,
+    base_ms: Int<i64>,
     multiplier: f64,
-    max_ms: i64,
+    max_ms: Int<i64>,
     jitter: f64,
-    attempt: u32,
+    attempt: Int<u32>,
 ) -> PyResult<(i64, String)> {
-    let strategy = match strategy {
-        "fixed" => BackoffStrategy::Fixed,
-        "linear" => BackoffStrategy::Linear,
-        "exponential" | "exp" => BackoffStrategy::Exponential,
-        other => {
-            return Err(to_py(
-                py,
-                ferroq_core::Error::InvalidArgument(format!(
-                    "unknown backoff strategy {other:?}: use fixed, linear or exponential"
-                )),
-            ))
-        }
-    };
-    let b = Backoff::new(strategy, base_ms, multiplier, max_ms, jitter).py(py)?;
-    Ok((b.delay_ms(attempt), b.encode()))
+    let strategy: BackoffStrategy = strategy.parse().py(py)?;
+    let b = Backoff::new(strategy, base_ms.0, multiplier, max_ms.0, jitter).py(py)?;
+    Ok((b.delay_ms(attempt.0), b.encode()))
 }

@@ -1,9 +1,9 @@
 //! `TokenBucket` for Python: the core's limiter, waiting with the GIL released.
 
-use crate::errors::IntoPyResult;
+use crate::errors::{seconds, IntoPyResult};
+use crate::store::sliced;
 use ferroq_core::TokenBucket;
 use pyo3::prelude::*;
-use std::time::{Duration, Instant};
 
 /// A thread-safe token bucket: `rate` tokens per second, bursts up to `burst`.
 #[pyclass(name = "TokenBucket", module = "ferroq._core", frozen)]
@@ -39,23 +39,15 @@ impl PyTokenBucket {
     }
 
     /// Waits (GIL released, Ctrl+C honoured) until `n` tokens are taken or
-    /// `timeout` seconds pass; returns whether they were taken.
+    /// `timeout` seconds pass (None or `inf`: no limit); returns whether
+    /// they were taken.
     #[pyo3(signature = (n=1.0, timeout=None))]
     fn acquire(&self, py: Python<'_>, n: f64, timeout: Option<f64>) -> PyResult<bool> {
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-        loop {
-            let slice = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)),
-                None => Duration::from_millis(100),
-            };
-            let got = py.detach(|| self.inner.acquire(n, Some(slice))).py(py)?;
-            if got {
-                return Ok(true);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(false);
-            }
-            py.check_signals()?;
-        }
+        let total = match timeout {
+            Some(t) => seconds(py, t, "timeout")?,
+            None => None,
+        };
+        let got = sliced(py, total, |slice| Ok(self.inner.acquire(n, Some(slice))?.then_some(())))?;
+        Ok(got.is_some())
     }
 }

@@ -1,286 +1,35 @@
-//! The [`Store`] trait — the one seam between ferroq and its storage — with
-//! one parameter struct per verb, and [`open`], which picks a backend from a
-//! URL.
+//! The [`Store`] trait — the one seam between ferroq and its storage — and
+//! [`open`], which picks a backend from a URL. The verbs' parameter structs
+//! are in `params.rs`, function limits in `limits.rs`, and the decisions
+//! every backend shares (checks, retry and recovery, guard errors) in
+//! `rules.rs`.
 //!
 //! Every verb is one transaction per shard touched, and every verb has a
 //! batch form. Transitions are guarded: a verb whose guard matches no row
-//! reports a typed error for that item ([`Error::LeaseLost`],
-//! [`Error::AlreadyFinished`], ...), never a silent no-op.
+//! reports a typed error for that item ([`LeaseLost`](crate::Error::LeaseLost),
+//! [`AlreadyFinished`](crate::Error::AlreadyFinished), ...), never a silent no-op.
 
 mod config;
+mod limits;
+mod params;
 pub mod postgres;
+pub(crate) mod rules;
 pub mod sqlite;
 
 pub use config::{StoreConfig, Synchronous};
+pub use limits::FunctionLimit;
+pub(crate) use limits::{allowances, StoredLimit};
+pub use params::{
+    CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, GetByKeyParams, HeartbeatOutcome,
+    HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams, ProgressParams, PurgeParams,
+    QueueCount, RecoverParams, ReleaseParams, Retry, RetryParams, WorkerInfo,
+};
 
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::task::{NewTask, Status, Task};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The outcome of enqueueing one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Enqueued {
-    /// The task's id (the existing task's, when its key was taken).
-    pub id: i64,
-    /// False when a task with the same key already existed and nothing was stored.
-    pub inserted: bool,
-}
-
-/// Claim up to `limit` ready tasks of `queue`.
-#[derive(Debug, Clone)]
-pub struct ClaimParams {
-    /// The queue to claim from.
-    pub queue: String,
-    /// Who holds the lease.
-    pub worker: String,
-    /// At most this many tasks (1..=10,000).
-    pub limit: u32,
-    /// Lease length in ms (1 ms ..= 7 days).
-    pub lease_ms: i64,
-    /// What this worker has, as a JSON object of numbers
-    /// (`{"gpu_memory_gb": 24}`). A task is claimed only if each of its
-    /// requirements is at most the worker's resource of that name (missing
-    /// counts as 0); tasks without requirements are always claimable.
-    pub resources: Option<String>,
-}
-
-/// Extend the leases of `ids` held by `worker`.
-#[derive(Debug, Clone)]
-pub struct HeartbeatParams {
-    /// Tasks to extend.
-    pub ids: Vec<i64>,
-    /// The worker holding them.
-    pub worker: String,
-    /// New lease length from now, in ms.
-    pub lease_ms: i64,
-}
-
-/// What a heartbeat found for one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeartbeatOutcome {
-    /// The task id.
-    pub id: i64,
-    /// True if the lease is still held and was extended.
-    pub held: bool,
-    /// True if someone asked for the task to be cancelled.
-    pub cancel_requested: bool,
-}
-
-/// Record progress of a running task.
-#[derive(Debug, Clone)]
-pub struct ProgressParams {
-    /// The task id.
-    pub id: i64,
-    /// The worker holding it.
-    pub worker: String,
-    /// Progress in 0..=1.
-    pub progress: f64,
-}
-
-/// Finish a running task with a result.
-#[derive(Debug, Clone)]
-pub struct CompleteParams {
-    /// The task id.
-    pub id: i64,
-    /// The worker holding it.
-    pub worker: String,
-    /// The serialised result.
-    pub result: Vec<u8>,
-}
-
-/// What to do with a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Retry {
-    /// Retry after the task's backoff while attempts remain.
-    Backoff,
-    /// Retry after this many ms while attempts remain.
-    After(i64),
-    /// Do not retry: the task fails for good.
-    Never,
-}
-
-/// Record a failed attempt of a running task.
-#[derive(Debug, Clone)]
-pub struct FailParams {
-    /// The task id.
-    pub id: i64,
-    /// The worker holding it.
-    pub worker: String,
-    /// Error text (type, message, traceback).
-    pub error: String,
-    /// Whether and when to retry.
-    pub retry: Retry,
-}
-
-/// Cancel a task.
-#[derive(Debug, Clone)]
-pub struct CancelParams {
-    /// The task id.
-    pub id: i64,
-    /// When set, the worker holding the running task acknowledges the
-    /// cancellation, and the task moves to `cancelled` at once. When None, a
-    /// queued task is cancelled at once and a running one is flagged.
-    pub worker: Option<String>,
-}
-
-/// Give a claimed task back without counting the attempt.
-#[derive(Debug, Clone)]
-pub struct ReleaseParams {
-    /// The task id.
-    pub id: i64,
-    /// The worker holding it.
-    pub worker: String,
-}
-
-/// Recover running tasks whose lease expired (or all of one worker's).
-#[derive(Debug, Clone, Default)]
-pub struct RecoverParams {
-    /// When set, recover every running task of this (dead) worker now,
-    /// whatever its lease says.
-    pub worker: Option<String>,
-}
-
-/// Filters and paging for [`Store::list`]. Results are in id order.
-#[derive(Debug, Clone, Default)]
-pub struct ListParams {
-    /// Only this queue.
-    pub queue: Option<String>,
-    /// Only this status.
-    pub status: Option<Status>,
-    /// Only this batch.
-    pub batch: Option<String>,
-    /// Only ids greater than this (the last id of the previous page).
-    pub after_id: Option<i64>,
-    /// At most this many (1..=100,000).
-    pub limit: u32,
-}
-
-/// Delete finished tasks.
-#[derive(Debug, Clone, Default)]
-pub struct PurgeParams {
-    /// Also delete finished tasks that finished before this time (ms),
-    /// whatever their retention. Tasks past their retention always go.
-    pub finished_before: Option<i64>,
-}
-
-/// How many tasks one queue has in one status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueCount {
-    /// The queue.
-    pub queue: String,
-    /// The status.
-    pub status: Status,
-    /// How many.
-    pub count: u64,
-}
-
-/// One change of listen data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenChange {
-    /// Store-wide increasing version of this change.
-    pub version: i64,
-    /// The key changed.
-    pub key: String,
-    /// Its new value.
-    pub value: Vec<u8>,
-    /// When (ms).
-    pub at: i64,
-}
-
-/// A worker process as recorded in the store (for crash detection).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerInfo {
-    /// Unique worker id (also the lease holder name).
-    pub id: String,
-    /// Host name the worker runs on.
-    pub host: String,
-    /// Process id on that host.
-    pub pid: u32,
-    /// First registration (ms; set by the store).
-    pub started_at: i64,
-    /// Last registration or heartbeat (ms; set by the store).
-    pub heartbeat_at: i64,
-    /// Queues it serves.
-    pub queues: Vec<String>,
-}
-
-/// A store-wide limit on one task function.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FunctionLimit {
-    /// The task name.
-    pub name: String,
-    /// At most this many running at once, across every worker.
-    pub max_running: Option<u32>,
-    /// At most this many claims per second, across every worker.
-    pub rate_per_s: Option<f64>,
-    /// Burst for the rate (default: max(1, rate)).
-    pub burst: Option<f64>,
-}
-
-impl FunctionLimit {
-    /// Checks the numbers.
-    pub fn validate(&self) -> Result<()> {
-        if self.name.is_empty() {
-            return Err(Error::InvalidArgument("limit needs a task name".into()));
-        }
-        if self.max_running == Some(0) {
-            return Err(Error::InvalidArgument("max_running must be >= 1".into()));
-        }
-        if let Some(r) = self.rate_per_s {
-            if !r.is_finite() || r <= 0.0 {
-                return Err(Error::InvalidArgument(format!("rate must be > 0 per second, got {r}")));
-            }
-        }
-        if let Some(b) = self.burst {
-            if !b.is_finite() || b < 1.0 {
-                return Err(Error::InvalidArgument(format!("burst must be >= 1, got {b}")));
-            }
-        }
-        Ok(())
-    }
-
-    /// The bucket size in effect.
-    pub fn effective_burst(&self) -> f64 {
-        self.burst.unwrap_or_else(|| self.rate_per_s.unwrap_or(1.0).max(1.0))
-    }
-}
-
-/// A function limit with its stored token bucket, as a backend reads it.
-pub(crate) struct StoredLimit {
-    pub(crate) limit: FunctionLimit,
-    pub(crate) tokens: f64,
-    pub(crate) refilled_at: i64,
-}
-
-/// The arithmetic of a limited claim, shared by every backend: how many
-/// tasks of each limited name a claim at `now` may take (given `running`,
-/// the tasks of each name running now), and each rate-limited bucket's level
-/// after refilling up to `now`. `now` must be read under the lock that
-/// serialises limited claims, or a bucket could be refilled twice.
-pub(crate) fn allowances(
-    limits: &[StoredLimit],
-    running: &std::collections::HashMap<String, u64>,
-    now: i64,
-) -> (std::collections::HashMap<String, u64>, std::collections::HashMap<String, f64>) {
-    let mut allowance = std::collections::HashMap::new();
-    let mut levels = std::collections::HashMap::new();
-    for l in limits {
-        let mut allow = u64::MAX;
-        if let Some(max) = l.limit.max_running {
-            allow = allow.min((max as u64).saturating_sub(running.get(&l.limit.name).copied().unwrap_or(0)));
-        }
-        if let Some(rate) = l.limit.rate_per_s {
-            let elapsed = (now - l.refilled_at).max(0) as f64 / 1000.0;
-            let level = (l.tokens + elapsed * rate).min(l.limit.effective_burst());
-            levels.insert(l.limit.name.clone(), level);
-            allow = allow.min(level.floor().max(0.0) as u64);
-        }
-        allowance.insert(l.limit.name.clone(), allow);
-    }
-    (allowance, levels)
-}
 
 /// A task whose worker crashed (its lease expired, or its worker is gone)
 /// goes back to the queue while it has had fewer than
@@ -290,6 +39,11 @@ pub(crate) fn allowances(
 pub const RECOVERY_MIN_ATTEMPTS: u32 = 3;
 
 /// The storage seam. Everything above it is backend-blind.
+///
+/// This is an internal seam between ferroq's own layers, public so that the
+/// binding and the conformance suite can reach it: it may change in any
+/// release, and is not meant to be implemented outside this crate. Verbs
+/// that take more than one id list, key or queue name take a params struct.
 pub trait Store: Send + Sync {
     /// Enqueues tasks. A task whose `key` already exists in its queue stores
     /// nothing and reports the existing id. All tasks are validated before
@@ -313,7 +67,7 @@ pub trait Store: Send + Sync {
     /// Gives claimed tasks back to the queue without counting the attempt.
     fn release(&self, p: &[ReleaseParams]) -> Result<Vec<Result<()>>>;
     /// Puts failed, cancelled or expired tasks back in the queue with fresh attempts.
-    fn retry(&self, ids: &[i64]) -> Result<Vec<Result<()>>>;
+    fn retry(&self, p: &[RetryParams]) -> Result<Vec<Result<()>>>;
     /// Moves running tasks with expired leases (or all of a given worker's)
     /// back to `queued`, or to `failed` when no attempts remain (see
     /// [`RECOVERY_MIN_ATTEMPTS`]).
@@ -323,7 +77,7 @@ pub trait Store: Send + Sync {
     /// Tasks by id (None where there is none).
     fn get(&self, ids: &[i64]) -> Result<Vec<Option<Task>>>;
     /// Tasks by key within a queue (None where there is none).
-    fn get_by_key(&self, queue: &str, keys: &[String]) -> Result<Vec<Option<Task>>>;
+    fn get_by_key(&self, p: &GetByKeyParams) -> Result<Vec<Option<Task>>>;
     /// A page of tasks in id order.
     fn list(&self, p: &ListParams) -> Result<Vec<Task>>;
     /// Task counts per queue and status (zero counts omitted).
@@ -333,9 +87,9 @@ pub trait Store: Send + Sync {
     /// Deletes finished tasks past retention; returns how many.
     fn purge(&self, p: &PurgeParams) -> Result<u64>;
     /// Sets a listen key's value; returns the change's version.
-    fn listen_set(&self, key: &str, value: &[u8]) -> Result<i64>;
-    /// Listen changes after `since`, oldest first.
-    fn listen_changes(&self, since: i64, limit: u32) -> Result<Vec<ListenChange>>;
+    fn listen_set(&self, p: &ListenSetParams) -> Result<i64>;
+    /// Listen changes after `p.since`, oldest first.
+    fn listen_changes(&self, p: &ListenChangesParams) -> Result<Vec<ListenChange>>;
     /// The latest change of one key.
     fn listen_get(&self, key: &str) -> Result<Option<ListenChange>>;
     /// The newest listen version (0 when none).
@@ -351,8 +105,8 @@ pub trait Store: Send + Sync {
     /// Forgets a worker; true if it was recorded.
     fn remove_worker(&self, id: &str) -> Result<bool>;
     /// Sets (or with None removes) a queue's maximum of unfinished tasks.
-    /// Enqueue beyond it fails with [`Error::QueueFull`] and stores nothing.
-    fn set_capacity(&self, queue: &str, capacity: Option<u64>) -> Result<()>;
+    /// Enqueue beyond it fails with [`QueueFull`](crate::Error::QueueFull) and stores nothing.
+    fn set_capacity(&self, p: &CapacityParams) -> Result<()>;
     /// A queue's capacity, if it has one.
     fn capacity(&self, queue: &str) -> Result<Option<u64>>;
     /// Sets a store-wide limit on a task function (upsert by name; a limit
@@ -396,11 +150,7 @@ pub trait Store: Send + Sync {
         let deadline = Instant::now() + wait;
         loop {
             let token = self.change_token()?;
-            let task = self
-                .get(&[id])?
-                .pop()
-                .flatten()
-                .ok_or_else(|| Error::NotFound(format!("task {id}")))?;
+            let task = self.get(&[id])?.pop().flatten().ok_or_else(|| rules::task_not_found(id))?;
             let now = Instant::now();
             if task.status.is_finished() || now >= deadline {
                 return Ok(task);
@@ -430,30 +180,4 @@ pub fn open_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store
     }
     let config = StoreConfig::parse(url)?;
     Ok(Arc::new(sqlite::SqliteStore::open(config, clock)?))
-}
-
-/// Checks a claim's numbers.
-pub(crate) fn check_claim(p: &ClaimParams) -> Result<()> {
-    if let Some(r) = &p.resources {
-        crate::task::check_resources("resources", r)?;
-    }
-    if !(1..=10_000).contains(&p.limit) {
-        return Err(Error::InvalidArgument(format!("claim limit {} is outside 1..=10000", p.limit)));
-    }
-    check_lease(p.lease_ms)?;
-    if p.worker.is_empty() {
-        return Err(Error::InvalidArgument("worker id must not be empty".into()));
-    }
-    Ok(())
-}
-
-/// Checks a lease length.
-pub(crate) fn check_lease(lease_ms: i64) -> Result<()> {
-    const WEEK_MS: i64 = 7 * 24 * 3_600_000;
-    if !(1..=WEEK_MS).contains(&lease_ms) {
-        return Err(Error::InvalidArgument(format!(
-            "lease of {lease_ms} ms is outside 1 ms ..= 7 days"
-        )));
-    }
-    Ok(())
 }

@@ -7,27 +7,22 @@
 
 use crate::harness::*;
 use ferroq_core::store::sqlite::{shard_file, SqliteStore};
-use ferroq_core::store::{ClaimParams, ListParams};
+use ferroq_core::store::{ClaimParams, GetByKeyParams, ListParams};
 use ferroq_core::{Backoff, BackoffStrategy, Error, ManualClock, NewTask, Status, Store, StoreConfig};
 use std::path::Path;
 use std::sync::Arc;
 
-crate::conformance!(
-    payload_over_the_limit_stores_nothing,
-    malformed_tasks_store_nothing,
-    bad_claims_claim_nothing,
-);
+crate::conformance!(payload_over_the_limit_stores_nothing, malformed_tasks_store_nothing, bad_claims_claim_nothing,);
 
 fn payload_over_the_limit_stores_nothing(b: Backend) {
     let env = b.open_with("max_payload=100");
-    let batch =
-        vec![NewTask::new("q", "job", vec![1; 100]), keyed("q", "k"), NewTask::new("q", "job", vec![1; 101])];
+    let batch = vec![NewTask::new("q", "job", vec![1; 100]), keyed("q", "k"), NewTask::new("q", "job", vec![1; 101])];
     match env.store.enqueue(&batch) {
         Err(Error::PayloadTooLarge { what: "payload", size: 101, limit: 100 }) => {}
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
     assert_eq!(env.total(), 0, "no task of a refused batch is stored");
-    assert!(env.store.get_by_key("q", &["k".into()]).unwrap()[0].is_none());
+    assert!(env.store.get_by_key(&GetByKeyParams { queue: "q".into(), keys: vec!["k".into()] }).unwrap()[0].is_none());
     let big_meta = NewTask { metadata: Some("x".repeat(65_537)), ..task("q") };
     assert!(matches!(env.store.enqueue(&[big_meta]), Err(Error::PayloadTooLarge { what: "metadata", .. })));
     // At the limit is fine.
@@ -143,8 +138,14 @@ fn shard_counts_out_of_range_are_refused_before_touching_disk() {
 
 #[test]
 fn unknown_options_and_schemes_are_refused() {
-    for bad in ["memory://?colour=blue", "ftp://host/x", "", "memory://?max_payload=0", "postgresql://u@h/db?colour=blue", "postgresql://"]
-    {
+    for bad in [
+        "memory://?colour=blue",
+        "ftp://host/x",
+        "",
+        "memory://?max_payload=0",
+        "postgresql://u@h/db?colour=blue",
+        "postgresql://",
+    ] {
         assert!(matches!(open(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
     }
 }
@@ -212,8 +213,10 @@ fn sqlite_database_of_another_app_is_not_a_store() {
     let path = dir.join(shard_file(0));
     {
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices (total) VALUES (9.5);")
-            .unwrap();
+        c.execute_batch(
+            "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices (total) VALUES (9.5);",
+        )
+        .unwrap();
     }
     let before = std::fs::read(&path).unwrap();
     let r = open(&url(&dir));

@@ -2,7 +2,7 @@
 //! for the verbs so the tests read as behaviour, not plumbing.
 
 use ferroq_core::store::{
-    CancelParams, ClaimParams, CompleteParams, Enqueued, FailParams, ReleaseParams, Retry,
+    CancelParams, ClaimParams, CompleteParams, Enqueued, FailParams, ReleaseParams, Retry, RetryParams,
 };
 use ferroq_core::{Error, ManualClock, NewTask, Status, Store, Task};
 use std::path::PathBuf;
@@ -206,11 +206,7 @@ impl Env {
 
     /// Fails one attempt; returns the per-item outcome.
     pub fn fail(&self, id: i64, worker: &str, error: &str, retry: Retry) -> Result<Status, Error> {
-        self.store
-            .fail(&[FailParams { id, worker: worker.into(), error: error.into(), retry }])
-            .unwrap()
-            .pop()
-            .unwrap()
+        self.store.fail(&[FailParams { id, worker: worker.into(), error: error.into(), retry }]).unwrap().pop().unwrap()
     }
 
     /// Cancels one task (acknowledged by `worker` when given).
@@ -225,7 +221,7 @@ impl Env {
 
     /// Retries one task.
     pub fn retry(&self, id: i64) -> Result<(), Error> {
-        self.store.retry(&[id]).unwrap().pop().unwrap()
+        self.store.retry(&[RetryParams { id }]).unwrap().pop().unwrap()
     }
 
     /// Count of tasks in `queue` with `status` (0 when absent).

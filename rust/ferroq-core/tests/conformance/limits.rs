@@ -2,7 +2,7 @@
 //! (concurrency and rate across every worker) and resource requirements.
 
 use crate::harness::*;
-use ferroq_core::store::{ClaimParams, FunctionLimit, WorkerInfo};
+use ferroq_core::store::{CapacityParams, ClaimParams, FunctionLimit, WorkerInfo};
 use ferroq_core::{Error, NewTask, Status};
 
 crate::conformance!(
@@ -63,7 +63,7 @@ fn workers_are_recorded_refreshed_and_removed(b: Backend) {
 fn capacity_refuses_sends_beyond_it_and_stores_nothing(b: Backend) {
     let env = b.open();
     assert_eq!(env.store.capacity("q").unwrap(), None);
-    env.store.set_capacity("q", Some(3)).unwrap();
+    env.store.set_capacity(&CapacityParams { queue: "q".into(), capacity: Some(3) }).unwrap();
     assert_eq!(env.store.capacity("q").unwrap(), Some(3));
     env.add("q");
     env.add("q");
@@ -78,14 +78,14 @@ fn capacity_refuses_sends_beyond_it_and_stores_nothing(b: Backend) {
     let t = env.claim_one("q", "w");
     env.complete(t.id, "w", b"").unwrap();
     env.add("q");
-    env.store.set_capacity("q", None).unwrap();
+    env.store.set_capacity(&CapacityParams { queue: "q".into(), capacity: None }).unwrap();
     env.add("q");
     assert_eq!(env.store.unfinished("q").unwrap(), 4);
 }
 
 fn capacity_counts_only_unfinished_and_new_keys(b: Backend) {
     let env = b.open();
-    env.store.set_capacity("q", Some(1)).unwrap();
+    env.store.set_capacity(&CapacityParams { queue: "q".into(), capacity: Some(1) }).unwrap();
     let first = env.enqueue(keyed("q", "k"));
     // Re-sending an existing key stores nothing, so it is not refused.
     let again = env.enqueue(keyed("q", "k"));
@@ -111,7 +111,11 @@ fn max_running_holds_across_workers(b: Backend) {
     assert_eq!(a.iter().chain(&b2).filter(|t| t.name == "cpu").count(), 3);
     // Given-back extras are queued again with no attempt counted.
     assert_eq!(env.count("q", Status::Queued), 3);
-    for t in env.store.list(&ferroq_core::store::ListParams { status: Some(Status::Queued), limit: 10, ..Default::default() }).unwrap() {
+    for t in env
+        .store
+        .list(&ferroq_core::store::ListParams { status: Some(Status::Queued), limit: 10, ..Default::default() })
+        .unwrap()
+    {
         assert_eq!(t.attempts, 0);
     }
     assert!(claim_with(&env, "q", "w3", 10, None).is_empty());
@@ -125,7 +129,12 @@ fn max_running_holds_across_workers(b: Backend) {
 fn rate_limit_hands_out_tokens_by_the_clock(b: Backend) {
     let env = b.open();
     env.store
-        .set_function_limit(&FunctionLimit { name: "api".into(), max_running: None, rate_per_s: Some(2.0), burst: Some(3.0) })
+        .set_function_limit(&FunctionLimit {
+            name: "api".into(),
+            max_running: None,
+            rate_per_s: Some(2.0),
+            burst: Some(3.0),
+        })
         .unwrap();
     for _ in 0..10 {
         env.enqueue(named("q", "api"));
@@ -176,9 +185,11 @@ fn requirements_are_matched_against_resources(b: Backend) {
     let got: Vec<i64> = claim_with(&env, "q", "cpu-box", 10, None).iter().map(|t| t.id).collect();
     assert_eq!(got, [plain]);
     // 12 GB is enough for the 8 GB task (with 2 cpus), not for the 16 GB one.
-    let got: Vec<i64> = claim_with(&env, "q", "mid", 10, Some(r#"{"gpu_memory_gb": 12, "cpus": 4}"#)).iter().map(|t| t.id).collect();
+    let got: Vec<i64> =
+        claim_with(&env, "q", "mid", 10, Some(r#"{"gpu_memory_gb": 12, "cpus": 4}"#)).iter().map(|t| t.id).collect();
     assert_eq!(got, [small]);
-    let got: Vec<i64> = claim_with(&env, "q", "big", 10, Some(r#"{"gpu_memory_gb": 80, "cpus": 1}"#)).iter().map(|t| t.id).collect();
+    let got: Vec<i64> =
+        claim_with(&env, "q", "big", 10, Some(r#"{"gpu_memory_gb": 80, "cpus": 1}"#)).iter().map(|t| t.id).collect();
     assert_eq!(got, [big]);
 }
 

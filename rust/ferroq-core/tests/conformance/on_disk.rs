@@ -5,7 +5,7 @@
 use crate::harness::*;
 use crate::wake::{claim_params, LONG_WAIT};
 use ferroq_core::store::sqlite::{shard_file, SqliteStore};
-use ferroq_core::store::{CompleteParams, ListParams, PurgeParams};
+use ferroq_core::store::{CompleteParams, ListParams, ListenSetParams, PurgeParams};
 use ferroq_core::{Error, ManualClock, NewTask, Status, StoreConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ fn everything_survives_close_and_reopen(b: Backend) {
     env.claim_one("q", "w");
     env.claim_one("q", "w");
     env.complete(done, "w", b"the result").unwrap();
-    let v = env.store.listen_set("config", b"v1").unwrap();
+    let v = env.store.listen_set(&ListenSetParams { key: "config".into(), value: b"v1".to_vec() }).unwrap();
     let before: Vec<_> = env.store.list(&ListParams { limit: 100, ..Default::default() }).unwrap();
     assert_eq!(before.len(), 12);
 
@@ -56,10 +56,7 @@ fn everything_survives_close_and_reopen(b: Backend) {
     assert_eq!((t.status, t.result.as_deref()), (Status::Done, Some(&b"the result"[..])));
     let t = env.get(running);
     assert_eq!((t.status, t.worker.as_deref(), t.attempts), (Status::Running, Some("w"), 1));
-    assert_eq!(
-        env.store.listen_get("config").unwrap().map(|c| (c.version, c.value)),
-        Some((v, b"v1".to_vec()))
-    );
+    assert_eq!(env.store.listen_get("config").unwrap().map(|c| (c.version, c.value)), Some((v, b"v1".to_vec())));
     assert_eq!(env.store.listen_head().unwrap(), v);
     assert_eq!(env.enqueue(keyed("q", "k-done")).id, done, "keys are still taken");
 
@@ -83,8 +80,7 @@ fn reopen_without_shards_uses_the_stored_count(b: Backend) {
     let clock: Arc<ManualClock> = env.clock.clone();
     let reopened = SqliteStore::open(StoreConfig::parse(&url).unwrap(), clock.clone()).unwrap();
     assert_eq!(reopened.shard_count(), b.shards());
-    let shards: std::collections::BTreeSet<u32> =
-        ids.iter().map(|id| reopened.shard_of(*id).unwrap()).collect();
+    let shards: std::collections::BTreeSet<u32> = ids.iter().map(|id| reopened.shard_of(*id).unwrap()).collect();
     assert_eq!(shards.len() as u32, b.shards(), "tasks are spread over every shard");
     drop(reopened);
     // The same store opened through the generic entry point sees them all.
@@ -265,11 +261,8 @@ fn pragmas_read_back_wal_and_synchronous(b: Backend) {
         assert_eq!((p.journal_mode.as_str(), p.synchronous, p.busy_timeout), ("wal", 2, 2_500));
     }
     // In memory there is no WAL, but durability settings still take.
-    let mem = SqliteStore::open(
-        StoreConfig::parse("memory://?shards=2&synchronous=full").unwrap(),
-        env.clock.clone(),
-    )
-    .unwrap();
+    let mem = SqliteStore::open(StoreConfig::parse("memory://?shards=2&synchronous=full").unwrap(), env.clock.clone())
+        .unwrap();
     for p in mem.pragmas().unwrap() {
         assert_eq!((p.journal_mode.as_str(), p.synchronous), ("memory", 2));
     }
@@ -283,9 +276,8 @@ fn two_handles_enqueueing_never_collide(b: Backend) {
     let mut ids = Vec::new();
     for round in 0..6 {
         let (first, second) = if round % 2 == 0 { (&env.store, &other) } else { (&other, &env.store) };
-        let batch: Vec<NewTask> = (0..7)
-            .map(|i| if i % 3 == 0 { keyed("q", &format!("r{round}-{i}")) } else { task("q") })
-            .collect();
+        let batch: Vec<NewTask> =
+            (0..7).map(|i| if i % 3 == 0 { keyed("q", &format!("r{round}-{i}")) } else { task("q") }).collect();
         ids.extend(first.enqueue(&batch).unwrap().iter().map(|e| e.id));
         ids.push(second.enqueue(&[task("q")]).unwrap()[0].id);
     }
@@ -294,8 +286,7 @@ fn two_handles_enqueueing_never_collide(b: Backend) {
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "two handles handed out the same id");
     assert_eq!(env.total(), 48);
-    let mut claimed: Vec<i64> =
-        other.claim(&claim_params_n("q", 100)).unwrap().iter().map(|t| t.id).collect();
+    let mut claimed: Vec<i64> = other.claim(&claim_params_n("q", 100)).unwrap().iter().map(|t| t.id).collect();
     claimed.sort();
     assert_eq!(claimed, unique);
 }

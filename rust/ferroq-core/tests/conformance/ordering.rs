@@ -2,7 +2,7 @@
 //! shards; delayed tasks; idempotent keys.
 
 use crate::harness::*;
-use ferroq_core::store::PurgeParams;
+use ferroq_core::store::{GetByKeyParams, PurgeParams};
 use ferroq_core::{NewTask, Status, Task};
 
 crate::conformance!(
@@ -32,10 +32,8 @@ fn priority_then_run_at_then_enqueue_order(b: Backend) {
     let spec = [(0, 0), (5, 0), (-3, 0), (5, -1_000), (10, 0), (5, 0), (0, -10)];
     let mut ids = std::collections::HashMap::new();
     for queue in ["one", "all"] {
-        let v: Vec<i64> = spec
-            .iter()
-            .map(|&(p, dt)| env.enqueue(NewTask { run_at: Some(T0 + dt), ..prio(queue, p) }).id)
-            .collect();
+        let v: Vec<i64> =
+            spec.iter().map(|&(p, dt)| env.enqueue(NewTask { run_at: Some(T0 + dt), ..prio(queue, p) }).id).collect();
         ids.insert(queue, v);
     }
     // e(10), d(5, older run_at), b(5), f(5, enqueued after b), g(0, older), a(0), c(-3)
@@ -156,8 +154,7 @@ fn next_run_at_ignores_tasks_that_can_never_run(b: Backend) {
     assert_eq!(env.store.next_run_at("q").unwrap(), Some(T0));
     env.advance(10);
     assert_eq!(env.store.next_run_at("q").unwrap(), None);
-    let runnable =
-        env.enqueue(NewTask { run_at: Some(T0 + 200), expires_at: Some(T0 + 201), ..task("q") }).id;
+    let runnable = env.enqueue(NewTask { run_at: Some(T0 + 200), expires_at: Some(T0 + 201), ..task("q") }).id;
     assert_eq!(env.store.next_run_at("q").unwrap(), Some(T0 + 200));
     env.advance(190);
     assert_eq!(env.claim_one("q", "w").id, runnable);
@@ -187,7 +184,13 @@ fn same_key_in_another_queue_is_a_new_task(b: Backend) {
     assert!(a.inserted && other.inserted);
     assert_ne!(a.id, other.id);
     assert_eq!(env.get(other.id).queue, "b");
-    assert_eq!(env.store.get_by_key("b", &["k".to_string()]).unwrap()[0].as_ref().unwrap().id, other.id);
+    assert_eq!(
+        env.store.get_by_key(&GetByKeyParams { queue: "b".into(), keys: vec!["k".into()] }).unwrap()[0]
+            .as_ref()
+            .unwrap()
+            .id,
+        other.id
+    );
     assert_eq!(env.total(), 2);
 }
 

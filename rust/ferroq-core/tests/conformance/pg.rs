@@ -172,10 +172,8 @@ fn connections_dropped_by_the_server_are_replaced() {
     // Like a server shutting down: the call returns before the backends
     // are gone, so wait for them.
     wait_until("the terminated backends to exit", || {
-        let left: i64 = a
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", &[&pids])
-            .unwrap()
-            .get(0);
+        let left: i64 =
+            a.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", &[&pids]).unwrap().get(0);
         left == 0
     });
     // A restart takes longer than this; connections idle that long are

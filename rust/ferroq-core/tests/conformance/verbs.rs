@@ -3,7 +3,8 @@
 
 use crate::harness::*;
 use ferroq_core::store::{
-    CompleteParams, HeartbeatParams, ListParams, ProgressParams, PurgeParams, RecoverParams, Retry,
+    CompleteParams, GetByKeyParams, HeartbeatParams, ListParams, ListenChangesParams, ListenSetParams, ProgressParams,
+    PurgeParams, RecoverParams, Retry, RetryParams,
 };
 use ferroq_core::{Backoff, BackoffStrategy, Error, NewTask, Status};
 
@@ -153,7 +154,8 @@ fn enqueue_large_mixed_batch_keeps_every_field(b: Backend) {
         assert_eq!(t.key, (i % 9 == 0).then(|| format!("k{}", i % 90)));
         assert_eq!(t.batch.as_deref(), (i % 11 == 0).then_some("b"));
     }
-    let stored: Vec<i64> = out.iter().enumerate().filter(|(i, _)| !(i % 9 == 0 && *i >= 90)).map(|(_, e)| e.id).collect();
+    let stored: Vec<i64> =
+        out.iter().enumerate().filter(|(i, _)| !(i % 9 == 0 && *i >= 90)).map(|(_, e)| e.id).collect();
     assert!(stored.windows(2).all(|w| w[0] < w[1]), "ids follow input order");
     assert_eq!(env.count("q", Status::Queued), stored.len() as u64);
 }
@@ -451,7 +453,7 @@ fn retry_brings_back_failed_cancelled_and_expired(b: Backend) {
     assert_eq!(env.get(expired).status, Status::Expired);
 
     env.advance(1_000);
-    let out = env.store.retry(&[failed, cancelled, expired]).unwrap();
+    let out = env.store.retry(&[failed, cancelled, expired].map(|id| RetryParams { id })).unwrap();
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     for id in [failed, cancelled, expired] {
         let t = env.get(id);
@@ -501,10 +503,7 @@ fn recover_requeues_expired_leases_then_fails_them(b: Backend) {
     env.claim_lease("q", "w1", 1, 1_000);
     env.claim_lease("q", "w2", 1, 5_000);
     env.advance(1_000);
-    assert!(
-        env.store.recover(&RecoverParams::default()).unwrap().is_empty(),
-        "the lease runs to its last ms"
-    );
+    assert!(env.store.recover(&RecoverParams::default()).unwrap().is_empty(), "the lease runs to its last ms");
     env.advance(1);
     assert_eq!(env.store.recover(&RecoverParams::default()).unwrap(), vec![(id, Status::Queued)]);
     let t = env.get(id);
@@ -619,16 +618,27 @@ fn get_by_key_finds_unfinished_and_finished(b: Backend) {
     }
     let mut ask = keys.clone();
     ask.push("missing".into());
-    let got = env.store.get_by_key("q", &ask).unwrap();
+    let got = env.store.get_by_key(&GetByKeyParams { queue: "q".into(), keys: ask }).unwrap();
     assert_eq!(got.len(), 9);
     for (i, id) in ids.iter().enumerate() {
         let t = got[i].as_ref().unwrap();
         assert_eq!((t.id, t.key.as_deref()), (*id, Some(keys[i].as_str())));
     }
     assert!(got[8].is_none());
-    assert!(env.store.get_by_key("other", &keys).unwrap().iter().all(Option::is_none));
+    assert!(env
+        .store
+        .get_by_key(&GetByKeyParams { queue: "other".into(), keys: keys.clone() })
+        .unwrap()
+        .iter()
+        .all(Option::is_none));
     let done = claimed[0].key.clone().unwrap();
-    assert_eq!(env.store.get_by_key("q", &[done]).unwrap()[0].as_ref().unwrap().status, Status::Done);
+    assert_eq!(
+        env.store.get_by_key(&GetByKeyParams { queue: "q".into(), keys: vec![done] }).unwrap()[0]
+            .as_ref()
+            .unwrap()
+            .status,
+        Status::Done
+    );
 }
 
 fn list_filters_by_queue_status_and_batch(b: Backend) {
@@ -800,25 +810,24 @@ fn listen_data_versions_and_changes(b: Backend) {
     let s = &env.store;
     assert_eq!(s.listen_head().unwrap(), 0);
     assert_eq!(s.listen_get("a").unwrap(), None);
-    assert!(s.listen_changes(0, 10).unwrap().is_empty());
-    let v1 = s.listen_set("a", b"one").unwrap();
+    assert!(s.listen_changes(&ListenChangesParams { since: 0, limit: 10 }).unwrap().is_empty());
+    let v1 = s.listen_set(&ListenSetParams { key: "a".into(), value: b"one".to_vec() }).unwrap();
     env.advance(5);
-    let v2 = s.listen_set("b", b"two").unwrap();
-    let v3 = s.listen_set("a", b"three").unwrap();
+    let v2 = s.listen_set(&ListenSetParams { key: "b".into(), value: b"two".to_vec() }).unwrap();
+    let v3 = s.listen_set(&ListenSetParams { key: "a".into(), value: b"three".to_vec() }).unwrap();
     assert!(v1 < v2 && v2 < v3, "versions increase: {v1} {v2} {v3}");
     assert_eq!(s.listen_head().unwrap(), v3);
     let a = s.listen_get("a").unwrap().unwrap();
     assert_eq!((a.version, a.key.as_str(), a.value.as_slice(), a.at), (v3, "a", &b"three"[..], T0 + 5));
-    let all = s.listen_changes(0, 10).unwrap();
-    let seen: Vec<(i64, &str, &[u8])> =
-        all.iter().map(|c| (c.version, c.key.as_str(), c.value.as_slice())).collect();
+    let all = s.listen_changes(&ListenChangesParams { since: 0, limit: 10 }).unwrap();
+    let seen: Vec<(i64, &str, &[u8])> = all.iter().map(|c| (c.version, c.key.as_str(), c.value.as_slice())).collect();
     assert_eq!(seen, vec![(v1, "a", &b"one"[..]), (v2, "b", &b"two"[..]), (v3, "a", &b"three"[..])]);
-    let after = s.listen_changes(v1, 1).unwrap();
+    let after = s.listen_changes(&ListenChangesParams { since: v1, limit: 1 }).unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].version, v2);
-    assert!(s.listen_changes(v3, 10).unwrap().is_empty());
-    assert_invalid(s.listen_set("", b"x"));
-    let big = s.listen_set("a", &[0u8; 101]);
+    assert!(s.listen_changes(&ListenChangesParams { since: v3, limit: 10 }).unwrap().is_empty());
+    assert_invalid(s.listen_set(&ListenSetParams { key: "".into(), value: b"x".to_vec() }));
+    let big = s.listen_set(&ListenSetParams { key: "a".into(), value: vec![0u8; 101] });
     assert!(matches!(big, Err(Error::PayloadTooLarge { .. })), "{big:?}");
     assert_eq!(s.listen_head().unwrap(), v3, "refused sets store nothing");
 }

@@ -79,8 +79,8 @@ impl PgConfig {
             return Err(Error::InvalidArgument("not a postgresql:// URL".into()));
         }
         // Never echo the URL itself: it may hold a password.
-        let parsed = url::Url::parse(url)
-            .map_err(|e| Error::InvalidArgument(format!("malformed PostgreSQL URL ({e})")))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::InvalidArgument(format!("malformed PostgreSQL URL ({e})")))?;
         let host = parsed
             .host_str()
             .map(|h| decode(h.trim_start_matches('[').trim_end_matches(']')))
@@ -220,8 +220,7 @@ mod tests {
 
     #[test]
     fn url_forms() {
-        let c = PgConfig::parse("postgresql://bob:s3cret@db.example:6543/jobs?schema=q1&pool=3&notify=off")
-            .unwrap();
+        let c = PgConfig::parse("postgresql://bob:s3cret@db.example:6543/jobs?schema=q1&pool=3&notify=off").unwrap();
         assert_eq!((c.host.as_str(), c.port, c.user.as_str(), c.dbname.as_str()), ("db.example", 6543, "bob", "jobs"));
         assert_eq!(c.password(), Some("s3cret"));
         assert_eq!((c.schema.as_str(), c.pool_size, c.notify), ("q1", 3, false));

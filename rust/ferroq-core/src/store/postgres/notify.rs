@@ -7,7 +7,8 @@
 
 use super::config::PgConfig;
 use super::pool::connect;
-use super::sql;
+use super::{sql, PostgresStore};
+use crate::error::Result;
 use parking_lot::{Condvar, Mutex};
 use postgres::fallible_iterator::FallibleIterator;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,5 +114,48 @@ fn listen_until_lost(wake: &Wake, client: &mut postgres::Client) {
                 }
             }
         }
+    }
+}
+
+impl PostgresStore {
+    /// The store-wide change counter: the triggers bump it on every commit
+    /// that matters to a waiter (what pollers watch).
+    fn counter(&self) -> Result<u64> {
+        self.run(true, |db| {
+            let v: i64 = db.query(sql::CHANGE_COUNTER, &[])?.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
+            Ok(v as u64)
+        })
+    }
+}
+
+/// [`Store::change_token`](crate::store::Store::change_token).
+pub(super) fn change_token(store: &PostgresStore) -> Result<u64> {
+    let generation = *store.wake.generation.lock();
+    if store.wake.listening() {
+        return Ok(generation);
+    }
+    Ok(generation.wrapping_add(store.counter()?.wrapping_mul(1 << 20)))
+}
+
+/// [`Store::wait_for_change`](crate::store::Store::wait_for_change).
+pub(super) fn wait_for_change(store: &PostgresStore, token: u64, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listening = store.wake.listening();
+        if !listening && change_token(store)? != token {
+            return Ok(true);
+        }
+        let mut generation = store.wake.generation.lock();
+        if listening && *generation != token {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        // Listening, a notification or a local write wakes us; polling,
+        // look at the counter again after a poll interval.
+        let slice = if listening { deadline - now } else { store.cfg.poll_interval.min(deadline - now) };
+        store.wake.cv.wait_for(&mut generation, slice);
     }
 }

@@ -10,6 +10,7 @@
 //! call connects afresh.
 
 use super::config::PgConfig;
+use super::sql;
 use crate::error::Error;
 use parking_lot::{Condvar, Mutex};
 use postgres::error::SqlState;
@@ -41,7 +42,7 @@ impl From<Error> for Fail {
 }
 
 /// Result inside the backend.
-pub(super) type R<T> = std::result::Result<T, Fail>;
+pub(super) type PgResult<T> = std::result::Result<T, Fail>;
 
 /// True when the connection that gave `e` is unusable: closed, an I/O
 /// failure, or the server going away.
@@ -123,10 +124,9 @@ pub(super) fn run_error(cfg: &PgConfig, e: &postgres::Error) -> Error {
     match e.code().map(|c| c.code()) {
         Some("42501") => Error::PermissionDenied(format!("PostgreSQL at {at}: {text}")),
         Some(c) if c.starts_with("53") => Error::Unavailable(format!("PostgreSQL at {at}: {text}")),
-        Some("3F000") | Some("42P01") | Some("42703") => Error::NotAStore(format!(
-            "schema {:?} of {at} no longer holds a complete ferroq store: {text}",
-            cfg.schema
-        )),
+        Some("3F000") | Some("42P01") | Some("42703") => {
+            Error::NotAStore(format!("schema {:?} of {at} no longer holds a complete ferroq store: {text}", cfg.schema))
+        }
         _ => Error::Storage(format!("PostgreSQL at {at}: {text}")),
     }
 }
@@ -174,7 +174,7 @@ fn connect_raw(cfg: &PgConfig) -> Result<Client, postgres::Error> {
         .application_name(&cfg.application_name)
         .connect_timeout(cfg.connect_timeout)
         .keepalives(true)
-        .options(&format!("-c search_path={}", cfg.schema));
+        .options(&sql::SEARCH_PATH_OPTION.replace("{schema}", &cfg.schema));
     if let Some(p) = cfg.password() {
         pg.password(p);
     }
@@ -210,7 +210,7 @@ pub(super) struct Db<'a, C: GenericClient> {
 pub(super) type Params<'p> = [&'p (dyn ToSql + Sync)];
 
 impl<C: GenericClient> Db<'_, C> {
-    fn stmt(&mut self, sql: &'static str) -> R<Statement> {
+    fn stmt(&mut self, sql: &'static str) -> PgResult<Statement> {
         // The SQL is a const: its address identifies it.
         let key = sql.as_ptr() as usize;
         if let Some(s) = self.stmts.get(&key) {
@@ -222,19 +222,19 @@ impl<C: GenericClient> Db<'_, C> {
     }
 
     /// Runs a statement; returns its rows.
-    pub(super) fn query(&mut self, sql: &'static str, params: &Params<'_>) -> R<Vec<Row>> {
+    pub(super) fn query(&mut self, sql: &'static str, params: &Params<'_>) -> PgResult<Vec<Row>> {
         let s = self.stmt(sql)?;
         Ok(self.c.query(&s, params)?)
     }
 
     /// Runs a statement; returns its first row, if any.
-    pub(super) fn query_opt(&mut self, sql: &'static str, params: &Params<'_>) -> R<Option<Row>> {
+    pub(super) fn query_opt(&mut self, sql: &'static str, params: &Params<'_>) -> PgResult<Option<Row>> {
         let s = self.stmt(sql)?;
         Ok(self.c.query_opt(&s, params)?)
     }
 
     /// Runs a statement; returns how many rows it changed.
-    pub(super) fn execute(&mut self, sql: &'static str, params: &Params<'_>) -> R<u64> {
+    pub(super) fn execute(&mut self, sql: &'static str, params: &Params<'_>) -> PgResult<u64> {
         let s = self.stmt(sql)?;
         Ok(self.c.execute(&s, params)?)
     }
@@ -328,8 +328,9 @@ fn alive(client: &mut Client, timeout: Duration) -> bool {
 
 impl Lease<'_> {
     /// Statements on the connection, outside any transaction.
-    pub(super) fn db(&mut self) -> R<Db<'_, Client>> {
-        let conn = self.conn.as_mut().ok_or_else(|| Fail::Core(Error::Storage("connection already returned".into())))?;
+    pub(super) fn db(&mut self) -> PgResult<Db<'_, Client>> {
+        let conn =
+            self.conn.as_mut().ok_or_else(|| Fail::Core(Error::Storage("connection already returned".into())))?;
         Ok(Db { c: &mut conn.client, stmts: &mut conn.stmts })
     }
 
@@ -339,9 +340,10 @@ impl Lease<'_> {
     pub(super) fn transaction<T>(
         &mut self,
         begun: &mut bool,
-        f: &mut dyn FnMut(&mut Db<'_, postgres::Transaction<'_>>) -> R<T>,
-    ) -> R<T> {
-        let conn = self.conn.as_mut().ok_or_else(|| Fail::Core(Error::Storage("connection already returned".into())))?;
+        f: &mut dyn FnMut(&mut Db<'_, postgres::Transaction<'_>>) -> PgResult<T>,
+    ) -> PgResult<T> {
+        let conn =
+            self.conn.as_mut().ok_or_else(|| Fail::Core(Error::Storage("connection already returned".into())))?;
         let mut tx = conn.client.transaction()?;
         *begun = true;
         let out = f(&mut Db { c: &mut tx, stmts: &mut conn.stmts })?;

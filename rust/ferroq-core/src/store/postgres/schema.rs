@@ -3,7 +3,7 @@
 //! exactly once.
 
 use super::config::PgConfig;
-use super::pool::{Fail, R};
+use super::pool::{Fail, PgResult};
 use super::sql;
 use crate::error::Error;
 use postgres::Client;
@@ -15,7 +15,7 @@ const MIGRATIONS: &[&str] = &[];
 /// Creates the store's schema and tables if they do not exist, migrates an
 /// older store, and refuses a schema that holds something else or a
 /// store written by a newer ferroq.
-pub(super) fn prepare(client: &mut Client, cfg: &PgConfig) -> R<()> {
+pub(super) fn prepare(client: &mut Client, cfg: &PgConfig) -> PgResult<()> {
     let mut tx = client.transaction()?;
     tx.execute(sql::MIGRATION_LOCK, &[&cfg.schema])?;
     let exists: i64 = tx.query_one(sql::SCHEMA_EXISTS, &[&cfg.schema])?.try_get(0)?;
@@ -36,7 +36,7 @@ pub(super) fn prepare(client: &mut Client, cfg: &PgConfig) -> R<()> {
         tx.execute(sql::META_SET, &[&"app", &"ferroq"])?;
         1
     } else {
-        let meta = |tx: &mut postgres::Transaction<'_>, name: &str| -> R<Option<String>> {
+        let meta = |tx: &mut postgres::Transaction<'_>, name: &str| -> PgResult<Option<String>> {
             Ok(tx.query_opt(sql::META_GET, &[&name])?.map(|r| r.try_get(0)).transpose()?)
         };
         if meta(&mut tx, "app")?.as_deref() != Some("ferroq") {

@@ -20,7 +20,8 @@
 /// The schema version this build writes (`meta.schema_version`).
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// The columns of both task tables, in the order `read_task` reads them.
+/// The columns of both task tables, in the order `read::read_task` reads
+/// them (the positions of `rules::TaskCol`).
 macro_rules! task_columns {
     () => {
         "id, queue, name, payload, priority, status, run_at, attempts, max_attempts, \
@@ -29,6 +30,14 @@ macro_rules! task_columns {
          requires"
     };
 }
+
+/// The task columns as one list (checked against `rules::TaskCol`).
+#[allow(dead_code)] // Read by the column-order test in `store/rules.rs`.
+pub const TASK_COLUMNS: &str = task_columns!();
+
+/// The connection option that makes the store's schema the search path of
+/// every statement (`{schema}` is a validated identifier).
+pub const SEARCH_PATH_OPTION: &str = "-c search_path={schema}";
 
 /// A task's requirements (`requires`, JSON text) are met by the worker's
 /// resources (JSON text parameter `$r`): `requires IS NULL` first so tasks
@@ -328,8 +337,7 @@ pub const HEARTBEAT: &str = "UPDATE task SET lease_until = $3
     WHERE id = ANY($1::bigint[]) AND status = 1 AND worker = $2 RETURNING id, cancel_requested";
 
 /// Records progress of a task held by worker `$2`.
-pub const PROGRESS: &str =
-    "UPDATE task SET progress = $3 WHERE id = $1 AND status = 1 AND worker = $2";
+pub const PROGRESS: &str = "UPDATE task SET progress = $3 WHERE id = $1 AND status = 1 AND worker = $2";
 
 /// Reads (and locks) what fail needs of a task held by worker `$2`.
 pub const FAIL_LOOKUP: &str = "SELECT attempts, max_attempts, backoff FROM task
@@ -352,8 +360,7 @@ pub const RELEASE: &str = "UPDATE task t SET status = 0, attempts = t.attempts -
     RETURNING t.id";
 
 /// Flags a running task for cancellation.
-pub const FLAG_CANCEL: &str =
-    "UPDATE task SET cancel_requested = true WHERE id = $1 AND status = 1";
+pub const FLAG_CANCEL: &str = "UPDATE task SET cancel_requested = true WHERE id = $1 AND status = 1";
 
 /// Moves tasks from `task` to `task_done` with final status `$5`, if they
 /// are in status `$6` (and held by the item's worker when it names one).
@@ -460,8 +467,7 @@ pub const PURGE: &str = "WITH gone AS (DELETE FROM task_done
 pub const LISTEN_LOCK: &str = "LOCK TABLE listen_log IN EXCLUSIVE MODE";
 
 /// Appends a listen-data change (`$3` = now); returns its version.
-pub const LISTEN_SET: &str =
-    "INSERT INTO listen_log (key, value, at) VALUES ($1, $2, $3) RETURNING version";
+pub const LISTEN_SET: &str = "INSERT INTO listen_log (key, value, at) VALUES ($1, $2, $3) RETURNING version";
 
 /// Changes after version `$1`, oldest first.
 pub const LISTEN_SINCE: &str =

@@ -16,7 +16,7 @@ pub struct Pragmas {
     pub synchronous: i64,
     /// Milliseconds.
     pub busy_timeout: i64,
-    /// Bytes per page: [`PAGE_SIZE`] for stores this version created.
+    /// Bytes per page: `PAGE_SIZE` (1,024) for stores this version created.
     pub page_size: i64,
 }
 
@@ -36,22 +36,16 @@ pub fn configure(conn: &Connection, config: &StoreConfig, in_memory: bool) -> Re
     conn.busy_timeout(config.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(64);
     // Applies only to a file with no content yet (see PAGE_SIZE).
-    conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE};"))?;
+    conn.execute_batch(&sql::set_page_size(PAGE_SIZE))?;
     let want_journal = if in_memory { "memory" } else { "wal" };
-    let journal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    let journal: String = conn.query_row(sql::SET_WAL, [], |r| r.get(0))?;
     let want_sync = match config.synchronous {
         Synchronous::Normal => 1,
         Synchronous::Full => 2,
     };
-    // A 2 MiB page cache per connection (SQLite's default), about 2,000
-    // pages of PAGE_SIZE: the ready index and the hot ends of the tables fit.
-    // Not more: SQLite scans the cache's whole hash table at the end of
-    // many write transactions, so a cache of 8,000 small pages cost a
-    // worker draining 100,000 tasks an eighth of its speed (27k -> 31k/s
-    // with 2 MiB, measured).
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {want_sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -2048;"
-    ))?;
+    conn.execute_batch(&sql::set_synchronous(want_sync))?;
+    // The page cache stays at 2 MiB (see sql::CACHE_SETTINGS for why not more).
+    conn.execute_batch(sql::CACHE_SETTINGS)?;
     let pragmas = read_pragmas(conn)?;
     if !journal.eq_ignore_ascii_case(want_journal) || pragmas.journal_mode != want_journal {
         return Err(Error::Unavailable(format!(
@@ -78,10 +72,10 @@ pub fn configure(conn: &Connection, config: &StoreConfig, in_memory: bool) -> Re
 /// Reads the settings that matter back from SQLite.
 pub fn read_pragmas(conn: &Connection) -> Result<Pragmas> {
     Ok(Pragmas {
-        journal_mode: conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?.to_lowercase(),
-        synchronous: conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
-        busy_timeout: conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?,
-        page_size: conn.query_row("PRAGMA page_size", [], |r| r.get(0))?,
+        journal_mode: conn.query_row(sql::JOURNAL_MODE, [], |r| r.get::<_, String>(0))?.to_lowercase(),
+        synchronous: conn.query_row(sql::SYNCHRONOUS, [], |r| r.get(0))?,
+        busy_timeout: conn.query_row(sql::BUSY_TIMEOUT, [], |r| r.get(0))?,
+        page_size: conn.query_row(sql::PAGE_SIZE, [], |r| r.get(0))?,
     })
 }
 
@@ -100,9 +94,15 @@ pub struct ShardInfo {
 /// another application, or of a newer ferroq) — before [`configure`], so
 /// that a refused file is left exactly as it was (not even switched to WAL).
 pub fn identify(conn: &Connection, label: &str) -> Result<()> {
-    let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let (app_id, version) = read_identity(conn)?;
     check_identity(conn, app_id, version, label)
+}
+
+/// The file's (application_id, user_version).
+fn read_identity(conn: &Connection) -> Result<(i64, i64)> {
+    let app_id: i64 = conn.query_row(sql::READ_APPLICATION_ID, [], |r| r.get(0))?;
+    let version: i64 = conn.query_row(sql::READ_USER_VERSION, [], |r| r.get(0))?;
+    Ok((app_id, version))
 }
 
 fn check_identity(conn: &Connection, app_id: i64, version: i64, label: &str) -> Result<()> {
@@ -132,8 +132,7 @@ fn check_identity(conn: &Connection, app_id: i64, version: i64, label: &str) -> 
 /// `want` is the shard count asked for (None = whatever exists, else 1).
 pub fn prepare(conn: &mut Connection, index: u32, want: Option<u32>, label: &str) -> Result<ShardInfo> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let (app_id, version) = read_identity(&tx)?;
     // Checked again inside the write transaction: another process may have
     // created the file since `identify` looked.
     check_identity(&tx, app_id, version, label)?;
@@ -146,27 +145,20 @@ pub fn prepare(conn: &mut Connection, index: u32, want: Option<u32>, label: &str
         if index == 0 && shards > 1 {
             tx.execute(sql::META_SET, (META_CREATING, "1"))?;
         }
-        tx.execute_batch(&format!(
-            "PRAGMA application_id = {}; PRAGMA user_version = {};",
-            sql::APPLICATION_ID,
-            sql::SCHEMA_VERSION
-        ))?;
+        tx.execute_batch(&sql::stamp())?;
     }
     let has_meta: i64 = tx.query_row(sql::TABLE_EXISTS, ["meta"], |r| r.get(0))?;
     if has_meta == 0 {
         return Err(Error::Corrupt(format!("{label} carries ferroq's stamp but has no meta table")));
     }
-    let meta = |name: &str| -> Result<Option<String>> {
-        Ok(tx.query_row(sql::META_GET, [name], |r| r.get(0)).optional()?)
-    };
+    let meta =
+        |name: &str| -> Result<Option<String>> { Ok(tx.query_row(sql::META_GET, [name], |r| r.get(0)).optional()?) };
     let shards: u32 = meta("shards")?
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| Error::Corrupt(format!("{label} has no valid shard count")))?;
     let stored_index: Option<u32> = meta("shard")?.and_then(|v| v.parse().ok());
     if stored_index != Some(index) {
-        return Err(Error::Corrupt(format!(
-            "{label} is shard {stored_index:?} of its store, expected shard {index}"
-        )));
+        return Err(Error::Corrupt(format!("{label} is shard {stored_index:?} of its store, expected shard {index}")));
     }
     let creating = meta(META_CREATING)?.is_some();
     tx.commit()?;

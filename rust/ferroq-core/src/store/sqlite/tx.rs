@@ -2,6 +2,7 @@
 //! rusqlite's `Transaction` parses `BEGIN IMMEDIATE` and `COMMIT` afresh on
 //! every use, which on a one-task send is a measurable share of the call.
 
+use super::sql;
 use crate::error::Result;
 use rusqlite::Connection;
 use std::ops::Deref;
@@ -17,13 +18,13 @@ impl<'c> WriteTx<'c> {
     /// Begins the transaction, taking the write lock now (waiting up to the
     /// connection's busy timeout).
     pub fn begin(conn: &'c Connection) -> Result<Self> {
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        conn.prepare_cached(sql::BEGIN_IMMEDIATE)?.execute([])?;
         Ok(WriteTx { conn, open: true })
     }
 
     /// Commits; on failure the transaction is rolled back when dropped.
     pub fn commit(mut self) -> Result<()> {
-        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.conn.prepare_cached(sql::COMMIT)?.execute([])?;
         self.open = false;
         Ok(())
     }
@@ -34,7 +35,7 @@ impl Drop for WriteTx<'_> {
         if self.open && !self.conn.is_autocommit() {
             // A failed rollback leaves nothing more to undo here: SQLite
             // rolls back itself when it cannot continue the transaction.
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.conn.execute_batch(sql::ROLLBACK);
         }
     }
 }

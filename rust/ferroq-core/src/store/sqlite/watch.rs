@@ -136,10 +136,7 @@ impl DirWatch {
             let ready = {
                 let fd = inotify.as_fd();
                 let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-                let ts = Timespec {
-                    tv_sec: timeout.as_secs() as _,
-                    tv_nsec: timeout.subsec_nanos() as _,
-                };
+                let ts = Timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
                 poll(&mut fds, Some(&ts)).unwrap_or(0) > 0
             };
             if ready {

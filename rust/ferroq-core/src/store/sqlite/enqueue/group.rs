@@ -8,7 +8,7 @@
 //! one sender there is nothing to share and the cost is a queue push and an
 //! uncontended lock.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::Enqueued;
 use crate::task::NewTask;
 use parking_lot::{Condvar, Mutex};
@@ -99,17 +99,5 @@ impl Group {
         if let Some(p) = self.queue.lock().first() {
             p.nudge();
         }
-    }
-}
-
-/// The same error again, for every request of a batch whose transaction
-/// failed as a whole (the core error type is not `Clone`).
-pub fn replicate(e: &Error) -> Error {
-    match e {
-        Error::Unavailable(m) => Error::Unavailable(m.clone()),
-        Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
-        Error::Corrupt(m) => Error::Corrupt(m.clone()),
-        Error::NotAStore(m) => Error::NotAStore(m.clone()),
-        other => Error::Storage(other.to_string()),
     }
 }

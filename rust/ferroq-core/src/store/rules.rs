@@ -1,0 +1,528 @@
+//! The decisions every backend makes the same way, written once: argument
+//! checks, the claim order, the retry and recovery decisions, how a guard
+//! that matched no row becomes a typed error, and the column positions of a
+//! task row. Everything here is pure (no storage, no clock), so each rule is
+//! unit-tested below and the backends only run statements around it.
+
+use super::limits::FunctionLimit;
+use super::params::{ClaimParams, Retry};
+use super::RECOVERY_MIN_ATTEMPTS;
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::task::{Status, Task};
+use std::cmp::Ordering;
+
+/// What a guarded statement required of its task; when it changed no row,
+/// [`explain`] names which requirement failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// Needed: running under this worker.
+    Held,
+    /// Needed: some unfinished status.
+    Unfinished,
+    /// Needed: a failed, cancelled or expired task.
+    Retryable,
+}
+
+/// The error for a task id that names no task.
+pub(crate) fn task_not_found(id: i64) -> Error {
+    Error::NotFound(format!("task {id}"))
+}
+
+/// Names the reason a guarded statement on task `id` changed nothing, given
+/// the task's status as it is now (`found`, None when there is no such
+/// task), the worker that acted and what it tried (`action`, as in "cannot
+/// {action} task 7").
+pub(crate) fn explain(
+    found: Option<Status>,
+    id: i64,
+    worker: Option<&str>,
+    guard: Guard,
+    action: &'static str,
+) -> Error {
+    let Some(status) = found else { return task_not_found(id) };
+    match guard {
+        Guard::Retryable => Error::InvalidTransition { id, status, action },
+        _ if status.is_finished() => Error::AlreadyFinished { id, status },
+        Guard::Held => Error::LeaseLost { id, worker: worker.unwrap_or("").to_string(), status },
+        Guard::Unfinished => Error::InvalidTransition { id, status, action },
+    }
+}
+
+/// The order claims hand tasks out in: higher priority first, then earlier
+/// `run_at`, then lower id. The ready indexes of both backends have these
+/// columns in this order.
+pub(crate) fn claim_order(a: &Task, b: &Task) -> Ordering {
+    b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id))
+}
+
+/// The backoff a task retries with: its own (stored encoded), or the
+/// store's default when it has none or the stored text is unreadable.
+pub(crate) fn backoff_of(stored: Option<&str>, default: Backoff) -> Backoff {
+    stored.and_then(|t| Backoff::decode(t).ok()).unwrap_or(default)
+}
+
+/// After failed attempt number `attempts` of `max_attempts`: how many ms
+/// from now the task runs again, or None when it fails for good (no attempts
+/// left, or the worker said never). `stored` is the task's encoded backoff.
+pub(crate) fn retry_delay(
+    retry: Retry,
+    attempts: u32,
+    max_attempts: u32,
+    stored: Option<&str>,
+    default: Backoff,
+) -> Option<i64> {
+    match retry {
+        _ if attempts >= max_attempts => None,
+        Retry::Never => None,
+        Retry::After(ms) => Some(ms.max(0)),
+        Retry::Backoff => Some(backoff_of(stored, default).delay_ms(attempts)),
+    }
+}
+
+/// What recovery does with a running task whose worker is gone (lease
+/// expired, or the worker was declared dead) after `attempts` attempts:
+/// back to `queued` while it has had fewer than
+/// `max(max_attempts, RECOVERY_MIN_ATTEMPTS)`, else `failed`; and the error
+/// text recorded either way.
+pub(crate) fn recovery(worker: Option<&str>, attempts: u32, max_attempts: u32) -> (Status, String) {
+    let why = format!("lease lost: worker {} stopped before finishing attempt {attempts}", worker.unwrap_or("?"));
+    // A crash is not the task's failure (see RECOVERY_MIN_ATTEMPTS).
+    let status = if attempts < max_attempts.max(RECOVERY_MIN_ATTEMPTS) { Status::Queued } else { Status::Failed };
+    (status, why)
+}
+
+/// The error text of a task that expired before it started.
+pub(crate) const DEADLINE_PASSED: &str = "deadline passed before the task started";
+
+/// The error text of a cancelled task.
+pub(crate) const CANCELLED: &str = "cancelled";
+
+/// Checks a claim's numbers.
+pub(crate) fn check_claim(p: &ClaimParams) -> Result<()> {
+    if let Some(r) = &p.resources {
+        crate::task::check_resources("resources", r)?;
+    }
+    if !(1..=10_000).contains(&p.limit) {
+        return Err(Error::InvalidArgument(format!("claim limit {} is outside 1..=10000", p.limit)));
+    }
+    check_lease(p.lease_ms)?;
+    if p.worker.is_empty() {
+        return Err(Error::InvalidArgument("worker id must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// Checks a lease length.
+pub(crate) fn check_lease(lease_ms: i64) -> Result<()> {
+    const WEEK_MS: i64 = 7 * 24 * 3_600_000;
+    if !(1..=WEEK_MS).contains(&lease_ms) {
+        return Err(Error::InvalidArgument(format!("lease of {lease_ms} ms is outside 1 ms ..= 7 days")));
+    }
+    Ok(())
+}
+
+/// Checks a progress report (a fraction in 0..=1; NaN is refused).
+pub(crate) fn check_progress(progress: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&progress) {
+        return Err(Error::InvalidArgument(format!("progress must be within 0..=1, got {progress}")));
+    }
+    Ok(())
+}
+
+/// Checks a result's size against the store's `max_payload`.
+pub(crate) fn check_result_size(result: &[u8], max_payload: usize) -> Result<()> {
+    if result.len() > max_payload {
+        return Err(Error::PayloadTooLarge { what: "result", size: result.len(), limit: max_payload });
+    }
+    Ok(())
+}
+
+/// Checks a list page size.
+pub(crate) fn check_list_limit(limit: u32) -> Result<()> {
+    if !(1..=100_000).contains(&limit) {
+        return Err(Error::InvalidArgument(format!("list limit {limit} is outside 1..=100000")));
+    }
+    Ok(())
+}
+
+/// Which task tables a list with this status filter reads:
+/// (`task`, the unfinished one; `task_done`, the finished one).
+pub(crate) fn list_tables(status: Option<Status>) -> (bool, bool) {
+    match status {
+        None => (true, true),
+        Some(s) => (!s.is_finished(), s.is_finished()),
+    }
+}
+
+/// Checks a listen key and value.
+pub(crate) fn check_listen_set(key: &str, value: &[u8], max_payload: usize) -> Result<()> {
+    if key.is_empty() || key.len() > 1_000 {
+        return Err(Error::InvalidArgument("listen key must be 1..=1000 bytes".into()));
+    }
+    if value.len() > max_payload {
+        return Err(Error::PayloadTooLarge { what: "listen value", size: value.len(), limit: max_payload });
+    }
+    Ok(())
+}
+
+/// Checks a capacity's queue name and gives the capacity as stored (an
+/// SQL integer: anything beyond `i64::MAX` is as good as no limit).
+pub(crate) fn capacity_to_store(queue: &str, capacity: Option<u64>) -> Result<Option<i64>> {
+    if queue.is_empty() {
+        return Err(Error::InvalidArgument("queue name must not be empty".into()));
+    }
+    Ok(capacity.map(|c| i64::try_from(c).unwrap_or(i64::MAX)))
+}
+
+/// A capacity as read back (a negative number, which ferroq never writes,
+/// counts as 0).
+pub(crate) fn capacity_from_store(stored: i64) -> u64 {
+    stored.max(0) as u64
+}
+
+/// What setting a function limit writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitWrite {
+    /// Neither a maximum nor a rate: the limit is removed.
+    Delete,
+    /// Insert or replace the limit (with a full bucket).
+    Upsert,
+}
+
+/// Validates a function limit and says whether it is stored or removed.
+pub(crate) fn limit_write(limit: &FunctionLimit) -> Result<LimitWrite> {
+    limit.validate()?;
+    if limit.max_running.is_none() && limit.rate_per_s.is_none() {
+        Ok(LimitWrite::Delete)
+    } else {
+        Ok(LimitWrite::Upsert)
+    }
+}
+
+/// A worker's queues as stored (a JSON array of strings).
+pub(crate) fn queues_to_json(queues: &[String]) -> Result<String> {
+    serde_json::to_string(queues).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// A worker's queues as read back; text that is not a JSON array of
+/// strings is damage.
+pub(crate) fn queues_from_json(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// Checks the store-wide payload limit when a store opens.
+pub(crate) fn check_max_payload(max_payload: usize) -> Result<()> {
+    if max_payload == 0 {
+        return Err(Error::InvalidArgument("max_payload must be > 0".into()));
+    }
+    Ok(())
+}
+
+/// The columns of both backends' task tables, by position: each backend's
+/// `sql.rs` lists them in this order (`TASK_COLUMNS`, checked by a test
+/// below) and reads a task row by these positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // Every position is listed, including those no reader uses (purge_at).
+pub(crate) enum TaskCol {
+    Id,
+    Queue,
+    Name,
+    Payload,
+    Priority,
+    Status,
+    RunAt,
+    Attempts,
+    MaxAttempts,
+    LeaseUntil,
+    Worker,
+    Key,
+    Batch,
+    Progress,
+    Result,
+    Error,
+    CreatedAt,
+    StartedAt,
+    FinishedAt,
+    ExpiresAt,
+    Metadata,
+    CancelRequested,
+    Backoff,
+    ResultTtl,
+    PurgeAt,
+    Requires,
+}
+
+impl TaskCol {
+    /// The column names in table order.
+    #[cfg(test)]
+    const NAMES: [&'static str; 26] = [
+        "id",
+        "queue",
+        "name",
+        "payload",
+        "priority",
+        "status",
+        "run_at",
+        "attempts",
+        "max_attempts",
+        "lease_until",
+        "worker",
+        "key",
+        "batch",
+        "progress",
+        "result",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "expires_at",
+        "metadata",
+        "cancel_requested",
+        "backoff",
+        "result_ttl",
+        "purge_at",
+        "requires",
+    ];
+
+    /// The column's position in a row that starts with the task columns at
+    /// `offset` (0 unless a statement returns something before them).
+    pub(crate) const fn at(self, offset: usize) -> usize {
+        offset + self as usize
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::backoff::BackoffStrategy;
+
+    fn task(id: i64, priority: i32, run_at: i64) -> Task {
+        Task {
+            id,
+            queue: "q".into(),
+            name: "t".into(),
+            payload: Vec::new(),
+            priority,
+            status: Status::Queued,
+            run_at,
+            attempts: 0,
+            max_attempts: 1,
+            lease_until: None,
+            worker: None,
+            key: None,
+            batch: None,
+            progress: None,
+            result: None,
+            error: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            expires_at: None,
+            metadata: None,
+            cancel_requested: false,
+            backoff: None,
+            result_ttl_ms: None,
+            requires: None,
+        }
+    }
+
+    fn claim(limit: u32, lease_ms: i64, worker: &str, resources: Option<&str>) -> ClaimParams {
+        ClaimParams {
+            queue: "q".into(),
+            worker: worker.into(),
+            limit,
+            lease_ms,
+            resources: resources.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn explain_names_the_failed_requirement() {
+        assert!(matches!(explain(None, 7, Some("w"), Guard::Held, "complete"), Error::NotFound(m) if m == "task 7"));
+        assert!(matches!(
+            explain(Some(Status::Done), 7, Some("w"), Guard::Held, "complete"),
+            Error::AlreadyFinished { id: 7, status: Status::Done }
+        ));
+        assert!(matches!(
+            explain(Some(Status::Queued), 7, Some("w"), Guard::Held, "complete"),
+            Error::LeaseLost { id: 7, ref worker, status: Status::Queued } if worker == "w"
+        ));
+        assert!(matches!(
+            explain(Some(Status::Running), 7, None, Guard::Held, "complete"),
+            Error::LeaseLost { ref worker, .. } if worker.is_empty()
+        ));
+        assert!(matches!(
+            explain(Some(Status::Cancelled), 7, None, Guard::Unfinished, "cancel"),
+            Error::AlreadyFinished { status: Status::Cancelled, .. }
+        ));
+        assert!(matches!(
+            explain(Some(Status::Running), 7, None, Guard::Unfinished, "cancel"),
+            Error::InvalidTransition { action: "cancel", status: Status::Running, .. }
+        ));
+        // Retrying a finished task is the point, so a finished status is not
+        // "already finished" there.
+        for s in [Status::Done, Status::Queued, Status::Running] {
+            assert!(matches!(
+                explain(Some(s), 7, None, Guard::Retryable, "retry"),
+                Error::InvalidTransition { id: 7, action: "retry", status } if status == s
+            ));
+        }
+    }
+
+    #[test]
+    fn claim_order_is_priority_then_run_at_then_id() {
+        let mut tasks = [task(4, 0, 10), task(3, 0, 5), task(2, 5, 100), task(1, 0, 5)];
+        tasks.sort_by(claim_order);
+        assert_eq!(tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [2, 1, 3, 4]);
+    }
+
+    #[test]
+    fn backoff_of_falls_back_to_the_default() {
+        let default = Backoff::default();
+        let own = Backoff { strategy: BackoffStrategy::Fixed, base_ms: 123, jitter: 0.0, ..Backoff::default() };
+        assert_eq!(backoff_of(Some(&own.encode()), default), own);
+        assert_eq!(backoff_of(None, default), default);
+        assert_eq!(backoff_of(Some("not a backoff"), default), default);
+    }
+
+    #[test]
+    fn retry_delay_decides_requeue_or_fail() {
+        let default = Backoff { strategy: BackoffStrategy::Fixed, base_ms: 500, jitter: 0.0, ..Backoff::default() };
+        assert_eq!(retry_delay(Retry::Backoff, 1, 3, None, default), Some(default.delay_ms(1)));
+        assert_eq!(retry_delay(Retry::After(250), 1, 3, None, default), Some(250));
+        assert_eq!(retry_delay(Retry::After(-5), 1, 3, None, default), Some(0));
+        assert_eq!(retry_delay(Retry::Never, 1, 3, None, default), None);
+        // No attempts left: fails whatever the worker asked.
+        assert_eq!(retry_delay(Retry::After(250), 3, 3, None, default), None);
+        assert_eq!(retry_delay(Retry::Backoff, 4, 3, None, default), None);
+        let own = Backoff { strategy: BackoffStrategy::Fixed, base_ms: 42, jitter: 0.0, ..Backoff::default() };
+        assert_eq!(retry_delay(Retry::Backoff, 1, 3, Some(&own.encode()), default), Some(own.delay_ms(1)));
+    }
+
+    #[test]
+    fn recovery_requeues_until_the_crash_allowance_is_used() {
+        let (status, why) = recovery(Some("w1"), 1, 1);
+        assert_eq!(status, Status::Queued);
+        assert_eq!(why, "lease lost: worker w1 stopped before finishing attempt 1");
+        assert_eq!(recovery(Some("w"), RECOVERY_MIN_ATTEMPTS - 1, 1).0, Status::Queued);
+        assert_eq!(recovery(Some("w"), RECOVERY_MIN_ATTEMPTS, 1).0, Status::Failed);
+        assert_eq!(recovery(Some("w"), 5, 6).0, Status::Queued);
+        assert_eq!(recovery(Some("w"), 6, 6).0, Status::Failed);
+        assert!(recovery(None, 1, 1).1.contains("worker ? stopped"));
+    }
+
+    #[test]
+    fn claim_and_lease_checks() {
+        assert!(check_claim(&claim(1, 1, "w", None)).is_ok());
+        assert!(check_claim(&claim(10_000, 7 * 24 * 3_600_000, "w", Some(r#"{"gpu": 1}"#))).is_ok());
+        for bad in [
+            claim(0, 1000, "w", None),
+            claim(10_001, 1000, "w", None),
+            claim(1, 0, "w", None),
+            claim(1, 1000, "", None),
+            claim(1, 1000, "w", Some("not json")),
+        ] {
+            assert!(matches!(check_claim(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+        assert!(check_lease(1).is_ok());
+        assert!(matches!(check_lease(7 * 24 * 3_600_000 + 1), Err(Error::InvalidArgument(_))));
+        assert!(matches!(check_lease(-1), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn progress_must_be_a_fraction() {
+        assert!(check_progress(0.0).is_ok());
+        assert!(check_progress(1.0).is_ok());
+        for bad in [-0.1, 1.1, f64::NAN, f64::INFINITY] {
+            assert!(matches!(check_progress(bad), Err(Error::InvalidArgument(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn result_size_is_bounded_by_max_payload() {
+        assert!(check_result_size(&[0; 100], 100).is_ok());
+        assert!(matches!(
+            check_result_size(&[0; 101], 100),
+            Err(Error::PayloadTooLarge { what: "result", size: 101, limit: 100 })
+        ));
+    }
+
+    #[test]
+    fn list_limit_and_tables() {
+        assert!(check_list_limit(1).is_ok());
+        assert!(check_list_limit(100_000).is_ok());
+        assert!(matches!(check_list_limit(0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(check_list_limit(100_001), Err(Error::InvalidArgument(_))));
+        assert_eq!(list_tables(None), (true, true));
+        assert_eq!(list_tables(Some(Status::Queued)), (true, false));
+        assert_eq!(list_tables(Some(Status::Running)), (true, false));
+        assert_eq!(list_tables(Some(Status::Failed)), (false, true));
+    }
+
+    #[test]
+    fn listen_set_checks_key_and_value() {
+        assert!(check_listen_set("k", b"v", 10).is_ok());
+        assert!(check_listen_set(&"k".repeat(1000), b"", 10).is_ok());
+        assert!(matches!(check_listen_set("", b"v", 10), Err(Error::InvalidArgument(_))));
+        assert!(matches!(check_listen_set(&"k".repeat(1001), b"v", 10), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            check_listen_set("k", &[0; 11], 10),
+            Err(Error::PayloadTooLarge { what: "listen value", size: 11, limit: 10 })
+        ));
+    }
+
+    #[test]
+    fn capacity_needs_a_queue_and_clamps() {
+        assert_eq!(capacity_to_store("q", Some(5)).unwrap(), Some(5));
+        assert_eq!(capacity_to_store("q", None).unwrap(), None);
+        assert_eq!(capacity_to_store("q", Some(u64::MAX)).unwrap(), Some(i64::MAX));
+        assert!(matches!(capacity_to_store("", Some(5)), Err(Error::InvalidArgument(_))));
+        assert_eq!(capacity_from_store(7), 7);
+        assert_eq!(capacity_from_store(-3), 0);
+    }
+
+    #[test]
+    fn function_limit_is_deleted_or_upserted() {
+        let limit = |max_running, rate_per_s| FunctionLimit { name: "f".into(), max_running, rate_per_s, burst: None };
+        assert_eq!(limit_write(&limit(None, None)).unwrap(), LimitWrite::Delete);
+        assert_eq!(limit_write(&limit(Some(2), None)).unwrap(), LimitWrite::Upsert);
+        assert_eq!(limit_write(&limit(None, Some(1.5))).unwrap(), LimitWrite::Upsert);
+        assert!(matches!(limit_write(&limit(Some(0), None)), Err(Error::InvalidArgument(_))));
+        let nameless = FunctionLimit { name: String::new(), ..limit(None, None) };
+        assert!(matches!(limit_write(&nameless), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn worker_queues_round_trip_as_json() {
+        let queues = vec!["a".to_string(), "b \"c\"".to_string()];
+        let text = queues_to_json(&queues).unwrap();
+        assert_eq!(text, r#"["a","b \"c\""]"#);
+        assert_eq!(queues_from_json(&text).unwrap(), queues);
+        assert!(matches!(queues_from_json("{"), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn max_payload_must_be_positive() {
+        assert!(check_max_payload(1).is_ok());
+        assert!(matches!(check_max_payload(0), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn deadline_message_is_fixed() {
+        assert_eq!(DEADLINE_PASSED, "deadline passed before the task started");
+    }
+
+    #[test]
+    fn task_columns_match_both_backends() {
+        let ours = TaskCol::NAMES.join(", ");
+        let normalise = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(normalise(super::super::sqlite::sql::TASK_COLUMNS), ours);
+        assert_eq!(normalise(super::super::postgres::sql::TASK_COLUMNS), ours);
+        assert_eq!(TaskCol::Id.at(0), 0);
+        assert_eq!(TaskCol::Requires.at(0), 25);
+        assert_eq!(TaskCol::Backoff.at(1), 23);
+        assert_eq!(TaskCol::NAMES[TaskCol::ResultTtl.at(0)], "result_ttl");
+    }
+}

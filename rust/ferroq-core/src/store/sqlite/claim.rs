@@ -1,0 +1,186 @@
+//! Claims. Each shard's claim is one IMMEDIATE transaction running
+//! `sql::CLAIM` over the ready index; with several shards, their heads are
+//! peeked first and merged in claim order. While function limits are in
+//! force, shard 0's write lock serialises claims store-wide.
+
+use super::tx::WriteTx;
+use super::{sql, SqliteStore};
+use crate::error::Result;
+use crate::store::rules::{self, claim_order};
+use crate::store::{allowances, ClaimParams, FunctionLimit, StoredLimit};
+use crate::task::Task;
+use rusqlite::{params, Connection};
+use std::collections::HashMap;
+
+/// The parts of a claim every shard's statement shares.
+struct ClaimCtx<'a> {
+    now: i64,
+    resources: &'a str,
+    /// JSON array of task names that must not be claimed now.
+    excluded: Option<&'a str>,
+}
+
+/// Every function limit with its bucket, by name.
+pub(super) fn read_limits(conn: &Connection) -> Result<Vec<StoredLimit>> {
+    let mut stmt = conn.prepare_cached(sql::LIMITS)?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredLimit {
+            limit: FunctionLimit { name: r.get(0)?, max_running: r.get(1)?, rate_per_s: r.get(2)?, burst: r.get(3)? },
+            tokens: r.get(4)?,
+            refilled_at: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// [`Store::claim`](crate::store::Store::claim).
+pub(super) fn claim(store: &SqliteStore, p: &ClaimParams) -> Result<Vec<Task>> {
+    rules::check_claim(p)?;
+    let now = store.clock.now_ms();
+    let resources = p.resources.as_deref().unwrap_or("{}");
+    let conn0 = store.shards[0].conn.lock();
+    let limited: i64 = conn0.prepare_cached(sql::LIMITS_ANY)?.query_row([], |r| r.get(0))?;
+    if limited > 0 {
+        return store.claim_limited(p, resources, conn0);
+    }
+    drop(conn0);
+    store.claim_merged(p, &ClaimCtx { now, resources, excluded: None }, None, &mut None)
+}
+
+impl SqliteStore {
+    /// Claims up to `limit` tasks in one shard's transaction. With an
+    /// allowance (function limits in force), tasks of a limited name beyond
+    /// what it allows are given back at once, uncounted.
+    fn claim_in(
+        &self,
+        tx: &WriteTx,
+        shard: usize,
+        p: &ClaimParams,
+        limit: u32,
+        c: &ClaimCtx<'_>,
+        allowance: &mut Option<HashMap<String, u64>>,
+    ) -> Result<Vec<Task>> {
+        let claimed = self.query_tasks(
+            tx,
+            shard,
+            sql::CLAIM,
+            params![p.queue, c.now, limit, p.worker, c.now + p.lease_ms, c.resources, c.excluded],
+        )?;
+        let Some(allow) = allowance else { return Ok(claimed) };
+        let mut kept = Vec::with_capacity(claimed.len());
+        let mut sorted = claimed;
+        sorted.sort_by(claim_order);
+        for t in sorted {
+            match allow.get_mut(&t.name) {
+                Some(0) => {
+                    tx.prepare_cached(sql::UNCLAIM)?.execute([t.id / i64::from(self.shard_count())])?;
+                }
+                Some(n) => {
+                    *n -= 1;
+                    kept.push(t);
+                }
+                None => kept.push(t),
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Peeks every shard, merges the heads in claim order and claims the
+    /// best `p.limit`. `tx0` is shard 0's open transaction when the caller
+    /// holds it (limited claims), so shard 0 is used through it.
+    fn claim_merged(
+        &self,
+        p: &ClaimParams,
+        c: &ClaimCtx<'_>,
+        tx0: Option<&WriteTx>,
+        allowance: &mut Option<HashMap<String, u64>>,
+    ) -> Result<Vec<Task>> {
+        // Peek (a read, no write lock) so an idle claim never blocks writers,
+        // and so several shards can be merged in priority order.
+        let peek_limit = if self.shards.len() == 1 { 1 } else { p.limit };
+        let mut heads: Vec<(i32, i64, i64, usize)> = Vec::new();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let guard;
+            let conn: &Connection = match tx0 {
+                Some(tx) if s == 0 => tx,
+                _ => {
+                    guard = shard.conn.lock();
+                    &guard
+                }
+            };
+            let mut stmt = conn.prepare_cached(sql::PEEK_READY)?;
+            let mut rows = stmt.query(params![p.queue, c.now, peek_limit, c.resources, c.excluded])?;
+            while let Some(r) = rows.next()? {
+                heads.push((r.get(0)?, r.get(1)?, self.global(s, r.get(2)?), s));
+            }
+        }
+        if heads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut per_shard = vec![0u32; self.shards.len()];
+        if self.shards.len() == 1 {
+            per_shard[0] = p.limit;
+        } else {
+            heads.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            for h in heads.iter().take(p.limit as usize) {
+                per_shard[h.3] += 1;
+            }
+        }
+        let mut all = Vec::new();
+        for (s, k) in per_shard.into_iter().enumerate().filter(|(_, k)| *k > 0) {
+            let got = match tx0 {
+                Some(tx) if s == 0 => self.claim_in(tx, s, p, k, c, allowance)?,
+                _ => self.write(s, |tx| self.claim_in(tx, s, p, k, c, allowance))?,
+            };
+            all.extend(got);
+        }
+        all.sort_by(claim_order);
+        Ok(all)
+    }
+
+    /// A claim while function limits are in force: shard 0's write lock
+    /// serialises every such claim store-wide, so running counts and rate
+    /// buckets are exact across processes.
+    fn claim_limited(
+        &self,
+        p: &ClaimParams,
+        resources: &str,
+        conn0: parking_lot::MutexGuard<'_, Connection>,
+    ) -> Result<Vec<Task>> {
+        let tx0 = WriteTx::begin(&conn0)?;
+        // Read the clock only now that the lock is held: a time read before
+        // waiting for it could be older than a bucket's last refill, and
+        // moving `refilled_at` back would hand out its tokens twice.
+        let now = self.clock.now_ms();
+        let limits = read_limits(&tx0)?;
+        let mut running: HashMap<String, u64> = HashMap::new();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let guard;
+            let conn: &Connection = if s == 0 {
+                &tx0
+            } else {
+                guard = shard.conn.lock();
+                &guard
+            };
+            let mut stmt = conn.prepare_cached(sql::RUNNING_BY_NAME)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                *running.entry(r.get(0)?).or_default() += r.get::<_, i64>(1)? as u64;
+            }
+        }
+        let (allowance, levels) = allowances(&limits, &running, now);
+        let full: Vec<&String> = allowance.iter().filter(|(_, a)| **a == 0).map(|(n, _)| n).collect();
+        let excluded = if full.is_empty() { None } else { serde_json::to_string(&full).ok() };
+        let before = allowance.clone();
+        let c = ClaimCtx { now, resources, excluded: excluded.as_deref() };
+        let mut allow = Some(allowance);
+        let tasks = self.claim_merged(p, &c, Some(&tx0), &mut allow)?;
+        let after = allow.unwrap_or_default();
+        for (name, level) in levels {
+            let used = before.get(&name).copied().unwrap_or(0) - after.get(&name).copied().unwrap_or(0);
+            tx0.prepare_cached(sql::LIMIT_TOKENS)?.execute(params![name, level - used as f64, now])?;
+        }
+        tx0.commit()?;
+        Ok(tasks)
+    }
+}

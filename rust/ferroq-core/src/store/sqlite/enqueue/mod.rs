@@ -1,0 +1,289 @@
+//! Enqueue: validation, capacity checks, routing to shards, and the inserts
+//! themselves: multi-row statements for batches, one statement for a single
+//! send, and group commit for concurrent sends to one shard (`group.rs`).
+
+pub(super) mod group;
+
+use super::tx::WriteTx;
+use super::{read, schema, sql, SqliteStore};
+use crate::error::{Error, Result};
+use crate::store::Enqueued;
+use crate::task::NewTask;
+use rusqlite::{Connection, OptionalExtension, ToSql};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Batches at least this big write their shards in parallel threads.
+const PARALLEL_ENQUEUE_MIN: usize = 2_000;
+
+/// How long "no queue has a capacity" is trusted before it is read again
+/// (another process may set one; this process's own changes apply at once).
+const CAPACITY_RECHECK: Duration = Duration::from_millis(250);
+
+/// Rows per multi-row insert (see `insert_tasks`).
+const INSERT_ROWS: usize = 32;
+
+/// The text of the `INSERT_ROWS`-row insert, built once.
+fn insert_rows_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| sql::insert_task_rows(INSERT_ROWS))
+}
+
+/// The values of `sql::INSERT_TASK` (and `INSERT_TASK_ALONE`) for task `t`
+/// with local id `local`, enqueued at `now`.
+fn insert_values<'a>(t: &'a NewTask, now: &'a i64, backoff: &'a Option<String>, local: &'a i64) -> [&'a dyn ToSql; 15] {
+    [
+        &t.queue,
+        &t.name,
+        &t.payload,
+        &t.priority,
+        t.run_at.as_ref().unwrap_or(now),
+        &t.max_attempts,
+        &t.key,
+        &t.batch,
+        now,
+        &t.expires_at,
+        &t.metadata,
+        backoff,
+        &t.result_ttl_ms,
+        local,
+        &t.requires,
+    ]
+}
+
+/// [`Store::enqueue`](crate::store::Store::enqueue).
+pub(super) fn enqueue(store: &SqliteStore, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
+    for t in tasks {
+        t.validate(store.config.max_payload)?;
+    }
+    store.check_capacity(tasks)?;
+    let now = store.clock.now_ms();
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); store.shards.len()];
+    for (i, t) in tasks.iter().enumerate() {
+        let s = match &t.key {
+            Some(k) => store.route_key(&t.queue, k),
+            None => store.next_shard.fetch_add(1, Ordering::Relaxed) % store.shards.len(),
+        };
+        groups[s].push(i);
+    }
+    // Local ids for the batch, in input order (see the module doc); a
+    // shard whose own sequence is ahead (another process, or another
+    // thread's batch committed first) continues from there instead.
+    let first_local = store.last_local.fetch_add(tasks.len() as i64, Ordering::Relaxed) + 1;
+    let busy: Vec<usize> = (0..groups.len()).filter(|s| !groups[*s].is_empty()).collect();
+    let bytes: usize = tasks.iter().map(|t| t.payload.len()).sum();
+    if let [s] = busy[..] {
+        if bytes <= group::GROUP_MAX_BYTES {
+            let out = store.enqueue_grouped(s, group::Pending::new(tasks.to_vec(), first_local, now))?;
+            store.wake.bump();
+            return Ok(out);
+        }
+    }
+    let mut out = vec![Enqueued { id: 0, inserted: false }; tasks.len()];
+    let write_shard = |s: usize| store.write(s, |tx| store.insert_tasks(tx, s, tasks, &groups[s], first_local, now));
+    let written: Vec<(usize, Result<Vec<Enqueued>>)> = if busy.len() > 1 && tasks.len() >= PARALLEL_ENQUEUE_MIN {
+        // Big batches write their shards at the same time: each shard is
+        // its own file and connection, so the work spreads over the cores.
+        std::thread::scope(|scope| {
+            let running: Vec<_> = busy.iter().map(|&s| (s, scope.spawn(move || write_shard(s)))).collect();
+            running
+                .into_iter()
+                .map(|(s, h)| (s, h.join().unwrap_or_else(|_| Err(Error::Storage("shard writer panicked".into())))))
+                .collect()
+        })
+    } else {
+        busy.iter().map(|&s| (s, write_shard(s))).collect()
+    };
+    for (s, got) in written {
+        for (&i, e) in groups[s].iter().zip(got?) {
+            out[i] = e;
+        }
+    }
+    if !tasks.is_empty() {
+        store.wake.bump();
+    }
+    Ok(out)
+}
+
+impl SqliteStore {
+    /// Inserts `tasks[i]` for each `i` in `idxs` into shard `s` (within the
+    /// caller's transaction); a task whose key exists stores nothing. Tasks
+    /// without a key go in multi-row statements of `INSERT_ROWS` rows: a
+    /// statement's fixed cost (opening a cursor on the table and each of its
+    /// indexes) is a large share of a one-row insert.
+    fn insert_tasks(
+        &self,
+        tx: &Connection,
+        s: usize,
+        tasks: &[NewTask],
+        idxs: &[usize],
+        first_local: i64,
+        now: i64,
+    ) -> Result<Vec<Enqueued>> {
+        let mut last = schema::last_local_id(tx)?;
+        let mut out = Vec::with_capacity(idxs.len());
+        // Unkeyed rows waiting for a full multi-row statement: (task, local id, backoff text).
+        let mut rows: Vec<(&NewTask, i64, Option<String>)> = Vec::with_capacity(INSERT_ROWS);
+        for &i in idxs {
+            let t = &tasks[i];
+            if let Some(k) = &t.key {
+                let existing: Option<i64> =
+                    tx.prepare_cached(sql::FIND_KEY)?.query_row((&t.queue, k), |r| r.get(0)).optional()?;
+                if let Some(local) = existing {
+                    out.push(Enqueued { id: self.global(s, local), inserted: false });
+                    continue;
+                }
+            }
+            let local = (first_local + i as i64).max(last + 1);
+            last = local;
+            out.push(Enqueued { id: self.global(s, local), inserted: true });
+            let backoff = t.backoff.map(|b| b.encode());
+            if t.key.is_some() {
+                tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, &backoff, &local)[..])?;
+                continue;
+            }
+            rows.push((t, local, backoff));
+            if rows.len() == INSERT_ROWS {
+                let values: Vec<&dyn ToSql> =
+                    rows.iter().flat_map(|(t, local, backoff)| insert_values(t, &now, backoff, local)).collect();
+                tx.prepare_cached(insert_rows_sql())?.execute(&values[..])?;
+                rows.clear();
+            }
+        }
+        for (t, local, backoff) in &rows {
+            tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, backoff, local)[..])?;
+        }
+        self.last_local.fetch_max(last, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Inserts one task without a key as a statement of its own (see
+    /// `sql::INSERT_TASK_ALONE`): the common single send, at the cost of
+    /// one statement.
+    fn insert_alone(&self, conn: &Connection, s: usize, t: &NewTask, first_local: i64, now: i64) -> Result<Enqueued> {
+        let backoff = t.backoff.map(|b| b.encode());
+        conn.prepare_cached(sql::INSERT_TASK_ALONE)?.execute(&insert_values(t, &now, &backoff, &first_local)[..])?;
+        let local = conn.last_insert_rowid();
+        self.last_local.fetch_max(local, Ordering::Relaxed);
+        Ok(Enqueued { id: self.global(s, local), inserted: true })
+    }
+
+    /// Enqueues through the shard's group commit (see `group.rs`).
+    fn enqueue_grouped(&self, s: usize, req: Arc<group::Pending>) -> Result<Vec<Enqueued>> {
+        let shard = &self.shards[s];
+        shard.group.push(req.clone());
+        loop {
+            if let Some(r) = req.take() {
+                return r;
+            }
+            if let Some(conn) = shard.conn.try_lock() {
+                // Lead one batch: every request queued now, ours included
+                // unless another leader took it already. Requests queued
+                // during the commit get a leader of their own, so this
+                // caller returns without waiting for them.
+                let batch = shard.group.drain();
+                if !batch.is_empty() {
+                    self.commit_group(&conn, s, &batch);
+                }
+                drop(conn);
+                shard.group.hand_over();
+                continue;
+            }
+            if let Some(r) = req.wait() {
+                return r;
+            }
+        }
+    }
+
+    /// Commits a batch of queued enqueues in one transaction.
+    fn commit_group(&self, conn: &Connection, s: usize, batch: &[Arc<group::Pending>]) {
+        if let [p] = batch {
+            if let [t] = &p.tasks[..] {
+                if t.key.is_none() {
+                    p.finish(self.insert_alone(conn, s, t, p.first_local, p.now).map(|e| vec![e]));
+                    return;
+                }
+            }
+        }
+        // Requests were validated before they were queued, so what can fail
+        // here is the storage itself, and then it fails for all of them: no
+        // savepoint per request (one would cost about as much as the insert).
+        let run = |conn: &Connection| -> Result<Vec<Result<Vec<Enqueued>>>> {
+            let tx = WriteTx::begin(conn)?;
+            let mut results = Vec::with_capacity(batch.len());
+            for p in batch {
+                let all: Vec<usize> = (0..p.tasks.len()).collect();
+                results.push(Ok(self.insert_tasks(&tx, s, &p.tasks, &all, p.first_local, p.now)?));
+            }
+            tx.commit()?;
+            Ok(results)
+        };
+        match run(conn) {
+            Ok(results) => {
+                for (p, r) in batch.iter().zip(results) {
+                    p.finish(r);
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    p.finish(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Refuses a batch that would take a capped queue over its capacity.
+    /// Checked before writing; producers in other processes racing this one
+    /// can overshoot by their own in-flight sends.
+    fn check_capacity(&self, tasks: &[NewTask]) -> Result<()> {
+        // Whether any queue has a capacity is read at most every
+        // CAPACITY_RECHECK (and at once after a change in this process):
+        // a send should not pay a query for a feature it does not use.
+        let now = Instant::now();
+        {
+            let mut cached = self.capacity_seen.lock();
+            match *cached {
+                Some((false, at)) if now.duration_since(at) < CAPACITY_RECHECK => return Ok(()),
+                Some((true, at)) if now.duration_since(at) < CAPACITY_RECHECK => {}
+                _ => {
+                    let conn = self.shards[0].conn.lock();
+                    let any: i64 = conn.prepare_cached(sql::CAPACITY_ANY)?.query_row([], |r| r.get(0))?;
+                    *cached = Some((any > 0, now));
+                    if any == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let caps: Vec<(String, u64)> = {
+            let conn = self.shards[0].conn.lock();
+            let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            let mut caps = Vec::new();
+            for q in queues {
+                let cap: Option<i64> =
+                    conn.prepare_cached(sql::CAPACITY_GET)?.query_row([q], |r| r.get(0)).optional()?;
+                if let Some(cap) = cap {
+                    caps.push((q.to_string(), cap.max(0) as u64));
+                }
+            }
+            caps
+        };
+        for (queue, cap) in caps {
+            let mut new = 0u64;
+            for t in tasks.iter().filter(|t| t.queue == queue) {
+                let exists = match &t.key {
+                    Some(k) => read::get_by_key(self, &queue, std::slice::from_ref(k))?.pop().flatten().is_some(),
+                    None => false,
+                };
+                new += u64::from(!exists);
+            }
+            if new > 0 && read::unfinished(self, &queue)? + new > cap {
+                return Err(Error::QueueFull { queue, limit: cap });
+            }
+        }
+        Ok(())
+    }
+}

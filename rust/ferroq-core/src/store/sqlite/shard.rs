@@ -1,0 +1,122 @@
+//! Shards and ids. A task's id says its shard: `id = local_id * shards +
+//! shard` (see the module doc of `sqlite`). Unkeyed tasks are spread
+//! round-robin; keyed ones are routed by a hash of (queue, key). Also the
+//! two ways every verb writes: one transaction on one shard ([`write`]),
+//! or one transaction per shard for a batch of items ([`per_item`]).
+//!
+//! [`write`]: SqliteStore::write
+//! [`per_item`]: SqliteStore::per_item
+
+use super::enqueue::group::Group;
+use super::tx::WriteTx;
+use super::SqliteStore;
+use crate::error::{Error, Result};
+use crate::store::rules;
+use parking_lot::Mutex;
+use rusqlite::Connection;
+
+/// One shard: a writer connection, and (on disk) a second connection used
+/// only to watch `PRAGMA data_version` for other processes' commits.
+pub(super) struct Shard {
+    pub(super) conn: Mutex<Connection>,
+    pub(super) watch: Option<Mutex<Connection>>,
+    /// Enqueues waiting to share a transaction (group commit).
+    pub(super) group: Group,
+}
+
+impl Shard {
+    /// A shard over an open writer connection (and, on disk, its watcher).
+    pub(super) fn new(conn: Connection, watch: Option<Connection>) -> Self {
+        Shard { conn: Mutex::new(conn), watch: watch.map(Mutex::new), group: Group::default() }
+    }
+}
+
+/// The file name of shard `i` inside the store directory.
+pub fn shard_file(i: u32) -> String {
+    format!("shard-{i:03}.db")
+}
+
+/// A stable 64-bit FNV-1a hash of (queue, key): routing must agree across
+/// processes and builds, so no randomly seeded hasher.
+fn route_hash(queue: &str, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in queue.bytes().chain(std::iter::once(0)).chain(key.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl SqliteStore {
+    /// Number of shards.
+    pub fn shard_count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// The shard a task id lives in.
+    pub fn shard_of(&self, id: i64) -> Option<u32> {
+        self.split(id).map(|(s, _)| s as u32)
+    }
+
+    /// The task id of local id `local` in shard `shard`.
+    pub(super) fn global(&self, shard: usize, local: i64) -> i64 {
+        local * i64::from(self.shard_count()) + shard as i64
+    }
+
+    /// The (shard, local id) of a task id; None for an id no shard hands out.
+    pub(super) fn split(&self, id: i64) -> Option<(usize, i64)> {
+        let n = i64::from(self.shard_count());
+        if id < n {
+            return None;
+        }
+        Some(((id % n) as usize, id / n))
+    }
+
+    /// The shard that holds (queue, key).
+    pub(super) fn route_key(&self, queue: &str, key: &str) -> usize {
+        (route_hash(queue, key) % self.shards.len() as u64) as usize
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on a shard.
+    pub(super) fn write<T>(&self, shard: usize, f: impl FnOnce(&WriteTx) -> Result<T>) -> Result<T> {
+        let conn = self.shards[shard].conn.lock();
+        let tx = WriteTx::begin(&conn)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Applies `f` to each item in one transaction per shard. The outer
+    /// error aborts the batch (storage failure); inner errors are per item.
+    pub(super) fn per_item<P, T>(
+        &self,
+        items: &[P],
+        id_of: impl Fn(&P) -> i64,
+        mut f: impl FnMut(&WriteTx, usize, i64, &P) -> Result<Result<T>>,
+    ) -> Result<Vec<Result<T>>> {
+        let mut out: Vec<Option<Result<T>>> = items.iter().map(|_| None).collect();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, item) in items.iter().enumerate() {
+            match self.split(id_of(item)) {
+                Some((s, _)) => groups[s].push(i),
+                None => out[i] = Some(Err(rules::task_not_found(id_of(item)))),
+            }
+        }
+        let mut wrote = false;
+        for (s, idxs) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
+            self.write(s, |tx| {
+                for &i in idxs {
+                    let id = id_of(&items[i]);
+                    let local = id / i64::from(self.shard_count());
+                    out[i] = Some(f(tx, s, local, &items[i])?);
+                }
+                Ok(())
+            })?;
+            wrote = true;
+        }
+        if wrote {
+            self.wake.bump();
+        }
+        Ok(out.into_iter().map(|o| o.unwrap_or_else(|| Err(Error::Storage("item left unprocessed".into())))).collect())
+    }
+}

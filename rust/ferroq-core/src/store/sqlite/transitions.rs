@@ -1,0 +1,282 @@
+//! The guarded transitions: heartbeat, progress, complete, fail, cancel,
+//! release, retry, recover and expire. Each item is one conditional
+//! statement in its shard's transaction; when the guard matches no row,
+//! `explain` reads the task's status and `rules::explain` names the error.
+
+use super::tx::WriteTx;
+use super::{sql, SqliteStore};
+use crate::error::{Error, Result};
+use crate::store::rules::{self, Guard};
+use crate::store::{
+    CancelParams, CompleteParams, FailParams, HeartbeatOutcome, HeartbeatParams, ProgressParams, RecoverParams,
+    ReleaseParams, RetryParams,
+};
+use crate::task::Status;
+use rusqlite::{params, OptionalExtension};
+
+/// A running task whose lease ended, as `EXPIRED_LEASES` reads it:
+/// (local id, attempts, max_attempts, run_at, worker).
+type ExpiredLease = (i64, u32, u32, i64, Option<String>);
+
+impl SqliteStore {
+    /// Names the reason a guarded statement on task `id` changed nothing.
+    fn explain(
+        &self,
+        tx: &WriteTx,
+        id: i64,
+        local: i64,
+        worker: Option<&str>,
+        guard: Guard,
+        action: &'static str,
+    ) -> Result<Error> {
+        let found: Option<i64> = tx.prepare_cached(sql::STATUS_OF)?.query_row([local], |r| r.get(0)).optional()?;
+        let status = found.map(Status::from_code).transpose()?;
+        Ok(rules::explain(status, id, worker, guard, action))
+    }
+
+    /// Moves a task to `task_done` if it is in status `from` (and held by
+    /// `worker` when given). True when it moved.
+    #[allow(clippy::too_many_arguments)]
+    fn move_to_done(
+        &self,
+        tx: &WriteTx,
+        local: i64,
+        to: Status,
+        result: Option<&[u8]>,
+        error: Option<&str>,
+        from: Status,
+        worker: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let moved = tx.prepare_cached(sql::MOVE_TO_DONE)?.execute(params![
+            local,
+            to.code(),
+            result,
+            error,
+            now,
+            self.config.retention_ms,
+            from.code(),
+            worker
+        ])?;
+        if moved == 1 {
+            tx.prepare_cached(sql::DELETE_ACTIVE)?.execute([local])?;
+        }
+        Ok(moved == 1)
+    }
+}
+
+/// [`Store::heartbeat`](crate::store::Store::heartbeat).
+pub(super) fn heartbeat(store: &SqliteStore, p: &HeartbeatParams) -> Result<Vec<HeartbeatOutcome>> {
+    rules::check_lease(p.lease_ms)?;
+    let until = store.clock.now_ms() + p.lease_ms;
+    let results = store.per_item(
+        &p.ids,
+        |id| *id,
+        |tx, _, local, id| {
+            let flag: Option<i64> = tx
+                .prepare_cached(sql::HEARTBEAT)?
+                .query_row(params![local, p.worker, until], |r| r.get(0))
+                .optional()?;
+            Ok(Ok(HeartbeatOutcome { id: *id, held: flag.is_some(), cancel_requested: flag == Some(1) }))
+        },
+    )?;
+    Ok(results
+        .into_iter()
+        .zip(&p.ids)
+        .map(|(r, id)| r.unwrap_or(HeartbeatOutcome { id: *id, held: false, cancel_requested: false }))
+        .collect())
+}
+
+/// [`Store::progress`](crate::store::Store::progress).
+pub(super) fn progress(store: &SqliteStore, p: &[ProgressParams]) -> Result<Vec<Result<()>>> {
+    store.per_item(
+        p,
+        |x| x.id,
+        |tx, _, local, x| {
+            if let Err(e) = rules::check_progress(x.progress) {
+                return Ok(Err(e));
+            }
+            let n = tx.prepare_cached(sql::PROGRESS)?.execute(params![local, x.worker, x.progress])?;
+            if n == 1 {
+                return Ok(Ok(()));
+            }
+            Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "report progress of")?))
+        },
+    )
+}
+
+/// [`Store::complete`](crate::store::Store::complete).
+pub(super) fn complete(store: &SqliteStore, p: &[CompleteParams]) -> Result<Vec<Result<()>>> {
+    let now = store.clock.now_ms();
+    store.per_item(
+        p,
+        |x| x.id,
+        |tx, _, local, x| {
+            if let Err(e) = rules::check_result_size(&x.result, store.config.max_payload) {
+                return Ok(Err(e));
+            }
+            if store.move_to_done(
+                tx,
+                local,
+                Status::Done,
+                Some(&x.result),
+                None,
+                Status::Running,
+                Some(&x.worker),
+                now,
+            )? {
+                return Ok(Ok(()));
+            }
+            Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "complete")?))
+        },
+    )
+}
+
+/// [`Store::fail`](crate::store::Store::fail).
+pub(super) fn fail(store: &SqliteStore, p: &[FailParams]) -> Result<Vec<Result<Status>>> {
+    let now = store.clock.now_ms();
+    store.per_item(
+        p,
+        |x| x.id,
+        |tx, _, local, x| {
+            let found: Option<(u32, u32, Option<String>)> = tx
+                .prepare_cached(sql::FAIL_LOOKUP)?
+                .query_row(params![local, x.worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((attempts, max_attempts, backoff)) = found else {
+                return Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "fail")?));
+            };
+            let delay =
+                rules::retry_delay(x.retry, attempts, max_attempts, backoff.as_deref(), store.config.default_backoff);
+            if let Some(d) = delay {
+                tx.prepare_cached(sql::REQUEUE)?.execute(params![local, x.worker, now + d, x.error])?;
+                return Ok(Ok(Status::Queued));
+            }
+            store.move_to_done(
+                tx,
+                local,
+                Status::Failed,
+                None,
+                Some(&x.error),
+                Status::Running,
+                Some(&x.worker),
+                now,
+            )?;
+            Ok(Ok(Status::Failed))
+        },
+    )
+}
+
+/// [`Store::cancel`](crate::store::Store::cancel).
+pub(super) fn cancel(store: &SqliteStore, p: &[CancelParams]) -> Result<Vec<Result<Status>>> {
+    let now = store.clock.now_ms();
+    store.per_item(
+        p,
+        |x| x.id,
+        |tx, _, local, x| {
+            let why = Some(rules::CANCELLED);
+            if let Some(w) = &x.worker {
+                if store.move_to_done(tx, local, Status::Cancelled, None, why, Status::Running, Some(w), now)? {
+                    return Ok(Ok(Status::Cancelled));
+                }
+                return Ok(Err(store.explain(tx, x.id, local, Some(w), Guard::Held, "cancel")?));
+            }
+            if store.move_to_done(tx, local, Status::Cancelled, None, why, Status::Queued, None, now)? {
+                return Ok(Ok(Status::Cancelled));
+            }
+            if tx.prepare_cached(sql::FLAG_CANCEL)?.execute([local])? == 1 {
+                return Ok(Ok(Status::Running));
+            }
+            Ok(Err(store.explain(tx, x.id, local, None, Guard::Unfinished, "cancel")?))
+        },
+    )
+}
+
+/// [`Store::release`](crate::store::Store::release).
+pub(super) fn release(store: &SqliteStore, p: &[ReleaseParams]) -> Result<Vec<Result<()>>> {
+    store.per_item(
+        p,
+        |x| x.id,
+        |tx, _, local, x| {
+            if tx.prepare_cached(sql::RELEASE)?.execute(params![local, x.worker])? == 1 {
+                return Ok(Ok(()));
+            }
+            Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "release")?))
+        },
+    )
+}
+
+/// [`Store::retry`](crate::store::Store::retry).
+pub(super) fn retry(store: &SqliteStore, p: &[RetryParams]) -> Result<Vec<Result<()>>> {
+    let now = store.clock.now_ms();
+    store.per_item(
+        p,
+        |x| x.id,
+        |tx, _, local, x| {
+            if tx.prepare_cached(sql::RETRY_FROM_DONE)?.execute(params![local, now])? == 1 {
+                tx.prepare_cached(sql::DELETE_DONE)?.execute([local])?;
+                return Ok(Ok(()));
+            }
+            Ok(Err(store.explain(tx, x.id, local, None, Guard::Retryable, "retry")?))
+        },
+    )
+}
+
+/// [`Store::recover`](crate::store::Store::recover).
+pub(super) fn recover(store: &SqliteStore, p: &RecoverParams) -> Result<Vec<(i64, Status)>> {
+    let now = store.clock.now_ms();
+    let mut out = Vec::new();
+    for s in 0..store.shards.len() {
+        let moved = store.write(s, |tx| {
+            let expired: Vec<ExpiredLease> = tx
+                .prepare_cached(sql::EXPIRED_LEASES)?
+                .query_map(params![now, p.worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut moved = Vec::new();
+            for (local, attempts, max_attempts, run_at, worker) in expired {
+                let (status, why) = rules::recovery(worker.as_deref(), attempts, max_attempts);
+                if status == Status::Queued {
+                    // Back in its old place in the queue (its original run_at),
+                    // not behind everything sent since: it was next once already.
+                    tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, run_at.min(now), why])?;
+                } else {
+                    store.move_to_done(tx, local, Status::Failed, None, Some(&why), Status::Running, None, now)?;
+                }
+                moved.push((store.global(s, local), status));
+            }
+            Ok(moved)
+        })?;
+        out.extend(moved);
+    }
+    if !out.is_empty() {
+        store.wake.bump();
+    }
+    Ok(out)
+}
+
+/// [`Store::expire`](crate::store::Store::expire).
+pub(super) fn expire(store: &SqliteStore) -> Result<Vec<i64>> {
+    let now = store.clock.now_ms();
+    let mut out = Vec::new();
+    for s in 0..store.shards.len() {
+        let moved = store.write(s, |tx| {
+            let due: Vec<i64> = tx
+                .prepare_cached(sql::PAST_DEADLINE)?
+                .query_map([now], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let why = Some(rules::DEADLINE_PASSED);
+            let mut moved = Vec::new();
+            for local in due {
+                if store.move_to_done(tx, local, Status::Expired, None, why, Status::Queued, None, now)? {
+                    moved.push(store.global(s, local));
+                }
+            }
+            Ok(moved)
+        })?;
+        out.extend(moved);
+    }
+    if !out.is_empty() {
+        store.wake.bump();
+    }
+    Ok(out)
+}
