@@ -54,7 +54,7 @@ def count_enqueue_calls(queue: Queue, monkeypatch) -> list[int]:  # type: ignore
     """Replaces the queue's store by one that records the rows of each
     ``enqueue_many`` call (and forwards everything)."""
     calls: list[int] = []
-    real = queue.store.enqueue_many
+    real = queue._store.enqueue_many
 
     class Spy:
         def __getattr__(self, name: str) -> object:
@@ -64,7 +64,7 @@ def count_enqueue_calls(queue: Queue, monkeypatch) -> list[int]:  # type: ignore
             calls.append(len(a[2]))
             return real(*a, **kw)
 
-    monkeypatch.setattr(queue, "store", Spy())
+    monkeypatch.setattr(queue, "_store", Spy())
     return calls
 
 

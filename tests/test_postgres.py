@@ -59,7 +59,7 @@ class Worker:
 
 def enqueue_slow(q: Queue, n: int, seconds: float) -> list[int]:
     payloads = [b"J[[%d,%r],{}]" % (i, seconds) for i in range(n)]
-    ids, _ = q.store.enqueue_many("default", "app.tasks:slow", payloads, max_attempts=4)
+    ids, _ = q._store.enqueue_many("default", "app.tasks:slow", payloads, max_attempts=4)
     return ids
 
 
@@ -229,9 +229,9 @@ def test_right_password_works_and_is_never_shown(password_role: str) -> None:
         check=True, capture_output=True,
     )
     q = Queue(f"postgresql://{password_role}:{SECRET}@{hostport}/{db}?schema={schema}")
-    handle = q.store.enqueue("default", "app.tasks:add", b"J[[1,2],{}]")
+    handle = q._store.enqueue("default", "app.tasks:add", b"J[[1,2],{}]")
     assert handle[1] is True
-    assert SECRET not in repr(q.store)
+    assert SECRET not in repr(q._store)
     q.close()
 
 
@@ -240,9 +240,9 @@ def test_polling_mode_delivers_results_too(tmp_path: Path) -> None:
     q = Queue(url)
     worker = Worker(url, tmp_path / "w.out", "--concurrency", "2")
     try:
-        ids, _ = q.store.enqueue_many("default", "app.tasks:add", [b"J[[1,2],{}]"] * 50)
+        ids, _ = q._store.enqueue_many("default", "app.tasks:add", [b"J[[1,2],{}]"] * 50)
         wait_for(lambda: done_count(q) == 50, 60, "50 done with notifications off")
-        t = q.store.get(ids[0])
+        t = q._store.get(ids[0])
         assert t is not None and t.result == b"J3"
     finally:
         assert worker.stop() == 0, worker.output()

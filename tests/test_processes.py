@@ -14,15 +14,15 @@ from ferroq import Queue
 
 def enqueue_slow(q: Queue, n: int, seconds: float) -> list[int]:
     payloads = [b'J[[%d,%r],{}]' % (i, seconds) for i in range(n)]
-    ids, _ = q.store.enqueue_many("default", "app.tasks:slow", payloads, max_attempts=4)
+    ids, _ = q._store.enqueue_many("default", "app.tasks:slow", payloads, max_attempts=4)
     return ids
 
 
 def test_cli_worker_and_stats(tmp_path: Path) -> None:
     url = str(tmp_path / "cli")
     q = Queue(url)
-    ids, _ = q.store.enqueue_many("default", "app.tasks:add", [b"J[[1,2],{}]"] * 20)
-    other, _ = q.store.enqueue("other", "app.tasks:shout", b'J[["hi"],{}]')
+    ids, _ = q._store.enqueue_many("default", "app.tasks:add", [b"J[[1,2],{}]"] * 20)
+    other, _ = q._store.enqueue("other", "app.tasks:shout", b'J[["hi"],{}]')
     worker = spawn_worker(url, "--concurrency", "2")
     try:
         wait_for(lambda: q.stats().get("default", {}).get("done") == 20, 30, "20 done")
@@ -84,7 +84,7 @@ def test_sigkill_mid_run_loses_nothing(tmp_path: Path) -> None:
     first = spawn_worker(url, "--concurrency", "4", "--lease", "2", FERROQ_TEST_LOG=str(log))
     wait_for(lambda: len(read_log(log)) >= 100, 30, "first worker to make progress")
     first.kill()
-    first.wait(timeout=10)
+    first.communicate(timeout=10)  # also closes its stdout pipe
     rows = read_log(log)
     pid1 = {pid for _, _, pid in rows}.pop()
     started1 = {tid for tag, tid, pid in rows if tag == "start" and pid == pid1}

@@ -38,7 +38,7 @@ def test_listener_in_another_process_sees_every_change_in_order(tmp_path: Path) 
     q.update_listen_data("config", "before-start")  # not replayed
     worker = spawn_worker(url, modules=("app.modes",), FERROQ_TEST_LOG=str(log))
     try:
-        wait_for(lambda: len(q.store.workers()) == 1, 30, "worker to register")
+        wait_for(lambda: len(q._store.workers()) == 1, 30, "worker to register")
         for i in range(20):
             q.update_listen_data("config", i)
         wait_for(lambda: len(log_lines(log, "config")) >= 20, 30, "20 listener calls")
@@ -67,8 +67,8 @@ def test_listener_replay_when_asked(q: Queue) -> None:
 
 def test_cleanup_steps_recover_leases_and_expire_deadlines(q: Queue) -> None:
     s = QueueScheduler(q, cleanup=CleanupIntervals(leases=0, deadlines=0))
-    tid, _ = q.store.enqueue("default", "app.tasks:add", b"J[[1,2],{}]", max_attempts=2)
-    [t] = q.store.claim("default", "ghost-worker", 1, 20)  # 20 ms lease, never renewed
+    tid, _ = q._store.enqueue("default", "app.tasks:add", b"J[[1,2],{}]", max_attempts=2)
+    [t] = q._store.claim("default", "ghost-worker", 1, 20)  # 20 ms lease, never renewed
     late = modes.sleep_for.options(expires=0.02).send(1.0)
     time.sleep(0.05)
     s.cleanup.tick(time.monotonic())
@@ -82,13 +82,13 @@ def test_cleanup_steps_recover_leases_and_expire_deadlines(q: Queue) -> None:
 
 def test_dead_worker_on_this_host_is_recovered_at_once(q: Queue) -> None:
     s = QueueScheduler(q)
-    q.store.register_worker("gone:1", ferroq.scheduler.cleanup.HOST, 2**22 + 12345, ["default"])
+    q._store.register_worker("gone:1", ferroq.scheduler.cleanup.HOST, 2**22 + 12345, ["default"])
     assert not pid_alive(2**22 + 12345)
-    tid, _ = q.store.enqueue("default", "f", b"J[[],{}]")
-    q.store.claim("default", "gone:1", 1, 3_600_000)
+    tid, _ = q._store.enqueue("default", "f", b"J[[],{}]")
+    q._store.claim("default", "gone:1", 1, 3_600_000)
     assert s.cleanup.recover_dead_workers() == ["gone:1"]
     assert q.get(tid).status == "queued"  # type: ignore[union-attr]
-    assert [w[0] for w in q.store.workers()] == []
+    assert [w[0] for w in q._store.workers()] == []
 
 
 def test_sigkill_then_restart_recovers_within_about_a_second(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_sigkill_then_restart_recovers_within_about_a_second(tmp_path: Path) -> 
     first = spawn_worker(url, "--concurrency", "4", "--lease", "120", FERROQ_TEST_LOG=str(log))
     wait_for(lambda: len(read_log(log)) >= 4, 30, "four tasks started")
     first.kill()
-    first.wait(timeout=10)
+    first.communicate(timeout=10)  # also closes its stdout pipe
     stuck = {tid for tag, tid, _ in read_log(log) if tag == "start"}
     assert len(stuck) == 4 and q.stats()["default"]["running"] == 4
     restarted = time.monotonic()
@@ -280,7 +280,7 @@ def test_a_failed_store_call_mid_batch_gives_the_rest_back(q: Queue) -> None:
     for i in range(10):
         q.send("app.more.echo", i)
     s = QueueScheduler(q, queues=["default"], batch_size=10)
-    loop = ThreadTaskLoop(s, ["default"])
+    loop = ThreadTaskLoop(s.state, ["default"])
     loop._avg_seconds = 1e-6  # claim the whole batch at once
 
     class Flaky:
@@ -299,7 +299,7 @@ def test_a_failed_store_call_mid_batch_gives_the_rest_back(q: Queue) -> None:
                 raise ferroq.StoreUnavailableError("simulated outage")
             return self._store.complete_many(*a)  # type: ignore[attr-defined]
 
-    s.store = Flaky(q.store)  # type: ignore[assignment]
+    s.state.store = Flaky(q._store)  # type: ignore[assignment]
     import ferroq.scheduler.task_loop as tl
 
     old = tl._FLUSH_AT
@@ -309,7 +309,7 @@ def test_a_failed_store_call_mid_batch_gives_the_rest_back(q: Queue) -> None:
             loop.tick(0)
     finally:
         tl._FLUSH_AT = old
-    assert s.claimed == {}  # nothing left for the monitor to keep alive
+    assert s.state.claimed == {}  # nothing left for the monitor to keep alive
     stats = q.stats()["default"]
     # Two results were lost with the failed call (their tasks stay running
     # until their leases lapse); the eight not yet run went back to the queue.
@@ -338,8 +338,8 @@ def test_results_share_a_commit_only_while_tasks_are_fast(q: Queue) -> None:
             calls.append(len(ids))
             return self._store.complete_many(ids, *a)  # type: ignore[attr-defined]
 
-    s.store = Counting(q.store)  # type: ignore[assignment]
-    loop = ThreadTaskLoop(s, ["default"])
+    s.state.store = Counting(q._store)  # type: ignore[assignment]
+    loop = ThreadTaskLoop(s.state, ["default"])
     for i in range(10):
         q.send("app.more.echo", i)
     loop._avg_seconds = 1e-6  # fast tasks: the whole batch at once

@@ -16,7 +16,7 @@ from ferroq import Queue, TokenBucket
 
 
 def test_enqueue_claim_complete_round_trip(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     tid, inserted = s.enqueue("q", "f", b"payload", priority=3, key="k1", batch="b")
     assert inserted
     again, inserted2 = s.enqueue("q", "f", b"other", key="k1")
@@ -33,7 +33,7 @@ def test_enqueue_claim_complete_round_trip(queue: Queue) -> None:
 
 
 def test_enqueue_many_keys_and_priorities(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     ids, inserted = s.enqueue_many(
         "q", "f", [b"a", b"b", b"c", b"d"], priority=[0, 5, 1, 5], keys=["x", None, "x", None]
     )
@@ -46,7 +46,7 @@ def test_enqueue_many_keys_and_priorities(queue: Queue) -> None:
 
 
 def test_guarded_transitions_raise_typed_errors(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     tid, _ = s.enqueue("q", "f", b"x", max_attempts=2)
     [t] = s.claim("q", "w1")
     with pytest.raises(ferroq.LeaseLostError) as lost:
@@ -65,7 +65,7 @@ def test_guarded_transitions_raise_typed_errors(queue: Queue) -> None:
 
 
 def test_fail_retry_and_dead_letter(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     tid, _ = s.enqueue("q", "f", b"x", max_attempts=2, backoff="fixed,0,1,0,0")
     s.claim("q", "w")
     assert s.fail(tid, "w", "boom") == "queued"
@@ -79,7 +79,7 @@ def test_fail_retry_and_dead_letter(queue: Queue) -> None:
 
 
 def test_cancel_queued_and_flag_running(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     a, _ = s.enqueue("q", "f", b"a")
     b, _ = s.enqueue("q", "f", b"b")
     assert s.cancel(a) == "cancelled"
@@ -91,7 +91,7 @@ def test_cancel_queued_and_flag_running(queue: Queue) -> None:
 
 
 def test_release_does_not_count_attempt(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     tid, _ = s.enqueue("q", "f", b"x")
     s.claim("q", "w")
     assert s.release([tid], "w") == [None]
@@ -100,7 +100,7 @@ def test_release_does_not_count_attempt(queue: Queue) -> None:
 
 
 def test_list_paging_and_purge(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     ids, _ = s.enqueue_many("q", "f", [b"%d" % i for i in range(25)], batch="b1")
     seen: list[int] = []
     after = None
@@ -119,7 +119,7 @@ def test_list_paging_and_purge(queue: Queue) -> None:
 
 
 def test_listen_data(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     head = s.listen_head()
     v1 = s.listen_set("config", b"1")
     v2 = s.listen_set("config", b"2")
@@ -129,7 +129,7 @@ def test_listen_data(queue: Queue) -> None:
 
 
 def test_claim_wait_is_woken_by_enqueue_in_another_thread(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     threading.Timer(0.2, lambda: s.enqueue("q", "f", b"x")).start()
     t0 = time.monotonic()
     got = s.claim("q", "w", wait=10.0)
@@ -148,7 +148,7 @@ def test_wait_releases_the_gil(queue: Queue) -> None:
 
     th = threading.Thread(target=spin)
     th.start()
-    queue.store.claim("empty", "w", wait=0.5)
+    queue._store.claim("empty", "w", wait=0.5)
     stop.set()
     th.join()
     # A wait that held the GIL would have starved the spinning thread.
@@ -159,11 +159,11 @@ def test_claim_wait_sees_another_process(disk_url: str) -> None:
     q = Queue(disk_url)
     code = (
         "import time, ferroq; time.sleep(0.5); "
-        f"ferroq.Queue({disk_url!r}).store.enqueue('q', 'f', b'from-child')"
+        f"ferroq.Queue({disk_url!r})._store.enqueue('q', 'f', b'from-child')"
     )
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
-        got = q.store.claim("q", "w", wait=20.0)
+        got = q._store.claim("q", "w", wait=20.0)
         assert [t.payload for t in got] == [b"from-child"]
     finally:
         child.wait(timeout=30)
@@ -172,11 +172,11 @@ def test_claim_wait_sees_another_process(disk_url: str) -> None:
 
 def test_persistence_across_reopen(disk_url: str) -> None:
     q = Queue(disk_url)
-    tid, _ = q.store.enqueue("q", "f", b"kept", key="k")
+    tid, _ = q._store.enqueue("q", "f", b"kept", key="k")
     q.close()
     base = disk_url.split("?")[0]
     with Queue(base) as again:  # shard count read from the store
-        t = again.store.get(tid)
+        t = again._store.get(tid)
         assert t is not None and t.payload == b"kept" and t.status == "queued"
 
 
@@ -239,7 +239,7 @@ def test_not_sqlite_other_app_and_corrupt(tmp_path: Path) -> None:
 
     damaged = tmp_path / "damaged"
     with Queue(str(damaged)) as q:
-        q.store.enqueue_many("q", "f", [b"x" * 1000] * 200)
+        q._store.enqueue_many("q", "f", [b"x" * 1000] * 200)
     path = damaged / "shard-000.db"
     # Fold the WAL into the main file, then overwrite the pages after the header.
     con = sqlite3.connect(path)
@@ -250,7 +250,7 @@ def test_not_sqlite_other_app_and_corrupt(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises((ferroq.CorruptStoreError, ferroq.NotAStoreError)):
         with Queue(str(damaged)) as q:
-            q.store.list_tasks(limit=1000)
+            q._store.list_tasks(limit=1000)
 
 
 def test_shard_mismatch_and_payload_limit(tmp_path: Path) -> None:
@@ -259,14 +259,14 @@ def test_shard_mismatch_and_payload_limit(tmp_path: Path) -> None:
         Queue(f"sqlite://{tmp_path}/s?shards=3")
     with Queue(f"sqlite://{tmp_path}/small?max_payload=100") as q:
         with pytest.raises(ferroq.PayloadTooLargeError):
-            q.store.enqueue("q", "f", b"x" * 101)
+            q._store.enqueue("q", "f", b"x" * 101)
         with pytest.raises(ferroq.PayloadTooLargeError):
-            q.store.enqueue_many("q", "f", [b"ok", b"x" * 101])
-        assert q.store.counts() == []  # nothing stored, not even the valid row
+            q._store.enqueue_many("q", "f", [b"ok", b"x" * 101])
+        assert q._store.counts() == []  # nothing stored, not even the valid row
 
 
 def test_out_of_range_arguments(queue: Queue) -> None:
-    s = queue.store
+    s = queue._store
     with pytest.raises(ferroq.InvalidArgumentError):
         s.enqueue("", "f", b"x")
     with pytest.raises(ferroq.InvalidArgumentError):
@@ -284,8 +284,9 @@ def test_closed_store_raises(tmp_path: Path) -> None:
     q = Queue(str(tmp_path / "c"))
     q.close()
     assert q.closed
-    with pytest.raises(RuntimeError, match="closed"):
-        q.store.enqueue("q", "f", b"x")
+    # A FerroqError like every other (it was a bare RuntimeError).
+    with pytest.raises(ferroq.StoreUnavailableError, match="closed"):
+        q._store.enqueue("q", "f", b"x")
 
 
 def test_token_bucket_limits_rate() -> None:

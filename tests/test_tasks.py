@@ -293,7 +293,7 @@ def test_task_exception_type_is_rebuilt(q: Queue) -> None:
 
 
 def test_unknown_task_at_worker_fails_that_task_only(q: Queue) -> None:
-    q.store.enqueue("default", "nowhere:ghost", b"J[[],{}]")
+    q._store.enqueue("default", "nowhere:ghost", b"J[[],{}]")
     with QueueScheduler(q):
         good = add.send(1, 1)
         assert good.result(timeout=10) == 2

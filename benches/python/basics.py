@@ -62,7 +62,7 @@ def bench_send_batch(n: int, url: str) -> None:
         payloads = [b"J[[%d],{}]" % i for i in range(n)]
         t0 = time.perf_counter()
         for i in range(0, n, 1_000):
-            q.store.enqueue_many("default", "bench.noop", payloads[i : i + 1_000])
+            q._store.enqueue_many("default", "bench.noop", payloads[i : i + 1_000])
         dt = time.perf_counter() - t0
         ok = q.stats()["default"]["queued"] == n
         check = "ok" if ok else "FAILED"
@@ -71,10 +71,10 @@ def bench_send_batch(n: int, url: str) -> None:
 
 def bench_drain(n: int, url: str) -> None:
     with Queue(url) as q:
-        q.store.enqueue_many("default", "bench.noop", [b"J[[%d],{}]" % i for i in range(n)])
+        q._store.enqueue_many("default", "bench.noop", [b"J[[%d],{}]" % i for i in range(n)])
         t0 = time.perf_counter()
         with QueueScheduler(q, concurrency=4, queues=["default"]):
-            while q.store.unfinished("default"):
+            while q._store.unfinished("default"):
                 time.sleep(0.002)
         dt = time.perf_counter() - t0
         done = q.list(status="done", limit=n)

@@ -100,7 +100,7 @@ def phase_finish(url: str, rows: int) -> dict[str, Any]:
     df = make_frame(rows)
     with Queue(url) as q:
         summary = q.enqueue_frame(df, task=noop, key="n", batch="bench")
-        store, worker = q.store, "bench-finisher"
+        store, worker = q._store, "bench-finisher"
         while True:
             got = store.claim(summary.queue, worker, 10_000, 600_000)
             if not got:

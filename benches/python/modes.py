@@ -21,10 +21,10 @@ def drain(mode: str, n: int, concurrency: int) -> None:
     url = str(Path(tempfile.mkdtemp()) / mode)
     fn = anoop if mode == "asyncio" else noop
     with Queue(url) as q:
-        ids, _ = q.store.enqueue_many("default", fn.name, [b"J[[%d],{}]" % i for i in range(n)])
+        ids, _ = q._store.enqueue_many("default", fn.name, [b"J[[%d],{}]" % i for i in range(n)])
         t0 = time.perf_counter()
         with QueueScheduler(q, mode=mode, concurrency=concurrency, queues=["default"]):  # type: ignore[arg-type]
-            while q.store.unfinished("default"):
+            while q._store.unfinished("default"):
                 time.sleep(0.002)
         dt = time.perf_counter() - t0
         done = q.list(status="done", limit=n)

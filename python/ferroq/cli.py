@@ -34,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     from . import Queue, QueueScheduler, discover, set_default_queue
-    from .queue import STATUSES
+    from ._types import STATUSES
 
     if args.command == "stats":
         with Queue(_url(args.url)) as q:

@@ -33,12 +33,16 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from ._errors import InvalidArgumentError, SerializationError
 from ._polars import pl
+from ._types import FINISHED
 from .backoff import Backoff
+from .options import TaskOptions, check_retries
+from .registry import lookup, registered
 from .serialization import decode
-from .task import TaskFunction, TaskOptions, lookup, make_task, registered
+from .task import make_task
+from .task_function import TaskFunction
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from ._connection import Connection
 
 __all__ = [
     "FINISHED",
@@ -48,8 +52,6 @@ __all__ = [
     "results_frame",
 ]
 
-#: The statuses :func:`results_frame` includes by default: every final one.
-FINISHED = ("done", "failed", "cancelled", "expired")
 #: The key column :meth:`Queue.process` adds when rows are keyed by position.
 ROW = "row"
 # Most payload bytes and rows handed to the store per call. A larger frame
@@ -99,7 +101,7 @@ def as_frame(df: Any) -> pl.DataFrame:
         raise InvalidArgumentError(f"expected a Polars DataFrame, got {type(df).__name__}") from e
 
 
-def as_task(queue: Queue, task: Union[Callable[..., Any], str]) -> TaskFunction[Any, Any]:
+def as_task(queue: Connection, task: Union[Callable[..., Any], str]) -> TaskFunction[Any, Any]:
     """The registered task for ``task``: a task function as it is, a name
     looked up, a plain function registered (once) under ``module:qualname``."""
     if isinstance(task, TaskFunction):
@@ -190,8 +192,8 @@ def _manifest(keys: pl.DataFrame, quoted: bool) -> bytes:
     return b"J" + json.dumps(doc).encode()
 
 
-def _read_manifest(queue: Queue, batch: str) -> Optional[tuple[list[str], bool, pl.Schema]]:
-    found = queue.store.listen_get(_MANIFEST + batch)
+def _read_manifest(queue: Connection, batch: str) -> Optional[tuple[list[str], bool, pl.Schema]]:
+    found = queue._store.listen_get(_MANIFEST + batch)
     if found is None:
         return None
     doc = decode(found[1], allow_pickle=False)
@@ -199,7 +201,7 @@ def _read_manifest(queue: Queue, batch: str) -> Optional[tuple[list[str], bool, 
     return list(doc["key"]), bool(doc["quoted"]), schema
 
 
-def _record_manifest(queue: Queue, batch: str, keys: pl.DataFrame, quoted: bool) -> None:
+def _record_manifest(queue: Connection, batch: str, keys: pl.DataFrame, quoted: bool) -> None:
     known = _read_manifest(queue, batch)
     if known is not None:
         cols, _, schema = known
@@ -209,7 +211,7 @@ def _record_manifest(queue: Queue, batch: str, keys: pl.DataFrame, quoted: bool)
                 f"not {dict(keys.schema)}; use another batch label"
             )
         return
-    queue.store.listen_set(_MANIFEST + batch, _manifest(keys, quoted))
+    queue._store.listen_set(_MANIFEST + batch, _manifest(keys, quoted))
 
 
 def _chunks(sizes: pl.Series) -> list[tuple[int, int]]:
@@ -227,7 +229,7 @@ def _chunks(sizes: pl.Series) -> list[tuple[int, int]]:
 
 
 def enqueue_frame(
-    queue: Queue,
+    queue: Connection,
     df: Any,
     *,
     task: Union[Callable[..., Any], str],
@@ -247,8 +249,7 @@ def enqueue_frame(
     qname = queue_name or batch_queue(batch)
     d = fn.defaults
     retries = d.retries if retries is None else retries
-    if not isinstance(retries, int) or not 0 <= retries <= 999:
-        raise InvalidArgumentError(f"retries must be an int within 0..999, got {retries!r}")
+    check_retries(retries)
     key_cols = [key] if isinstance(key, str) else list(key or [])
     missing = [c for c in key_cols if c not in frame.columns]
     if missing:
@@ -276,7 +277,7 @@ def enqueue_frame(
     inserted = 0
     for offset, length in _chunks(payload.bin.size()):
         ks = keys.slice(offset, length).to_list() if keys is not None else None
-        _ids, flags = queue.store.enqueue_many(
+        _ids, flags = queue._store.enqueue_many(
             qname,
             fn.name,
             payload.slice(offset, length).to_list(),
@@ -355,7 +356,7 @@ def _decode_results(text: pl.Series) -> pl.Series:
 
 
 def results_frame(
-    queue: Queue,
+    queue: Connection,
     batch: Optional[str] = None,
     *,
     queue_name: Optional[str] = None,
@@ -366,7 +367,7 @@ def results_frame(
     if batch is None and queue_name is None:
         raise InvalidArgumentError("results_frame needs a batch (or a queue=)")
     statuses = [include] if isinstance(include, str) else list(include or [])
-    cols = queue.store.results_columns(batch=batch, queue=queue_name, statuses=statuses or None)
+    cols = queue._store.results_columns(batch=batch, queue=queue_name, statuses=statuses or None)
     ids = pl.DataFrame({"task_id": pl.Series(cols["id"], dtype=pl.Int64)})
     key_text = pl.Series("key", cols["key"], dtype=pl.String)
     meta = pl.DataFrame(
@@ -376,7 +377,7 @@ def results_frame(
             "error": pl.Series(cols["error"], dtype=pl.String),
         }
     )
-    results = _result_text(cols, queue.serializer == "pickle")
+    results = _result_text(cols, queue.allow_pickle)
     del cols  # a million Python strings: let them go before decoding
     manifest = _read_manifest(queue, batch) if batch is not None else None
     keys = _decode_keys(key_text, manifest)

@@ -18,8 +18,8 @@ from .serialization import decode
 
 if TYPE_CHECKING:
     from . import _core
-    from .queue import Queue
-    from .task import TaskFunction
+    from ._connection import Connection
+    from ._types import SentTask
 
 __all__ = ["TaskHandle"]
 
@@ -34,14 +34,14 @@ class TaskHandle(Generic[R]):
 
     __slots__ = ("_fn", "id", "queue")
 
-    def __init__(self, queue: Queue, id: int, fn: Optional[TaskFunction[Any, R]] = None) -> None:
+    def __init__(self, queue: Connection, id: int, fn: Optional[SentTask[R]] = None) -> None:
         self.queue = queue
         self.id = id
         self._fn = fn
 
     def info(self) -> _core.Task:
         """The stored task record."""
-        t = self.queue.store.get(self.id)
+        t = self.queue._store.get(self.id)
         if t is None:
             raise TaskNotFoundError(f"task {self.id} not found (purged after its retention?)")
         return t
@@ -57,7 +57,7 @@ class TaskHandle(Generic[R]):
     def cancel(self) -> str:
         """Cancels the task: a queued one at once (returns ``cancelled``); a
         running one is asked to stop (returns ``running``)."""
-        return self.queue.store.cancel(self.id)
+        return self.queue._store.cancel(self.id)
 
     def result(self, timeout: Optional[float] = None) -> R:
         """Waits for the task to finish and returns its result.
@@ -67,14 +67,14 @@ class TaskHandle(Generic[R]):
         :class:`TaskExpiredError`, or :class:`TaskTimeoutError` (a
         ``TimeoutError``) when ``timeout`` seconds pass first.
         """
-        store = self.queue.store
+        store = self.queue._store
         if timeout is None:
             t = store.wait_finished(self.id, _FOREVER_SLICE)
             while t.status in ("queued", "running"):
                 t = store.wait_finished(self.id, _FOREVER_SLICE)
         else:
             t = store.wait_finished(self.id, max(0.0, timeout))
-        value: R = outcome(t, self._fn, allow_pickle=self.queue.serializer == "pickle")
+        value: R = outcome(t, self._fn, allow_pickle=self.queue.allow_pickle)
         return value
 
     def __repr__(self) -> str:
@@ -88,16 +88,15 @@ class TaskHandle(Generic[R]):
         return hash(self.id)
 
 
-def outcome(t: _core.Task, fn: Optional[TaskFunction[Any, Any]], *, allow_pickle: bool) -> Any:
+def outcome(t: _core.Task, fn: Optional[SentTask[Any]], *, allow_pickle: bool) -> Any:
     """The result of a finished task, or the exception it stands for."""
     if t.status == "done":
         raw = t.result
         if raw is None:
             return None
-        if fn is not None and fn.defaults.serializer == "pickle":
-            allow_pickle = True
-        value = decode(raw, allow_pickle=allow_pickle)
-        return fn.binder.result(value) if fn is not None else value
+        if fn is not None:
+            return fn.result_from(raw, allow_pickle=allow_pickle)
+        return decode(raw, allow_pickle=allow_pickle)
     if t.status == "failed":
         raise failure(t)
     if t.status == "cancelled":

@@ -11,27 +11,28 @@ cleanup step recovers as it starts.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import time
 import typing
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from pydantic import BaseModel
 
 from ._polars import require_polars
+from ._types import FINISHED
 from .backoff import Backoff
-from .frames import FINISHED, ROW, as_task, batch_queue, enqueue_frame, results_frame
+from .frames import ROW, as_task, batch_queue, enqueue_frame, results_frame
 from .progress import ProgressBar
+from .registry import Overlay
 from .resilience import RateLimit
 from .scheduler import QueueScheduler
-from .task import TaskFunction, _registry, _registry_lock
+from .task_function import TaskFunction
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from .queue import Queue
+    from ._connection import Connection
 
 __all__ = ["process"]
 
@@ -48,24 +49,14 @@ def _return_model(fn: TaskFunction[Any, Any]) -> Optional[type[BaseModel]]:
     return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
 
 
-@contextlib.contextmanager
-def _running_as(fn: TaskFunction[Any, Any], limit: Optional[RateLimit]) -> Iterator[None]:
-    """Registers ``fn`` (rate-limited when asked) under its name for the run,
-    and puts back whatever was registered before."""
+def _running_as(fn: TaskFunction[Any, Any], limit: Optional[RateLimit]) -> Overlay:
+    """The registry as the run's scheduler sees it: ``fn`` under its name,
+    rate-limited when asked. Only that scheduler runs the wrapper; the
+    registry and any other scheduler in the process are left alone."""
     run = fn
     if limit is not None:
         run = TaskFunction(limit.wrap(fn.fn), fn.name, fn.defaults, fn.bound_queue)
-    with _registry_lock:
-        before = _registry.get(fn.name)
-        _registry[fn.name] = run
-    try:
-        yield
-    finally:
-        with _registry_lock:
-            if before is None:
-                _registry.pop(fn.name, None)
-            else:
-                _registry[fn.name] = before
+    return Overlay({fn.name: run})
 
 
 class _Counts:
@@ -87,7 +78,7 @@ class _Counts:
 
 
 def run_batch(
-    queue: Queue,
+    queue: Connection,
     fn: TaskFunction[Any, Any],
     *,
     batch: str,
@@ -99,8 +90,8 @@ def run_batch(
     grace: float,
 ) -> None:
     """Runs the batch's queue until nothing in it is queued or running."""
-    store = queue.store
-    st = queue.stats().get(queue_name, {})
+    store = queue._store
+    st = {status: n for q, status, n in store.counts() if q == queue_name}
     done0, failed0 = st.get("done", 0), st.get("failed", 0)
     pending = st.get("queued", 0) + st.get("running", 0)
     bar = ProgressBar(done0 + failed0 + pending, done0 + failed0, label=batch, enabled=progress)
@@ -114,43 +105,43 @@ def run_batch(
         hooks=[counts.hook],
     )
     limit = RateLimit(qps) if qps is not None else None
-    with _running_as(fn, limit):
-        stopped = False
+    scheduler.state.tasks = _running_as(fn, limit)
+    stopped = False
+    try:
+        scheduler.start()
+        check_at = 0.0
+        while True:
+            time.sleep(0.1)
+            bar.update(done0 + counts.done, failed0 + counts.failed)
+            now = time.monotonic()
+            if counts.done + counts.failed >= pending or now >= check_at:
+                if store.unfinished(queue_name) == 0:
+                    break
+                check_at = now + _CHECK_EVERY_S
+        bar.close(done0 + counts.done, failed0 + counts.failed)
+    except KeyboardInterrupt:
+        bar.close(
+            done0 + counts.done,
+            failed0 + counts.failed,
+            f"Ctrl+C: stopping; running rows get {grace:g} s to finish "
+            "(Ctrl+C again to stop now)",
+        )
         try:
-            scheduler.start()
-            check_at = 0.0
-            while True:
-                time.sleep(0.1)
-                bar.update(done0 + counts.done, failed0 + counts.failed)
-                now = time.monotonic()
-                if counts.done + counts.failed >= pending or now >= check_at:
-                    if store.unfinished(queue_name) == 0:
-                        break
-                    check_at = now + _CHECK_EVERY_S
-            bar.close(done0 + counts.done, failed0 + counts.failed)
+            scheduler.stop(grace)
         except KeyboardInterrupt:
-            bar.close(
-                done0 + counts.done,
-                failed0 + counts.failed,
-                f"Ctrl+C: stopping; running rows get {grace:g} s to finish "
-                "(Ctrl+C again to stop now)",
-            )
-            try:
-                scheduler.stop(grace)
-            except KeyboardInterrupt:
-                # Stop now: rows still running are released for the next run.
-                scheduler.stop(0)
-            stopped = True
-            left = store.unfinished(queue_name)
-            sys.stderr.write(f"stopped with {left:,} rows left: run it again to continue\n")
-            raise
-        finally:
-            if not stopped:
-                scheduler.stop(grace)
+            # Stop now: rows still running are released for the next run.
+            scheduler.stop(0)
+        stopped = True
+        left = store.unfinished(queue_name)
+        sys.stderr.write(f"stopped with {left:,} rows left: run it again to continue\n")
+        raise
+    finally:
+        if not stopped:
+            scheduler.stop(grace)
 
 
 def process(
-    queue: Queue,
+    queue: Connection,
     fn: Union[Callable[..., Any], str],
     frame: Any = None,
     *,

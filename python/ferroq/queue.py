@@ -5,48 +5,37 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar, Union, cast, overload
 
 from typing_extensions import ParamSpec
 
-from . import _core
-from ._errors import FerroqError, InvalidArgumentError, QueueFullError
+from . import _core, _default
+from ._connection import Connection, redact
+from ._errors import InvalidArgumentError
+from ._types import STATUSES
 from .backoff import Backoff
 from .handle import TaskHandle
 from .listen import listener
-from .receive import ReceiveLoop
-from .serialization import decode, encode, serializer_name
-from .task import (
-    NO_OVERRIDES,
-    SendOptions,
-    TaskFunction,
-    TaskOptions,
-    lookup,
-    make_task,
-    parse_rate,
-)
+from .options import NO_OVERRIDES, SendOptions, TaskOptions, parse_rate
+from .registry import lookup
+from .task import make_task
+from .task_function import TaskCall, TaskFunction
 
 if TYPE_CHECKING:
     import polars as pl
 
     from .frames import FrameSummary
 
-__all__ = ["Queue", "default_queue", "set_default_queue"]
+__all__ = ["STATUSES", "ExternalTask", "Queue", "default_queue", "redact", "set_default_queue"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[[Any], Any])
 
-STATUSES = ("queued", "running", "done", "failed", "cancelled", "expired")
 
-_default: Optional[Queue] = None
-_default_lock = threading.Lock()
-
-
-class Queue:
+class Queue(Connection):
     """A ferroq store: where tasks are sent, and what schedulers serve.
 
     ``url`` is a directory path (``"tasks.db"``), ``sqlite:///path?shards=4``
@@ -57,14 +46,9 @@ class Queue:
     """
 
     def __init__(self, url: str = "memory://", *, serializer: str = "json") -> None:
-        self.url = url
-        self.serializer = serializer_name(serializer)
-        self.store = _core.Store(url)
-        self._receiver: Optional[ReceiveLoop] = None
-        self._receiver_lock = threading.Lock()
+        super().__init__(url, serializer=serializer)
         #: The worker name :meth:`claim` uses when none is given.
         self.external_worker = f"external:{socket.gethostname()}:{os.getpid()}"
-
 
     # -- tasks ---------------------------------------------------------------
 
@@ -141,68 +125,7 @@ class Queue:
             raise InvalidArgumentError(f"send() needs a @task function or its name, got {task!r}")
         callback = kwargs.pop("callback", None)
         opts = NO_OVERRIDES if callback is None else SendOptions(callback=callback)
-        return self._send(fn, args, kwargs, opts)
-
-    def _send(
-        self,
-        fn: TaskFunction[Any, R],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        o: SendOptions,
-    ) -> TaskHandle[R]:
-        d = fn.defaults
-        payload = encode([args, kwargs], d.serializer)
-        if o is NO_OVERRIDES and d.expires is None:
-            # The everyday send: only the task's own defaults, computed once.
-            task_id, _ = self.store.enqueue(d.queue, fn.name, payload, **fn.enqueue_defaults())
-            return TaskHandle(self, task_id, fn)
-        now = time.time()
-        run_at: Optional[int] = None
-        if o.run_at is not None:
-            run_at = int(o.run_at.timestamp() * 1000)
-        elif o.delay is not None:
-            if o.delay < 0:
-                raise InvalidArgumentError(f"delay must be >= 0 seconds, got {o.delay}")
-            run_at = int((now + o.delay) * 1000)
-        expires = o.expires if o.expires is not None else d.expires
-        retries = o.retries if o.retries is not None else d.retries
-        if not isinstance(retries, int) or not 0 <= retries <= 999:
-            raise InvalidArgumentError(f"retries must be an int within 0..999, got {retries!r}")
-        metadata = None
-        if o.metadata is not None:
-            try:
-                metadata = json.dumps(o.metadata)
-            except (TypeError, ValueError) as e:
-                raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
-        queue_name = o.queue or d.queue
-        kwargs_: dict[str, Any] = dict(
-            priority=o.priority if o.priority is not None else d.priority,
-            run_at=run_at,
-            max_attempts=retries + 1,
-            key=o.key,
-            batch=o.batch,
-            expires_at=int((now + expires) * 1000) if expires is not None else None,
-            metadata=metadata,
-            backoff=d.backoff.encode() if d.backoff is not None else None,
-            result_ttl_ms=int(d.result_ttl * 1000) if d.result_ttl is not None else None,
-            requires=json.dumps(d.requires) if d.requires is not None else None,
-        )
-        deadline = None if o.wait is None else time.monotonic() + o.wait
-        while True:
-            try:
-                task_id, _inserted = self.store.enqueue(queue_name, fn.name, payload, **kwargs_)
-                break
-            except QueueFullError:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is None or left <= 0:
-                    raise
-                # A task finishing somewhere commits, which moves the token;
-                # the short slice covers a finish between the two calls.
-                self.store.wait_for_change(self.store.change_token(), min(left, 0.05))
-        handle: TaskHandle[R] = TaskHandle(self, task_id, fn)
-        if o.callback is not None:
-            self._receive_loop().watch(handle, o.callback)
-        return handle
+        return TaskCall(fn, opts).send_to(self, *args, **kwargs)
 
     def handle(self, id: int, task: Optional[TaskFunction[Any, R]] = None) -> TaskHandle[R]:
         """A handle for an existing task id (typed by ``task`` when given)."""
@@ -210,19 +133,19 @@ class Queue:
 
     def get(self, id: int) -> Optional[_core.Task]:
         """The stored record of a task, or None."""
-        return self.store.get(id)
+        return self._store.get(id)
 
     def get_by_key(self, key: str, queue: str = "default") -> Optional[_core.Task]:
         """The stored record of the task with this key in ``queue``, or None."""
-        return self.store.get_by_key(queue, key)
+        return self._store.get_by_key(queue, key)
 
     def cancel(self, id: int) -> str:
         """Cancels a task (see :meth:`TaskHandle.cancel`)."""
-        return self.store.cancel(id)
+        return self._store.cancel(id)
 
     def retry(self, id: int) -> None:
         """Requeues a failed, cancelled or expired task with fresh attempts."""
-        self.store.retry(id)
+        self._store.retry(id)
 
     def list(
         self,
@@ -235,7 +158,7 @@ class Queue:
     ) -> list[_core.Task]:
         """A page of task records in id order; pass the last id as
         ``after_id`` for the next page."""
-        return self.store.list_tasks(
+        return self._store.list_tasks(
             queue=queue, status=status, batch=batch, after_id=after_id, limit=limit
         )
 
@@ -243,7 +166,7 @@ class Queue:
         """Task counts per queue and status, every status present:
         ``{"default": {"queued": 3, "running": 1, "done": 10, ...}}``."""
         out: dict[str, dict[str, int]] = {}
-        for queue, status, count in self.store.counts():
+        for queue, status, count in self._store.counts():
             out.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = count
         return out
 
@@ -256,7 +179,7 @@ class Queue:
             if older_than < 0:
                 raise InvalidArgumentError("older_than must be >= 0 seconds")
             before = int((time.time() - older_than) * 1000)
-        return self.store.purge(before)
+        return self._store.purge(before)
 
     # -- frames ----------------------------------------------------------------
 
@@ -360,14 +283,14 @@ class Queue:
         """Sets the listen data under ``key``: every scheduler with a
         ``@listener(key)`` runs it once with ``value``. Returns the change's
         version."""
-        return self.store.listen_set(key, encode(value, self.serializer))
+        return self._store.listen_set(key, self.encode(value))
 
     def listen_data(self, key: str, default: Any = None) -> Any:
         """The latest value set under ``key`` (``default`` when none)."""
-        found = self.store.listen_get(key)
+        found = self._store.listen_get(key)
         if found is None:
             return default
-        return decode(found[1], allow_pickle=self.serializer == "pickle")
+        return self.decode(found[1])
 
     def listener(self, key: str) -> Callable[[F], F]:
         """``@queue.listener("key")``: a listener run only by this queue's schedulers."""
@@ -381,11 +304,11 @@ class Queue:
         ``fn.options(wait=seconds)``."""
         if capacity is not None and capacity < 0:
             raise InvalidArgumentError(f"capacity must be >= 0, got {capacity}")
-        self.store.set_capacity(queue, capacity)
+        self._store.set_capacity(queue, capacity)
 
     def capacity(self, queue: str) -> Optional[int]:
         """The cap on unfinished tasks of ``queue``, if any."""
-        return self.store.capacity(queue)
+        return self._store.capacity(queue)
 
     # -- tasks finished from outside ----------------------------------------
 
@@ -397,7 +320,7 @@ class Queue:
         with a lease of ``lease`` seconds. Finish it with :meth:`complete` or
         :meth:`fail` under the same ``worker`` name (default: this process's)."""
         who = worker or self.external_worker
-        got = self.store.claim(queue, who, 1, int(lease * 1000))
+        got = self._store.claim(queue, who, 1, int(lease * 1000))
         return ExternalTask(self, got[0], who) if got else None
 
     def active(
@@ -407,7 +330,7 @@ class Queue:
         time; when none is, the next one is handed out (None if the queue is
         empty)."""
         who = worker or self.external_worker
-        running = self.store.list_tasks(queue=queue, status="running", limit=1)
+        running = self._store.list_tasks(queue=queue, status="running", limit=1)
         if running:
             t = running[0]
             return ExternalTask(self, t, t.worker or who)
@@ -415,62 +338,24 @@ class Queue:
 
     def complete(self, id: int, result: Any = None, *, worker: Optional[str] = None) -> None:
         """Finishes a task handed out by :meth:`claim` with ``result``."""
-        self.store.complete(id, worker or self.external_worker, encode(result, self.serializer))
+        self._store.complete(id, worker or self.external_worker, self.encode(result))
 
     def fail(
         self, id: int, error: str, *, worker: Optional[str] = None, retry: bool = False
     ) -> str:
         """Fails a task handed out by :meth:`claim`; with ``retry`` it goes
         back to the queue while attempts remain. Returns its new status."""
-        return self.store.fail(
+        return self._store.fail(
             id, worker or self.external_worker, _external_error(error),
             "backoff" if retry else "never",
         )
 
     # -- lifecycle -----------------------------------------------------------
 
-    def _receive_loop(self) -> ReceiveLoop:
-        with self._receiver_lock:
-            if self._receiver is None:
-                self._receiver = ReceiveLoop(self)
-                self._receiver.start()
-            return self._receiver
-
     def close(self) -> None:
         """Stops this queue's callback thread and closes the store."""
-        global _default
-        if self._receiver is not None:
-            self._receiver.stop()
-        self.store.close()
-        with _default_lock:
-            if _default is self:
-                _default = None
-
-    @property
-    def closed(self) -> bool:
-        """True once closed."""
-        return self.store.closed
-
-    def __enter__(self) -> Queue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Queue {redact(self.url)!r}>"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and reprs)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds.split("/")[0]:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+        super().close()
+        _default.forget(self)
 
 
 def _external_error(message: str) -> str:
@@ -498,9 +383,7 @@ class ExternalTask:
     @property
     def args(self) -> tuple[list[Any], dict[str, Any]]:
         """The decoded (positional, keyword) arguments it was sent with."""
-        args, kwargs = decode(
-            self.record.payload, allow_pickle=self.queue.serializer == "pickle"
-        )
+        args, kwargs = self.queue.decode(self.record.payload)
         return list(args), dict(kwargs)
 
     def complete(self, result: Any = None) -> None:
@@ -512,24 +395,17 @@ class ExternalTask:
         return self.queue.fail(self.id, error, worker=self.worker, retry=retry)
 
 
+# Module-level tasks open a Queue, not a bare Connection, from $FERROQ_URL.
+_default.set_class(Queue)
+
+
 def set_default_queue(queue: Optional[Queue]) -> None:
     """Sets the queue that module-level ``@task`` functions send into."""
-    global _default
-    with _default_lock:
-        _default = queue
+    _default.set_default(queue)
 
 
 def default_queue() -> Queue:
     """The queue module-level ``@task`` functions send into: the one given to
     :func:`set_default_queue`, else one opened from ``$FERROQ_URL``."""
-    global _default
-    with _default_lock:
-        if _default is None or _default.closed:
-            url = os.environ.get("FERROQ_URL")
-            if not url:
-                raise FerroqError(
-                    "no default queue: call ferroq.set_default_queue(Queue(url)), set "
-                    "FERROQ_URL, or bind the task with @queue.task"
-                )
-            _default = Queue(url)
-        return _default
+    # Only Queues are ever set, and Queue is the class opened from the URL.
+    return cast(Queue, _default.get_default())

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from ._loops import run_on_changes
 
 if TYPE_CHECKING:
-    from .handle import TaskHandle
-    from .queue import Queue
+    from . import _core
+    from ._types import HasId
 
 __all__ = ["ReceiveLoop"]
 
@@ -22,14 +22,14 @@ log = logging.getLogger("ferroq.receive")
 class ReceiveLoop:
     """Watches sent tasks and calls their callbacks once they finish."""
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        self._pending: dict[int, list[tuple[TaskHandle[Any], Callable[[Any], None]]]] = {}
+    def __init__(self, store: _core.Store) -> None:
+        self.store = store
+        self._pending: dict[int, list[tuple[HasId, Callable[[Any], None]]]] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, handle: TaskHandle[Any], callback: Callable[[Any], None]) -> None:
+    def watch(self, handle: HasId, callback: Callable[[Any], None]) -> None:
         """Calls ``callback(handle)`` once the task has finished."""
         with self._lock:
             self._pending.setdefault(handle.id, []).append((handle, callback))
@@ -42,7 +42,7 @@ class ReceiveLoop:
         if not ids:
             return 0
         ran = 0
-        for task in self.queue.store.get_many(ids):
+        for task in self.store.get_many(ids):
             if task is None or task.status in ("queued", "running"):
                 continue
             with self._lock:
@@ -57,7 +57,7 @@ class ReceiveLoop:
 
     def run(self) -> None:
         """Ticks until stopped, waking when the store changes."""
-        run_on_changes(self.queue.store, self._stopped, self.tick, log, "receive loop")
+        run_on_changes(self.store, self._stopped, self.tick, log, "receive loop")
 
     def start(self) -> None:
         """Starts the loop on a daemon thread."""

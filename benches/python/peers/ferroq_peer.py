@@ -1,7 +1,7 @@
 """ferroq from this checkout: ``Queue(path)`` (one SQLite shard, WAL,
 synchronous=NORMAL by default), ``@task`` functions, ``q.send(...)``,
 ``handle.result()``, and a ``QueueScheduler(queue, concurrency=4)`` worker
-(threads). Batches: ``queue.store.enqueue_many`` and ``queue.enqueue_frame``
+(threads). Batches: ``queue._store.enqueue_many`` and ``queue.enqueue_frame``
 from Polars, into a 4-shard store."""
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ class Adapter(Peer):
         return handle.id
 
     def batch_label(self) -> str:
-        return "queue.store.enqueue_many (payloads encoded by ferroq.serialization.encode)"
+        return "queue._store.enqueue_many (payloads encoded by ferroq.serialization.encode)"
 
     def batch_send(self, payloads: list[dict[str, Any]]) -> dict[Any, int]:
         encoded = [encode([[], p]) for p in payloads]
-        ids, _flags = self.q.store.enqueue_many("default", echo.name, encoded)
+        ids, _flags = self.q._store.enqueue_many("default", echo.name, encoded)
         return {id_: p["i"] for id_, p in zip(ids, payloads)}
 
     def frame_send(self, df: Any) -> None:
@@ -73,7 +73,7 @@ class Adapter(Peer):
         out: dict[Any, int] = {}
         for s in range(0, len(payloads), 100_000):
             chunk = payloads[s : s + 100_000]
-            ids, _ = self.q.store.enqueue_many(
+            ids, _ = self.q._store.enqueue_many(
                 "default", TASKS[kind].name, [encode([[], p]) for p in chunk]
             )
             out.update((id_, p["i"]) for id_, p in zip(ids, chunk))
@@ -86,7 +86,7 @@ class Adapter(Peer):
     def done_count(self) -> int:
         # unfinished() is an indexed count (Queue.stats() counts every
         # finished row too, ~0.1 s at 200k); failures show up in verify.
-        return self.n_prefilled - self.q.store.unfinished("default")
+        return self.n_prefilled - self.q._store.unfinished("default")
 
     def _pages(self, status: str) -> Iterable[Any]:
         after = None

@@ -16,7 +16,6 @@ loop.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -25,30 +24,27 @@ import threading
 import time
 import uuid
 from types import FrameType
-from typing import TYPE_CHECKING, Callable, Literal, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Literal, Mapping, Optional, Sequence, Union
 
+from ..registry import registered
 from ..resources import ResourceProbe, default_probe
-from ..task import registered
+from ._state import StatusHook, WorkerState
 from .async_loop import AsyncTaskLoop
 from .cleanup import CleanupIntervals, CleanupLoop
-from .inflight import InFlight
 from .listen_loop import ListenLoop
 from .monitor import MonitorLoop
 from .process_loop import ProcessTaskLoop
 from .task_loop import ClaimingLoop, ThreadTaskLoop
 
 if TYPE_CHECKING:
-    from ..queue import Queue
+    from .._connection import Connection
 
-__all__ = ["CleanupIntervals", "Mode", "QueueScheduler", "StatusHook"]
+__all__ = ["CleanupIntervals", "Mode", "QueueScheduler", "StatusHook", "WorkerState"]
 
 log = logging.getLogger("ferroq.scheduler")
 
-StatusHook = Callable[[int, str, str], None]
 Mode = Literal["thread", "process", "asyncio"]
 _MODES = ("thread", "process", "asyncio")
-# How long a resource probe's answer is reused.
-_PROBE_TTL_S = 5.0
 
 
 class QueueScheduler:
@@ -77,7 +73,7 @@ class QueueScheduler:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Connection,
         *,
         concurrency: int = 4,
         queues: Optional[Sequence[str]] = None,
@@ -99,81 +95,64 @@ class QueueScheduler:
         for m in [mode, *(modes or {}).values()]:
             if m not in _MODES:
                 raise ValueError(f"mode must be one of {_MODES}, got {m!r}")
+        probe: ResourceProbe
+        if resources is None:
+            probe = default_probe
+        elif callable(resources):
+            probe = resources
+        else:
+            fixed = {k: float(v) for k, v in resources.items()}
+
+            def offer() -> dict[str, float]:
+                return fixed
+
+            probe = offer
+        #: The queue served.
         self.queue = queue
-        self.store = queue.store
         self.concurrency = concurrency
         self.mode: Mode = mode
         self.modes = dict(modes or {})
-        self.lease_ms = int(lease * 1000)
-        self.batch_size = batch_size
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._queues = list(queues) if queues else None
-        self.claimed: dict[int, InFlight] = {}
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self._hooks: list[StatusHook] = list(hooks)
+        #: What the loops share (store, worker id, claimed tasks, hooks...).
+        self.state = WorkerState(
+            queue,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            concurrency=concurrency,
+            lease_ms=int(lease * 1000),
+            batch_size=batch_size,
+            queues=list(queues) if queues else None,
+            hooks=list(hooks),
+            probe=probe,
+        )
         self._threads: list[threading.Thread] = []
+        self._support: list[threading.Thread] = []
         self.loops: list[ClaimingLoop] = []
-        self.monitor = MonitorLoop(self)
-        self.cleanup = CleanupLoop(self, cleanup or CleanupIntervals())
+        self.monitor = MonitorLoop(self.state)
+        self.cleanup = CleanupLoop(self.state, cleanup or CleanupIntervals())
         self.listen: Optional[ListenLoop] = None
         self._replay_listen = replay_listen
-        self._probe: ResourceProbe
-        if resources is None:
-            self._probe = default_probe
-        elif callable(resources):
-            self._probe = resources
-        else:
-            fixed = {k: float(v) for k, v in resources.items()}
-            self._probe = lambda: fixed
-        self._resources_json: Optional[str] = None
-        self._probed_at = -_PROBE_TTL_S
         self._started = False
+
+    @property
+    def worker_id(self) -> str:
+        """This scheduler's name in the store (``host:pid:random``)."""
+        return self.state.worker_id
 
     @property
     def queues(self) -> list[str]:
         """The queue names this scheduler serves."""
-        if self._queues is None:
-            names = {"default"} | {t.defaults.queue for t in registered().values()}
-            return sorted(names)
-        return list(self._queues)
-
-    def resources_json(self) -> str:
-        """What this host offers, as JSON, from the probe (cached briefly)."""
-        now = time.monotonic()
-        if self._resources_json is None or now - self._probed_at > _PROBE_TTL_S:
-            try:
-                self._resources_json = json.dumps(self._probe())
-            except Exception:
-                log.exception("resource probe failed; offering none")
-                self._resources_json = "{}"
-            self._probed_at = now
-        return self._resources_json
+        return self.state.queues
 
     def on_status_change(self, hook: StatusHook) -> StatusHook:
         """Registers ``hook(task_id, old_status, new_status)``, called for every
         move this scheduler makes; usable as a decorator."""
-        self._hooks.append(hook)
+        self.state.hooks.append(hook)
         return hook
-
-    @property
-    def has_hooks(self) -> bool:
-        """True when a status hook is registered (hot paths skip emitting otherwise)."""
-        return bool(self._hooks)
-
-    def emit(self, task_id: int, old: str, new: str) -> None:
-        """Calls the status hooks; a hook that raises is logged, not propagated."""
-        for hook in self._hooks:
-            try:
-                hook(task_id, old, new)
-            except Exception:
-                log.exception("status hook %r raised", hook)
 
     def _publish_limits(self) -> None:
         for t in registered().values():
             d = t.defaults
             if d.concurrency is not None or d.rate_limit is not None:
-                self.store.set_function_limit(t.name, d.concurrency, d.rate_limit, None)
+                self.state.store.set_function_limit(t.name, d.concurrency, d.rate_limit, None)
 
     def _build_loops(self) -> list[ClaimingLoop]:
         by_mode: dict[str, list[str]] = {}
@@ -182,11 +161,11 @@ class QueueScheduler:
         loops: list[ClaimingLoop] = []
         for mode, qs in sorted(by_mode.items()):
             if mode == "asyncio":
-                loops.append(AsyncTaskLoop(self, qs))
+                loops.append(AsyncTaskLoop(self.state, qs))
             elif mode == "process":
-                loops += [ProcessTaskLoop(self, qs) for _ in range(self.concurrency)]
+                loops += [ProcessTaskLoop(self.state, qs) for _ in range(self.concurrency)]
             else:
-                loops += [ThreadTaskLoop(self, qs) for _ in range(self.concurrency)]
+                loops += [ThreadTaskLoop(self.state, qs) for _ in range(self.concurrency)]
         return loops
 
     def start(self) -> QueueScheduler:
@@ -194,11 +173,11 @@ class QueueScheduler:
         if self._started:
             raise RuntimeError("scheduler already started")
         self._started = True
-        self.stopping.clear()
+        self.state.stopping.clear()
         self._publish_limits()
         self.cleanup.tick(time.monotonic())  # register, and recover dead workers' tasks now
         self.loops = self._build_loops()
-        self.listen = ListenLoop(self, self._replay_listen)
+        self.listen = ListenLoop(self.state, self._replay_listen)
         self._threads = [
             threading.Thread(target=loop.run, name=f"ferroq-task-{i}", daemon=True)
             for i, loop in enumerate(self.loops)
@@ -221,16 +200,17 @@ class QueueScheduler:
         worker."""
         if not self._started:
             return
-        self.stopping.set()
+        state = self.state
+        state.stopping.set()
         deadline = time.monotonic() + max(0.0, grace)
         for th in self._threads:
             th.join(max(0.0, deadline - time.monotonic()))
         if any(th.is_alive() for th in self._threads):
-            with self.lock:
-                leftovers = list(self.claimed.values())
+            with state.lock:
+                leftovers = list(state.claimed.values())
                 for item in leftovers:
                     item.abandoned = True
-                self.claimed.clear()
+                state.claimed.clear()
             for loop in self.loops:
                 loop.abort()
             if leftovers:
@@ -240,9 +220,9 @@ class QueueScheduler:
                     grace,
                 )
                 ids = [item.task.id for item in leftovers]
-                for task_id, err in zip(ids, self.store.release(ids, self.worker_id)):
+                for task_id, err in zip(ids, state.store.release(ids, state.worker_id)):
                     if err is None:
-                        self.emit(task_id, "running", "queued")
+                        state.emit(task_id, "running", "queued")
         self.monitor.stop()
         self.cleanup.stop()
         if self.listen is not None:

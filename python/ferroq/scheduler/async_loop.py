@@ -35,7 +35,7 @@ class AsyncTaskLoop(ClaimingLoop):
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        s = self.s
+        s = self.state
         while not s.stopping.is_set():
             free = s.concurrency - len(self._running)
             if free <= 0:

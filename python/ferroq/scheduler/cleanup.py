@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import QueueScheduler
+    from ._state import WorkerState
 
 __all__ = ["CleanupIntervals", "CleanupLoop", "pid_alive"]
 
@@ -54,8 +54,8 @@ def pid_alive(pid: int) -> bool:
 class CleanupLoop:
     """Keeps the store healthy on behalf of one scheduler."""
 
-    def __init__(self, scheduler: QueueScheduler, intervals: CleanupIntervals) -> None:
-        self.s = scheduler
+    def __init__(self, state: WorkerState, intervals: CleanupIntervals) -> None:
+        self.state = state
         self.intervals = intervals
         self._stopped = threading.Event()
         self._due: dict[str, float] = {}
@@ -69,9 +69,9 @@ class CleanupLoop:
     def tick(self, now: float) -> None:
         """One step at monotonic time ``now``: each cleanup step runs when due."""
         iv = self.intervals
-        store = self.s.store
+        store = self.state.store
         if self._is_due("heartbeat", now, iv.heartbeat):
-            store.register_worker(self.s.worker_id, HOST, os.getpid(), self.s.queues)
+            store.register_worker(self.state.worker_id, HOST, os.getpid(), self.state.queues)
         if self._is_due("dead", now, iv.dead_workers):
             self.recover_dead_workers()
         if self._is_due("leases", now, iv.leases):
@@ -86,12 +86,12 @@ class CleanupLoop:
 
     def recover_dead_workers(self) -> list[str]:
         """Recovers every task of workers that are gone; returns their ids."""
-        store = self.s.store
+        store = self.state.store
         now_ms = store.now_ms()
         stale_ms = self.intervals.stale_after * 1000
         gone = []
         for wid, host, pid, _started, beat, _queues in store.workers():
-            if wid == self.s.worker_id:
+            if wid == self.state.worker_id:
                 continue
             dead_here = host == HOST and not pid_alive(pid)
             if dead_here or now_ms - beat > stale_ms:
@@ -112,7 +112,7 @@ class CleanupLoop:
             try:
                 self.tick(time.monotonic())
             except Exception:
-                if self.s.store.closed:
+                if self.state.store.closed:
                     return
                 log.exception("cleanup error; retrying")
             self._stopped.wait(0.1)
@@ -121,6 +121,6 @@ class CleanupLoop:
         """Stops the loop and removes this worker's record."""
         self._stopped.set()
         try:
-            self.s.store.remove_worker(self.s.worker_id)
+            self.state.store.remove_worker(self.state.worker_id)
         except Exception as e:
             log.debug("could not remove worker record: %s", e)

@@ -14,12 +14,18 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from .._errors import SerializationError, TaskCancelledError, TaskTimeoutError
 from ..context import Retry, TaskContext, _current
 from ..serialization import decode, encode
-from ..task import run_function
 
 if TYPE_CHECKING:
-    from ..task import TaskFunction
+    from ..task_function import TaskFunction
 
-__all__ = ["Outcome", "error_text", "execute_async", "execute_sync", "timeout_outcome"]
+__all__ = [
+    "Outcome",
+    "error_text",
+    "execute_async",
+    "execute_sync",
+    "run_function",
+    "timeout_outcome",
+]
 
 RetrySpec = Union[str, int, None]
 
@@ -51,6 +57,14 @@ def timeout_outcome(task_id: int, name: str) -> Outcome:
     """The outcome of an attempt that ran past its timeout (retried by backoff)."""
     exc = TaskTimeoutError(f"task {task_id} ({name}) ran past its timeout")
     return Outcome(error=error_text(exc, ""), retry="backoff")
+
+
+def run_function(fn: TaskFunction[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Runs a task function to completion in this thread (``async def``
+    functions on a private event loop)."""
+    if fn.is_async:
+        return asyncio.run(fn.fn(*args, **kwargs))
+    return fn.fn(*args, **kwargs)
 
 
 def _decode_args(fn: TaskFunction[Any, Any], payload: bytes) -> tuple[list[Any], dict[str, Any]]:

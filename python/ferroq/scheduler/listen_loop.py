@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 
 from .._loops import run_on_changes
 from ..listen import listeners_for
-from ..serialization import decode
 
 if TYPE_CHECKING:
-    from . import QueueScheduler
+    from ._state import WorkerState
 
 __all__ = ["ListenLoop"]
 
@@ -24,22 +23,22 @@ log = logging.getLogger("ferroq.listen")
 class ListenLoop:
     """Follows the store's listen data and dispatches changes to listeners."""
 
-    def __init__(self, scheduler: QueueScheduler, replay: bool = False) -> None:
-        self.s = scheduler
+    def __init__(self, state: WorkerState, replay: bool = False) -> None:
+        self.state = state
         self._stopped = threading.Event()
         # Listeners see changes made after the scheduler started, unless asked to replay.
-        self.since = 0 if replay else scheduler.store.listen_head()
+        self.since = 0 if replay else state.store.listen_head()
 
     def tick(self) -> int:
         """One step: dispatches every change after ``since``; returns how many ran."""
         ran = 0
-        for version, key, value, _at in self.s.store.listen_changes(self.since, 1000):
+        for version, key, value, _at in self.state.store.listen_changes(self.since, 1000):
             self.since = version
-            fns = listeners_for(key, self.s.queue)
+            fns = listeners_for(key, self.state.conn)
             if not fns:
                 continue
             try:
-                decoded = decode(value, allow_pickle=self.s.queue.serializer == "pickle")
+                decoded = self.state.conn.decode(value)
             except Exception:
                 log.exception("listen data for %r cannot be decoded", key)
                 continue
@@ -53,7 +52,7 @@ class ListenLoop:
 
     def run(self) -> None:
         """Ticks until stopped, waking when the store changes."""
-        run_on_changes(self.s.store, self._stopped, self.tick, log, "listen loop")
+        run_on_changes(self.state.store, self._stopped, self.tick, log, "listen loop")
 
     def stop(self) -> None:
         """Stops the loop."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .execute import timeout_outcome
 
 if TYPE_CHECKING:
-    from . import QueueScheduler
+    from ._state import WorkerState
     from .inflight import InFlight
 
 __all__ = ["MonitorLoop"]
@@ -28,8 +28,8 @@ _CANCEL_POLL_S = 0.2
 class MonitorLoop:
     """Heartbeats, cancellation and soft timeouts for one scheduler."""
 
-    def __init__(self, scheduler: QueueScheduler) -> None:
-        self.s = scheduler
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
         self._stopped = threading.Event()
         self._next_heartbeat = 0.0
         self._next_cancel_poll = 0.0
@@ -37,7 +37,7 @@ class MonitorLoop:
     def tick(self, now: float) -> None:
         """One step at monotonic time ``now``: heartbeat when due, deliver
         cancellations when due, then time out attempts past their deadline."""
-        s = self.s
+        s = self.state
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + s.lease_ms / 3000.0
             self.heartbeat()
@@ -67,7 +67,7 @@ class MonitorLoop:
 
     def heartbeat(self) -> None:
         """Extends the leases of every claimed task; flags those asked to cancel."""
-        s = self.s
+        s = self.state
         with s.lock:
             ids = list(s.claimed)
         if not ids:
@@ -84,7 +84,7 @@ class MonitorLoop:
 
     def poll_cancellations(self) -> None:
         """Reads the cancel flags of the tasks this scheduler is running."""
-        s = self.s
+        s = self.state
         with s.lock:
             started = [i for i in s.claimed.values() if i.started is not None]
         if not started:
@@ -107,7 +107,7 @@ class MonitorLoop:
             try:
                 self.tick(time.monotonic())
             except Exception:
-                if self.s.store.closed:
+                if self.state.store.closed:
                     return
                 log.exception("monitor error; retrying")
 

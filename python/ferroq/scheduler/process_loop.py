@@ -19,13 +19,13 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._errors import FerroqError
-from ..task import registered
+from ..registry import find, registered
 from .execute import Outcome, error_text, execute_sync, timeout_outcome
-from .task_loop import WAIT_SLICE_S, ClaimingLoop, lookup_task
+from .task_loop import WAIT_SLICE_S, ClaimingLoop
 
 if TYPE_CHECKING:
     from .. import _core
-    from . import QueueScheduler
+    from ._state import WorkerState
 
 __all__ = ["ProcessTaskLoop", "child_main"]
 
@@ -73,7 +73,7 @@ def child_main(conn: Connection, modules: list[str]) -> None:
             return
         fields, payload, worker = msg
         task: Any = _ChildTask(fields)
-        fn = lookup_task(task.name)
+        fn = find(task.name)
         if fn is None:
             err = FerroqError(f"task {task.name!r} is not importable in the worker process")
             outcome = Outcome(error=error_text(err, ""), retry="never")
@@ -87,8 +87,8 @@ def child_main(conn: Connection, modules: list[str]) -> None:
 class ProcessTaskLoop(ClaimingLoop):
     """Runs tasks one at a time in a child process it owns."""
 
-    def __init__(self, scheduler: QueueScheduler, queues: list[str]) -> None:
-        super().__init__(scheduler, queues)
+    def __init__(self, state: WorkerState, queues: list[str]) -> None:
+        super().__init__(state, queues)
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: Optional[multiprocessing.process.BaseProcess] = None
         self._conn: Optional[Connection] = None
@@ -126,16 +126,16 @@ class ProcessTaskLoop(ClaimingLoop):
     def run(self) -> None:
         """Claims one task at a time and runs it in the child until stopped."""
         try:
-            while not self.s.stopping.is_set():
+            while not self.state.stopping.is_set():
                 try:
                     for t in self.claim(WAIT_SLICE_S, limit=1):
                         self.run_one(t)
                     self.flush()
                 except Exception:
-                    if self.s.store.closed:
+                    if self.state.store.closed:
                         return
                     log.exception("process loop error; retrying")
-                    self.s.stopping.wait(0.5)
+                    self.state.stopping.wait(0.5)
             self.flush()
         finally:
             self._kill()
@@ -154,7 +154,7 @@ class ProcessTaskLoop(ClaimingLoop):
             self.record(t, item, Outcome(error=error_text(e, ""), retry="backoff"))
             return
         fields = (t.id, t.name, t.queue, t.attempts, t.max_attempts, t.key, t.batch)
-        conn.send((fields, t.payload, self.s.worker_id))
+        conn.send((fields, t.payload, self.state.worker_id))
         timeout = fn.defaults.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         outcome: Optional[Outcome] = None
@@ -171,7 +171,7 @@ class ProcessTaskLoop(ClaimingLoop):
                     outcome = Outcome(error=error_text(err, ""), retry="backoff")
                 elif msg[0] == "progress":
                     try:
-                        self.s.store.progress(msg[1], self.s.worker_id, msg[2])
+                        self.state.store.progress(msg[1], self.state.worker_id, msg[2])
                     except Exception as e:
                         log.warning("progress of task %s not stored: %s", msg[1], e)
                 else:

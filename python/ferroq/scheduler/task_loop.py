@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .._errors import UnknownTaskError
 from ..context import TaskContext
-from ..task import TaskFunction, _registry
 from .execute import Outcome, error_text, execute_sync
 from .inflight import InFlight
 
 if TYPE_CHECKING:
     from .. import _core
-    from . import QueueScheduler
+    from ..task_function import TaskFunction
+    from ._state import WorkerState
 
-__all__ = ["ClaimingLoop", "ThreadTaskLoop", "error_text", "lookup_task"]
+__all__ = ["ClaimingLoop", "ThreadTaskLoop", "error_text"]
 
 log = logging.getLogger("ferroq.worker")
 
@@ -35,20 +35,11 @@ _FLUSH_AFTER_S = 0.002
 _FLUSH_AT = 64
 
 
-def lookup_task(name: str) -> Optional[TaskFunction[Any, Any]]:
-    """The registered function for a stored task name (a task sent from a
-    script's ``__main__`` is found under ``__mp_main__`` in spawned children)."""
-    fn = _registry.get(name)
-    if fn is None and name.startswith("__main__:"):
-        fn = _registry.get("__mp_main__:" + name[len("__main__:") :])
-    return fn
-
-
 class ClaimingLoop:
     """Claims tasks for one loop of a scheduler and records their outcomes."""
 
-    def __init__(self, scheduler: QueueScheduler, queues: list[str]) -> None:
-        self.s = scheduler
+    def __init__(self, state: WorkerState, queues: list[str]) -> None:
+        self.state = state
         self.queues = queues
         self._next_queue = 0
         self._avg_seconds = _CLAIM_SECONDS  # start by claiming one task
@@ -58,7 +49,8 @@ class ClaimingLoop:
 
     def batch_limit(self) -> int:
         """How many tasks the next claim asks for (about 50 ms of work)."""
-        return max(1, min(self.s.batch_size, int(_CLAIM_SECONDS / max(self._avg_seconds, 1e-6))))
+        per_claim = int(_CLAIM_SECONDS / max(self._avg_seconds, 1e-6))
+        return max(1, min(self.state.batch_size, per_claim))
 
     def observe(self, seconds: float) -> None:
         """Feeds one task's run time into the claim sizing."""
@@ -66,7 +58,7 @@ class ClaimingLoop:
 
     def claim(self, wait: float, limit: Optional[int] = None) -> list[_core.Task]:
         """Claims up to ``limit`` tasks from the served queues, waiting up to ``wait``."""
-        s = self.s
+        s = self.state
         store = s.store
         limit = limit or self.batch_limit()
         resources = s.resources_json()
@@ -95,7 +87,7 @@ class ClaimingLoop:
 
     def release(self, tasks: list[_core.Task]) -> None:
         """Gives claimed, unstarted tasks back to the queue."""
-        s = self.s
+        s = self.state
         with s.lock:
             ids = [t.id for t in tasks if s.claimed.pop(t.id, None) is not None]
         if not ids:
@@ -108,7 +100,7 @@ class ClaimingLoop:
         """Gives back claimed tasks this loop will not run: released when the
         store answers, else dropped here so their leases lapse and any
         scheduler recovers them."""
-        s = self.s
+        s = self.state
         with s.lock:
             left = [t for t in tasks if s.claimed.pop(t.id, None) is not None]
         if not left:
@@ -121,14 +113,14 @@ class ClaimingLoop:
     def begin(self, t: _core.Task) -> Optional[tuple[InFlight, TaskFunction[Any, Any]]]:
         """Starts a claimed task's attempt: None when it must not run (asked
         to cancel, no function registered — both recorded here)."""
-        s = self.s
+        s = self.state
         item = s.claimed.get(t.id)
         if item is None or item.abandoned:
             return None
         if item.cancel_requested:
             self.record(t, item, Outcome(cancelled=True))
             return None
-        fn = lookup_task(t.name)
+        fn = s.tasks.find(t.name)
         if fn is None:
             err = UnknownTaskError(
                 f"no task named {t.name!r} is registered in worker {s.worker_id}"
@@ -140,13 +132,13 @@ class ClaimingLoop:
 
     def context(self, t: _core.Task, item: InFlight) -> TaskContext:
         """The task's :class:`TaskContext`, remembered on its in-flight record."""
-        ctx = TaskContext(self.s.store, t, self.s.worker_id)
+        ctx = TaskContext(self.state.store, t, self.state.worker_id)
         item.ctx = ctx
         return ctx
 
     def record(self, t: _core.Task, item: InFlight, outcome: Outcome) -> None:
         """Stores an attempt's outcome (results are buffered until :meth:`flush`)."""
-        s = self.s
+        s = self.state
         with s.lock:
             s.claimed.pop(t.id, None)
             abandoned = item.abandoned
@@ -184,7 +176,7 @@ class ClaimingLoop:
         return 0.0
 
     def _store_cancelled(self, task_id: int) -> None:
-        s = self.s
+        s = self.state
         try:
             s.store.cancel(task_id, s.worker_id)
         except Exception as e:
@@ -198,7 +190,7 @@ class ClaimingLoop:
             return
         ids, results = self._done_ids, self._done_results
         self._done_ids, self._done_results = [], []
-        s = self.s
+        s = self.state
         errors = s.store.complete_many(ids, s.worker_id, results)
         hooks = s.has_hooks
         for task_id, err in zip(ids, errors):
@@ -230,7 +222,7 @@ class ThreadTaskLoop(ClaimingLoop):
         ran = 0
         try:
             for i, t in enumerate(tasks):
-                if self.s.stopping.is_set():
+                if self.state.stopping.is_set():
                     self.release(tasks[i:])
                     break
                 self.run_one(t)
@@ -245,14 +237,14 @@ class ThreadTaskLoop(ClaimingLoop):
 
     def run(self) -> None:
         """Ticks until the scheduler stops."""
-        while not self.s.stopping.is_set():
+        while not self.state.stopping.is_set():
             try:
                 self.tick(WAIT_SLICE_S)
             except Exception:
-                if self.s.store.closed:
+                if self.state.store.closed:
                     return
                 log.exception("task loop error; retrying")
-                self.s.stopping.wait(0.5)
+                self.state.stopping.wait(0.5)
         self.flush()
 
     def run_one(self, t: _core.Task) -> None:

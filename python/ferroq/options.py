@@ -1,0 +1,109 @@
+"""Task options: the defaults a task is declared with (:class:`TaskOptions`),
+the overrides of one send (:class:`SendOptions`), and their checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Optional, Union
+
+from ._errors import InvalidArgumentError
+from .backoff import Backoff
+from .serialization import serializer_name
+
+__all__ = [
+    "NO_OVERRIDES",
+    "SendOptions",
+    "TaskOptions",
+    "check_options",
+    "check_retries",
+    "parse_rate",
+]
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """A task's defaults, set by ``@task(...)`` and overridable per send."""
+
+    queue: str = "default"
+    priority: int = 0
+    retries: int = 0
+    backoff: Optional[Backoff] = None
+    timeout: Optional[float] = None
+    result_ttl: Optional[float] = None
+    expires: Optional[float] = None
+    serializer: str = "json"
+    concurrency: Optional[int] = None
+    rate_limit: Optional[float] = None
+    requires: Optional[dict[str, float]] = None
+
+
+def parse_rate(rate: Union[str, float, None]) -> Optional[float]:
+    """Parses a rate limit: ``"100/s"``, ``"30/m"``, ``"500/h"`` or a number
+    per second."""
+    if rate is None:
+        return None
+    if isinstance(rate, (int, float)):
+        per_s = float(rate)
+    else:
+        count, _, unit = str(rate).partition("/")
+        seconds = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+        try:
+            per_s = float(count) / seconds[unit.strip() or "s"]
+        except (KeyError, ValueError):
+            raise InvalidArgumentError(
+                f"rate_limit {rate!r} is not like '100/s', '30/m' or '500/h'"
+            ) from None
+    if not per_s > 0:
+        raise InvalidArgumentError(f"rate_limit must be > 0, got {rate!r}")
+    return per_s
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """Per-call overrides (see :meth:`TaskFunction.options`)."""
+
+    queue: Optional[str] = None
+    priority: Optional[int] = None
+    delay: Optional[float] = None
+    run_at: Optional[datetime] = None
+    key: Optional[str] = None
+    batch: Optional[str] = None
+    retries: Optional[int] = None
+    expires: Optional[float] = None
+    metadata: Optional[dict[str, Any]] = None
+    wait: Optional[float] = None
+    callback: Optional[Callable[[Any], None]] = field(default=None, compare=False)
+
+
+#: The overrides of a plain ``fn.send(...)``: none. Compared by identity on
+#: the hot path, which then sends with the task's precomputed defaults.
+NO_OVERRIDES = SendOptions()
+
+
+def check_retries(retries: object) -> int:
+    """``retries`` when it is an int within 0..999, else :class:`InvalidArgumentError`."""
+    if not isinstance(retries, int) or not 0 <= retries <= 999:
+        raise InvalidArgumentError(f"retries must be an int within 0..999, got {retries!r}")
+    return retries
+
+
+def check_options(options: TaskOptions) -> TaskOptions:
+    """``options`` when every field is valid, else :class:`InvalidArgumentError`."""
+    check_retries(options.retries)
+    if options.timeout is not None and options.timeout <= 0:
+        raise InvalidArgumentError(f"timeout must be > 0 seconds, got {options.timeout!r}")
+    if options.result_ttl is not None and options.result_ttl < 0:
+        raise InvalidArgumentError(f"result_ttl must be >= 0 seconds, got {options.result_ttl!r}")
+    if not options.queue:
+        raise InvalidArgumentError("queue name must not be empty")
+    if options.concurrency is not None and (
+        not isinstance(options.concurrency, int) or options.concurrency < 1
+    ):
+        raise InvalidArgumentError(f"concurrency must be an int >= 1, got {options.concurrency!r}")
+    if options.requires is not None:
+        for k, v in options.requires.items():
+            if not isinstance(v, (int, float)) or v < 0:
+                raise InvalidArgumentError(f"requires[{k!r}] must be a number >= 0, got {v!r}")
+    serializer_name(options.serializer)
+    return options

@@ -1,0 +1,99 @@
+"""``WorkerState``: what a scheduler's loops share — the store, this
+worker's identity and lease, the tasks it has claimed, the stop flag, the
+status hooks and the resource offer. Each loop holds this object, not the
+scheduler, so the loops never import the package ``__init__``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Optional
+
+from ..registry import Overlay, registered
+
+if TYPE_CHECKING:
+    from .._connection import Connection
+    from ..resources import ResourceProbe
+    from .inflight import InFlight
+
+__all__ = ["StatusHook", "WorkerState"]
+
+log = logging.getLogger("ferroq.scheduler")
+
+#: ``hook(task_id, old_status, new_status)``.
+StatusHook = Callable[[int, str, str], None]
+# How long a resource probe's answer is reused.
+_PROBE_TTL_S = 5.0
+
+
+class WorkerState:
+    """The state of one scheduler that its loops read and update."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        worker_id: str,
+        concurrency: int,
+        lease_ms: int,
+        batch_size: int,
+        queues: Optional[list[str]],
+        hooks: list[StatusHook],
+        probe: ResourceProbe,
+    ) -> None:
+        #: The connection served (its listeners, its serializer).
+        self.conn = conn
+        #: The native store every loop talks to.
+        self.store = conn._store
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.lease_ms = lease_ms
+        self.batch_size = batch_size
+        #: Claimed tasks by id; guarded by :attr:`lock`.
+        self.claimed: dict[int, InFlight] = {}
+        self.lock = threading.Lock()
+        #: Set when the scheduler is stopping.
+        self.stopping = threading.Event()
+        self.hooks = hooks
+        #: Where the loops find the function for a stored task name.
+        self.tasks = Overlay()
+        self._queues = queues
+        self._probe = probe
+        self._resources_json: Optional[str] = None
+        self._probed_at = -_PROBE_TTL_S
+
+    @property
+    def queues(self) -> list[str]:
+        """The queue names served (default: ``"default"`` and every queue a
+        registered task uses)."""
+        if self._queues is None:
+            names = {"default"} | {t.defaults.queue for t in registered().values()}
+            return sorted(names)
+        return list(self._queues)
+
+    def resources_json(self) -> str:
+        """What this host offers, as JSON, from the probe (cached briefly)."""
+        now = time.monotonic()
+        if self._resources_json is None or now - self._probed_at > _PROBE_TTL_S:
+            try:
+                self._resources_json = json.dumps(self._probe())
+            except Exception:
+                log.exception("resource probe failed; offering none")
+                self._resources_json = "{}"
+            self._probed_at = now
+        return self._resources_json
+
+    @property
+    def has_hooks(self) -> bool:
+        """True when a status hook is registered (hot paths skip emitting otherwise)."""
+        return bool(self.hooks)
+
+    def emit(self, task_id: int, old: str, new: str) -> None:
+        """Calls the status hooks; a hook that raises is logged, not propagated."""
+        for hook in self.hooks:
+            try:
+                hook(task_id, old, new)
+            except Exception:
+                log.exception("status hook %r raised", hook)
