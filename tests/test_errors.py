@@ -134,3 +134,25 @@ def test_token_bucket_infinite_timeout_waits_for_a_token() -> None:
 def test_unknown_backoff_strategy_is_invalid_argument() -> None:
     with pytest.raises(ferroq.InvalidArgumentError, match="unknown backoff strategy"):
         _core.backoff_delay_ms("cubic", 100, 2.0, 1000, 0.0, 1)
+
+
+@pytest.mark.parametrize("bad", ["q\udc80", "\ud800"])
+def test_lone_surrogates_are_invalid_argument(store: _core.Store, bad: str) -> None:
+    with pytest.raises(ferroq.InvalidArgumentError, match="not valid Unicode"):
+        store.enqueue(bad, "t", b"J[[],{}]")
+    with pytest.raises(ferroq.InvalidArgumentError, match="not valid Unicode"):
+        store.enqueue("q", "t", b"J[[],{}]", key=bad)
+    with pytest.raises(ferroq.InvalidArgumentError, match="not valid Unicode"):
+        store.get_by_key("q", bad)
+    assert store.counts() == []
+    q = ferroq.Queue("memory://")
+
+    @q.task
+    def noop() -> None:
+        return None
+
+    with pytest.raises(ferroq.InvalidArgumentError):
+        noop.options(key=bad).send()
+    with pytest.raises(ferroq.InvalidArgumentError):
+        noop.options(queue=bad).send()
+    assert q.stats() == {}

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "python" / "ferroq"
 # Lowest first. Within a layer a module may import the ones listed before it.
 LAYERS: list[list[str]] = [
     # L0: no imports from the package.
-    ["ferroq._core", "ferroq._errors", "ferroq._polars", "ferroq._types"],
+    ["ferroq._core", "ferroq._errors", "ferroq._checks", "ferroq._polars", "ferroq._types"],
     # L1: building blocks that know nothing of queues.
     [
         "ferroq._loops",

@@ -44,7 +44,7 @@ from .context import Retry, TaskContext, current_task
 from .frames import FrameSummary
 from .handle import TaskHandle
 from .listen import listener
-from .queue import ExternalTask, Queue, default_queue, set_default_queue
+from .queue import ExternalTask, Queue, ShardCheck, default_queue, set_default_queue
 from .resilience import RateLimit, with_resilience
 from .resources import default_probe, gpu_probe
 from .scheduler import CleanupIntervals, QueueScheduler
@@ -69,6 +69,7 @@ __all__ = [
     "RateLimit",
     "Retry",
     "SerializationError",
+    "ShardCheck",
     "ShardMismatchError",
     "StoreError",
     "StorePermissionError",

@@ -1,8 +1,17 @@
 """Type stubs for ferroq's native module (checked by ``mypy.stubtest``)."""
 
+from os import PathLike
 from typing import Any, Optional, Union, final
 
-__all__ = ["Store", "Task", "TokenBucket", "__version__", "backoff_delay_ms"]
+__all__ = [
+    "LeaseKeeper",
+    "Store",
+    "Task",
+    "TokenBucket",
+    "__version__",
+    "_error_samples",
+    "backoff_delay_ms",
+]
 __version__: str
 
 @final
@@ -185,8 +194,34 @@ class Store:
     def function_limits(
         self,
     ) -> list[tuple[str, Optional[int], Optional[float], Optional[float]]]: ...
+    def backup(self, path: Union[str, PathLike[str]]) -> None:
+        """Copy the live store into ``path`` (a new or empty directory).
+
+        SQLite and memory stores only; a PostgreSQL store raises
+        ``InvalidArgumentError`` (back it up with ``pg_dump``).
+        """
+    def check(self) -> list[tuple[str, bool, list[str]]]: ...
     def change_token(self) -> int: ...
     def wait_for_change(self, token: int, timeout: float) -> bool: ...
+
+@final
+class LeaseKeeper:
+    """Renews the leases of a set of tasks from a Rust thread, without the GIL."""
+
+    def __new__(
+        cls, store: Store, worker: str, lease_ms: int, interval_s: float
+    ) -> LeaseKeeper: ...
+    @property
+    def worker(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def add(self, ids: list[int]) -> None: ...
+    def remove(self, ids: list[int]) -> None: ...
+    def ids(self) -> list[int]: ...
+    def cancel_requested(self) -> list[int]: ...
+    def lost(self) -> list[int]: ...
+    def errors(self) -> list[str]: ...
+    def close(self) -> None: ...
 
 def backoff_delay_ms(
     strategy: str,

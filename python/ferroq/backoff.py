@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import _core
+from ._checks import seconds
 
 __all__ = ["Backoff"]
 
@@ -31,7 +32,10 @@ class Backoff:
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        # Validate in the core now, so a bad policy fails at decoration time.
+        # Validate in the core now, so a bad policy fails at decoration time
+        # (spans first: a non-finite one has no millisecond form at all).
+        seconds(self.base, "backoff base")
+        seconds(self.max, "backoff max")
         self.delay(1)
 
     @classmethod

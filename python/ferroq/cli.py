@@ -1,4 +1,5 @@
-"""The ``ferroq`` command: ``ferroq worker`` and ``ferroq stats``."""
+"""The ``ferroq`` command: ``ferroq worker``, ``ferroq stats``,
+``ferroq check`` and ``ferroq backup``."""
 
 from __future__ import annotations
 
@@ -29,12 +30,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     w.add_argument("--queue", "-q", action="append", dest="queues", help="queue to serve")
     w.add_argument("--lease", type=float, default=30.0, help="lease seconds")
     w.add_argument("--grace", type=float, default=10.0, help="seconds to finish on stop")
+    w.add_argument(
+        "--mode",
+        choices=["thread", "process", "asyncio"],
+        default="thread",
+        help="how tasks run: worker threads, child processes (hard timeouts), or an event loop",
+    )
     s = sub.add_parser("stats", help="print task counts per queue and status")
     s.add_argument("--url", help="store URL (default: $FERROQ_URL)")
+    b = sub.add_parser(
+        "backup", help="copy a live SQLite store, consistently, into a new directory"
+    )
+    b.add_argument("dest", help="directory to create (must not exist or be empty)")
+    b.add_argument("--url", help="store URL (default: $FERROQ_URL)")
+    c = sub.add_parser(
+        "check", help="check a store for damage, shard by shard (exit 1 if any is found)"
+    )
+    c.add_argument("--url", help="store URL (default: $FERROQ_URL)")
     args = parser.parse_args(argv)
 
-    from . import Queue, QueueScheduler, discover, set_default_queue
+    from . import FerroqError, Queue, QueueScheduler, discover, set_default_queue
     from ._types import STATUSES
+
+    if args.command == "check":
+        try:
+            with Queue(_url(args.url)) as q:
+                report = q.check()
+        except FerroqError as e:
+            print(f"ferroq: {e}", file=sys.stderr)
+            return 1
+        for shard in report:
+            print(f"{'ok' if shard.ok else 'DAMAGED':<8} {shard.path}")
+            for m in shard.messages:
+                print(f"         {m}")
+        return 0 if all(s.ok for s in report) else 1
+
+    if args.command == "backup":
+        try:
+            with Queue(_url(args.url)) as q:
+                q.backup(args.dest)
+        except FerroqError as e:
+            print(f"ferroq: {e}", file=sys.stderr)
+            return 1
+        print(f"backed up to {args.dest}")
+        return 0
 
     if args.command == "stats":
         with Queue(_url(args.url)) as q:
@@ -53,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     set_default_queue(queue)
     found = [t for m in args.modules for t in discover(m)]
     scheduler = QueueScheduler(
-        queue, concurrency=args.concurrency, queues=args.queues, lease=args.lease
+        queue, concurrency=args.concurrency, queues=args.queues, lease=args.lease, mode=args.mode
     )
     logging.getLogger("ferroq").info(
         "worker %s serving %s with %d task(s), concurrency %d",

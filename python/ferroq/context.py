@@ -6,6 +6,7 @@ import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Callable, Optional
 
+from ._checks import seconds
 from ._errors import TaskCancelledError
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ class Retry(Exception):
 
     def __init__(self, delay: Optional[float] = None, reason: str = "retry requested") -> None:
         super().__init__(reason)
-        self.delay = delay
+        self.delay = None if delay is None else seconds(delay, "Retry delay")
         self.reason = reason
 
 

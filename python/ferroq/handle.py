@@ -65,7 +65,8 @@ class TaskHandle(Generic[R]):
         Raises the task's own exception type when it can be rebuilt (else
         :class:`TaskFailedError`), :class:`TaskCancelledError`,
         :class:`TaskExpiredError`, or :class:`TaskTimeoutError` (a
-        ``TimeoutError``) when ``timeout`` seconds pass first.
+        ``TimeoutError``) when ``timeout`` seconds pass first. ``None`` or
+        ``inf`` waits as long as it takes; a timeout <= 0 looks once.
         """
         store = self.queue._store
         if timeout is None:
@@ -73,7 +74,9 @@ class TaskHandle(Generic[R]):
             while t.status in ("queued", "running"):
                 t = store.wait_finished(self.id, _FOREVER_SLICE)
         else:
-            t = store.wait_finished(self.id, max(0.0, timeout))
+            # The store treats <= 0 as "look once", inf as "no limit", and
+            # refuses NaN (which max(0.0, nan) would have turned into 0).
+            t = store.wait_finished(self.id, timeout)
         value: R = outcome(t, self._fn, allow_pickle=self.queue.allow_pickle)
         return value
 

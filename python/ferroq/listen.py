@@ -11,6 +11,8 @@ import itertools
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
+from ._errors import InvalidArgumentError
+
 if TYPE_CHECKING:
     from ._connection import Connection
 
@@ -31,7 +33,7 @@ def listener(key: str, *, queue: Optional[Connection] = None) -> Callable[[F], F
     of any queue) each time ``queue.update_listen_data(key, value)`` is
     called, once per change and in order of change, across processes."""
     if not key:
-        raise ValueError("listener key must not be empty")
+        raise InvalidArgumentError("listener key must not be empty")
 
     def register(fn: F) -> F:
         with _lock:

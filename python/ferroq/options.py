@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Optional, Union
 
+from ._checks import seconds
 from ._errors import InvalidArgumentError
 from .backoff import Backoff
 from .serialization import serializer_name
@@ -54,8 +55,8 @@ def parse_rate(rate: Union[str, float, None]) -> Optional[float]:
             raise InvalidArgumentError(
                 f"rate_limit {rate!r} is not like '100/s', '30/m' or '500/h'"
             ) from None
-    if not per_s > 0:
-        raise InvalidArgumentError(f"rate_limit must be > 0, got {rate!r}")
+    if not 0 < per_s < float("inf"):
+        raise InvalidArgumentError(f"rate_limit must be a finite number > 0, got {rate!r}")
     return per_s
 
 
@@ -91,10 +92,12 @@ def check_retries(retries: object) -> int:
 def check_options(options: TaskOptions) -> TaskOptions:
     """``options`` when every field is valid, else :class:`InvalidArgumentError`."""
     check_retries(options.retries)
-    if options.timeout is not None and options.timeout <= 0:
-        raise InvalidArgumentError(f"timeout must be > 0 seconds, got {options.timeout!r}")
-    if options.result_ttl is not None and options.result_ttl < 0:
-        raise InvalidArgumentError(f"result_ttl must be >= 0 seconds, got {options.result_ttl!r}")
+    if options.timeout is not None:
+        seconds(options.timeout, "timeout", strict=True)
+    if options.result_ttl is not None:
+        seconds(options.result_ttl, "result_ttl")
+    if options.expires is not None:
+        seconds(options.expires, "expires")
     if not options.queue:
         raise InvalidArgumentError("queue name must not be empty")
     if options.concurrency is not None and (
@@ -103,7 +106,7 @@ def check_options(options: TaskOptions) -> TaskOptions:
         raise InvalidArgumentError(f"concurrency must be an int >= 1, got {options.concurrency!r}")
     if options.requires is not None:
         for k, v in options.requires.items():
-            if not isinstance(v, (int, float)) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
                 raise InvalidArgumentError(f"requires[{k!r}] must be a number >= 0, got {v!r}")
     serializer_name(options.serializer)
     return options

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from pydantic import BaseModel
 
+from ._errors import InvalidArgumentError
 from ._polars import require_polars
 from ._types import FINISHED
 from .backoff import Backoff
@@ -160,8 +161,8 @@ def process(
 ) -> pl.DataFrame:
     """See :meth:`Queue.process`."""
     require_polars()  # fail before anything is stored when Polars is missing
-    if qps is not None and not qps > 0:
-        raise ValueError(f"qps must be > 0, got {qps!r}")
+    if qps is not None and not 0 < qps < float("inf"):
+        raise InvalidArgumentError(f"qps must be a finite number > 0, got {qps!r}")
     task = as_task(queue, fn)
     batch = batch or task.name
     qname = queue_name or batch_queue(batch)

@@ -7,11 +7,23 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar, Union, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    List,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    cast,
+    overload,
+)
 
 from typing_extensions import ParamSpec
 
 from . import _core, _default
+from ._checks import seconds, seconds_to_ms
 from ._connection import Connection, redact
 from ._errors import InvalidArgumentError
 from ._types import STATUSES
@@ -28,7 +40,15 @@ if TYPE_CHECKING:
 
     from .frames import FrameSummary
 
-__all__ = ["STATUSES", "ExternalTask", "Queue", "default_queue", "redact", "set_default_queue"]
+__all__ = [
+    "STATUSES",
+    "ExternalTask",
+    "Queue",
+    "ShardCheck",
+    "default_queue",
+    "redact",
+    "set_default_queue",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -170,15 +190,28 @@ class Queue(Connection):
             out.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = count
         return out
 
+    def check(self) -> List[ShardCheck]:
+        """Checks the store, shard by shard: the database's own integrity
+        check, that each file belongs to this store at its place, every
+        stored payload and result against its checksum, and whether a
+        worker met damage in it. ``ferroq check`` prints the same."""
+        return [ShardCheck(path, ok, msgs) for path, ok, msgs in self._store.check()]
+
+    def backup(self, path: Union[str, os.PathLike[str]]) -> None:
+        """Copies this store, consistently, into the new directory ``path``
+        while it stays in use (SQLite's online backup, shard by shard);
+        ``Queue(path)`` opens the copy. Every task acknowledged before the
+        call is in it. A PostgreSQL store is backed up with ``pg_dump``
+        instead (:class:`InvalidArgumentError` here)."""
+        self._store.backup(os.fspath(path))
+
     def purge(self, older_than: Optional[float] = None) -> int:
         """Deletes finished tasks past their retention, and (when
         ``older_than`` seconds is given) every task that finished longer ago
         than that; returns how many."""
         before = None
         if older_than is not None:
-            if older_than < 0:
-                raise InvalidArgumentError("older_than must be >= 0 seconds")
-            before = int((time.time() - older_than) * 1000)
+            before = int((time.time() - seconds(older_than, "older_than")) * 1000)
         return self._store.purge(before)
 
     # -- frames ----------------------------------------------------------------
@@ -320,7 +353,7 @@ class Queue(Connection):
         with a lease of ``lease`` seconds. Finish it with :meth:`complete` or
         :meth:`fail` under the same ``worker`` name (default: this process's)."""
         who = worker or self.external_worker
-        got = self._store.claim(queue, who, 1, int(lease * 1000))
+        got = self._store.claim(queue, who, 1, seconds_to_ms(lease, "lease", minimum=0.001))
         return ExternalTask(self, got[0], who) if got else None
 
     def active(
@@ -360,6 +393,18 @@ class Queue(Connection):
 
 def _external_error(message: str) -> str:
     return json.dumps({"type": "ferroq.ExternalError", "message": message, "traceback": ""})
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """One shard's part of :meth:`Queue.check`."""
+
+    #: The shard's file (or, on PostgreSQL, the schema).
+    path: str
+    #: True when nothing is wrong.
+    ok: bool
+    #: What is wrong, and how to recover.
+    messages: list[str]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import (
 from typing_extensions import ParamSpec
 
 from . import _default
+from ._checks import seconds
 from ._errors import InvalidArgumentError, QueueFullError
 from .handle import TaskHandle
 from .options import NO_OVERRIDES, SendOptions, TaskOptions, check_retries
@@ -185,10 +186,10 @@ class TaskCall(Generic[P, R]):
         if o.run_at is not None:
             run_at = int(o.run_at.timestamp() * 1000)
         elif o.delay is not None:
-            if o.delay < 0:
-                raise InvalidArgumentError(f"delay must be >= 0 seconds, got {o.delay}")
-            run_at = int((now + o.delay) * 1000)
+            run_at = int((now + seconds(o.delay, "delay")) * 1000)
         expires = o.expires if o.expires is not None else d.expires
+        if expires is not None:
+            expires = seconds(expires, "expires")
         retries = check_retries(o.retries if o.retries is not None else d.retries)
         metadata = None
         if o.metadata is not None:
@@ -209,7 +210,8 @@ class TaskCall(Generic[P, R]):
             result_ttl_ms=int(d.result_ttl * 1000) if d.result_ttl is not None else None,
             requires=json.dumps(d.requires) if d.requires is not None else None,
         )
-        deadline = None if o.wait is None else time.monotonic() + o.wait
+        wait = None if o.wait is None else seconds(o.wait, "wait", inf_ok=True)
+        deadline = None if wait is None else time.monotonic() + wait
         while True:
             try:
                 task_id, _inserted = store.enqueue(queue_name, fn.name, payload, **kwargs_)

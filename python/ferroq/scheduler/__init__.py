@@ -26,6 +26,8 @@ import uuid
 from types import FrameType
 from typing import TYPE_CHECKING, Literal, Mapping, Optional, Sequence, Union
 
+from .._checks import seconds
+from .._errors import InvalidArgumentError
 from ..registry import registered
 from ..resources import ResourceProbe, default_probe
 from ._state import StatusHook, WorkerState
@@ -86,15 +88,14 @@ class QueueScheduler:
         cleanup: Optional[CleanupIntervals] = None,
         replay_listen: bool = False,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if lease <= 0.1:
-            raise ValueError(f"lease must be > 0.1 seconds, got {lease}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidArgumentError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        lease = seconds(lease, "lease", minimum=0.1, strict=True)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
         for m in [mode, *(modes or {}).values()]:
             if m not in _MODES:
-                raise ValueError(f"mode must be one of {_MODES}, got {m!r}")
+                raise InvalidArgumentError(f"mode must be one of {_MODES}, got {m!r}")
         probe: ResourceProbe
         if resources is None:
             probe = default_probe
@@ -171,9 +172,21 @@ class QueueScheduler:
     def start(self) -> QueueScheduler:
         """Starts the loops; returns self."""
         if self._started:
-            raise RuntimeError("scheduler already started")
+            raise InvalidArgumentError("scheduler already started")
         self._started = True
+        try:
+            self._start()
+        except BaseException:
+            # Undo what began, so the caller sees the cause (not an error of
+            # a half-started scheduler) and may start again.
+            self.stop(grace=0.0)
+            self._started = False
+            raise
+        return self
+
+    def _start(self) -> None:
         self.state.stopping.clear()
+        self.state.start_keeper()
         self._publish_limits()
         self.cleanup.tick(time.monotonic())  # register, and recover dead workers' tasks now
         self.loops = self._build_loops()
@@ -187,10 +200,9 @@ class QueueScheduler:
             threading.Thread(target=self.cleanup.run, name="ferroq-cleanup", daemon=True),
             threading.Thread(target=self.listen.run, name="ferroq-listen", daemon=True),
         ]
+        self._support = support
         for th in self._threads + support:
             th.start()
-        self._support = support
-        return self
 
     def stop(self, grace: float = 10.0) -> None:
         """Stops gracefully: running tasks get ``grace`` seconds to finish,

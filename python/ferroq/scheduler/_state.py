@@ -11,6 +11,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
+from .. import _core
 from ..registry import Overlay, registered
 
 if TYPE_CHECKING:
@@ -63,6 +64,22 @@ class WorkerState:
         self._probe = probe
         self._resources_json: Optional[str] = None
         self._probed_at = -_PROBE_TTL_S
+        #: Renews the leases of claimed tasks on a Rust thread (no GIL).
+        self.keeper: Optional[_core.LeaseKeeper] = None
+
+    def start_keeper(self) -> _core.LeaseKeeper:
+        """The lease keeper, started if it is not running."""
+        if self.keeper is None or self.keeper.closed:
+            self.keeper = _core.LeaseKeeper(
+                self.store, self.worker_id, self.lease_ms, self.lease_ms / 3000.0
+            )
+        return self.keeper
+
+    def keep(self, ids: list[int]) -> None:
+        """Hands newly claimed tasks to the lease keeper at once: a task may
+        hold the GIL from its first instant, before the monitor runs."""
+        if self.keeper is not None and not self.keeper.closed:
+            self.keeper.add(ids)
 
     @property
     def queues(self) -> list[str]:

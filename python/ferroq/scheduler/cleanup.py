@@ -19,7 +19,28 @@ __all__ = ["CleanupIntervals", "CleanupLoop", "pid_alive"]
 
 log = logging.getLogger("ferroq.cleanup")
 
-HOST = socket.gethostname()
+def host_key() -> str:
+    """This process's host as far as process ids are concerned: the host
+    name, plus the kernel's boot id and this PID namespace where the OS has
+    them (``name/boot:pid:[inode]``). Two containers with one host name
+    (host networking, pods sharing a node's name) differ in their PID
+    namespace or boot id, so neither takes the other's live process ids for
+    dead ones; a pid is only judged where it means the same process."""
+    parts = []
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip()[:8])
+    except OSError:
+        pass
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    name = socket.gethostname()
+    return f"{name}/{':'.join(parts)}" if parts else name
+
+
+HOST = host_key()
 
 
 @dataclass(frozen=True)
@@ -28,7 +49,8 @@ class CleanupIntervals:
 
     #: Refresh this worker's record in the store.
     heartbeat: float = 2.0
-    #: Look for workers that are gone (dead pid on this host, or stale heartbeat).
+    #: Look for workers that are gone (dead pid on this host and PID
+    #: namespace, or stale heartbeat).
     dead_workers: float = 0.5
     #: A worker whose record is older than this is gone.
     stale_after: float = 30.0

@@ -7,9 +7,10 @@ import asyncio
 import contextvars
 import functools
 import json
+import logging
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Optional, Union
 
 from .._errors import SerializationError, TaskCancelledError, TaskTimeoutError
 from ..context import Retry, TaskContext, _current
@@ -29,6 +30,8 @@ __all__ = [
 
 RetrySpec = Union[str, int, None]
 
+log = logging.getLogger("ferroq.worker")
+
 
 def error_text(exc: BaseException, tb: Optional[str] = None) -> str:
     """The stored form of an exception: JSON with type, message, traceback."""
@@ -37,7 +40,10 @@ def error_text(exc: BaseException, tb: Optional[str] = None) -> str:
         {
             "type": f"{cls.__module__}.{cls.__qualname__}",
             "message": str(exc),
-            "traceback": tb if tb is not None else "".join(traceback.format_exception(exc)),
+            # The three-argument form: Python 3.9 has no one-argument one.
+            "traceback": tb
+            if tb is not None
+            else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         }
     )
 
@@ -72,7 +78,20 @@ def _decode_args(fn: TaskFunction[Any, Any], payload: bytes) -> tuple[list[Any],
     return fn.binder.args(args, kwargs)
 
 
-def _failed(e: BaseException) -> Outcome:
+def _failed(e: BaseException, ctx: Optional[TaskContext] = None) -> Outcome:
+    """The outcome of an attempt that raised ``e``. Exceptions that are not
+    ``Exception`` (``SystemExit``, ``KeyboardInterrupt``, a stray
+    ``CancelledError``...) end the attempt like any other failure: they mean
+    the task's code gave up, not that the worker must stop."""
+    if not isinstance(e, Exception):
+        if isinstance(e, asyncio.CancelledError) and ctx is not None and ctx._cancelled:
+            return Outcome(cancelled=True)
+        log.warning(
+            "task %s raised %s: the attempt fails (the worker carries on)",
+            ctx.id if ctx is not None else "?",
+            type(e).__name__,
+        )
+        return Outcome(error=error_text(e), retry="backoff")
     if isinstance(e, Retry):
         retry: RetrySpec = "backoff" if e.delay is None else max(0, int(e.delay * 1000))
         return Outcome(error=error_text(e, ""), retry=retry)
@@ -82,6 +101,24 @@ def _failed(e: BaseException) -> Outcome:
         # A value that cannot be (de)serialised will not improve with a retry.
         return Outcome(error=error_text(e), retry="never")
     return Outcome(error=error_text(e), retry="backoff")
+
+
+class _Escaped(Exception):
+    """Carries a ``SystemExit``/``KeyboardInterrupt`` raised by a coroutine
+    task past asyncio, which would otherwise stop the whole event loop."""
+
+    def __init__(self, inner: BaseException) -> None:
+        super().__init__(repr(inner))
+        self.inner = inner
+
+
+async def _guarded(coro: Any) -> Any:
+    try:
+        return await coro
+    except (asyncio.CancelledError, Exception):
+        raise
+    except BaseException as e:  # SystemExit, KeyboardInterrupt, GeneratorExit...
+        raise _Escaped(e) from e
 
 
 def execute_sync(fn: TaskFunction[Any, Any], payload: bytes, ctx: TaskContext) -> Outcome:
@@ -95,8 +132,8 @@ def execute_sync(fn: TaskFunction[Any, Any], payload: bytes, ctx: TaskContext) -
         try:
             value = run_function(fn, args, kwargs)
             return Outcome(result=encode(value, fn.defaults.serializer))
-        except Exception as e:
-            return _failed(e)
+        except BaseException as e:  # noqa: B036 - every way user code can end an attempt
+            return _failed(e, ctx)
     finally:
         _current.reset(token)
 
@@ -113,8 +150,9 @@ async def execute_async(
     except Exception as e:
         return Outcome(error=error_text(e), retry="never")
     try:
+        work: Awaitable[Any]
         if fn.is_async:
-            work = fn.fn(*args, **kwargs)
+            work = _guarded(fn.fn(*args, **kwargs))
         else:
             call = functools.partial(fn.fn, *args, **kwargs)
             run = contextvars.copy_context().run
@@ -123,7 +161,11 @@ async def execute_async(
         return Outcome(result=encode(value, fn.defaults.serializer))
     except asyncio.TimeoutError:
         return timeout_outcome(ctx.id, ctx.name)
-    except asyncio.CancelledError:
-        return Outcome(cancelled=True)
+    except asyncio.CancelledError as e:
+        # Cancelled by us (a cancel request): the task ends cancelled. A
+        # CancelledError the task's own code raised is a failure like any.
+        return _failed(e, ctx)
+    except _Escaped as e:
+        return _failed(e.inner, ctx)
     except Exception as e:
-        return _failed(e)
+        return _failed(e, ctx)

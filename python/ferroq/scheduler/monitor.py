@@ -1,6 +1,12 @@
 """The monitor loop: keeps the scheduler's leases alive, passes
 cancellation requests to running tasks, and enforces soft timeouts of
-thread-mode tasks."""
+thread-mode tasks.
+
+Leases are renewed by a :class:`ferroq._core.LeaseKeeper`: a Rust thread
+that needs no GIL, so a task holding the GIL in a long C call past its
+lease is not run again by another worker while it still runs. This loop
+only tells the keeper which tasks are claimed and acts on what it saw
+(leases lost, cancellations asked for)."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .. import _core
 from .execute import timeout_outcome
 
 if TYPE_CHECKING:
@@ -34,12 +41,27 @@ class MonitorLoop:
         self._next_heartbeat = 0.0
         self._next_cancel_poll = 0.0
 
+    def _sync_keeper(self) -> _core.LeaseKeeper:
+        """Makes the keeper hold exactly the claimed tasks (loops add new
+        claims themselves, at once; finished ones are taken out here)."""
+        s = self.state
+        keeper = s.start_keeper()
+        kept = set(keeper.ids())
+        with s.lock:
+            ids = set(s.claimed)
+        added, gone = ids - kept, kept - ids
+        if added:
+            keeper.add(sorted(added))
+        if gone:
+            keeper.remove(sorted(gone))
+        return keeper
+
     def tick(self, now: float) -> None:
         """One step at monotonic time ``now``: heartbeat when due, deliver
         cancellations when due, then time out attempts past their deadline."""
         s = self.state
         if now >= self._next_heartbeat:
-            self._next_heartbeat = now + s.lease_ms / 3000.0
+            self._next_heartbeat = now + min(s.lease_ms / 3000.0, _CANCEL_POLL_S)
             self.heartbeat()
         if now >= self._next_cancel_poll:
             self._next_cancel_poll = now + _CANCEL_POLL_S
@@ -66,20 +88,23 @@ class MonitorLoop:
             s.emit(t.id, "running", status)
 
     def heartbeat(self) -> None:
-        """Extends the leases of every claimed task; flags those asked to cancel."""
+        """Keeps the leases of every claimed task (through the keeper, which
+        renews them on its own thread) and acts on what its renewals saw:
+        outcomes of tasks whose lease was lost are dropped, tasks asked to
+        cancel are told so."""
         s = self.state
-        with s.lock:
-            ids = list(s.claimed)
-        if not ids:
-            return
-        for task_id, held, cancel in s.store.heartbeat(ids, s.worker_id, s.lease_ms):
+        keeper = self._sync_keeper()
+        for err in keeper.errors():
+            log.warning("lease renewal failed: %s", err)
+        lost, cancel = keeper.lost(), keeper.cancel_requested()
+        for task_id in lost:
             item = s.claimed.get(task_id)
-            if item is None:
-                continue
-            if not held:
+            if item is not None and not item.abandoned:
                 log.warning("lease of task %s lost; its outcome will be dropped", task_id)
                 item.abandoned = True
-            elif cancel:
+        for task_id in cancel:
+            item = s.claimed.get(task_id)
+            if item is not None and not item.cancel_requested:
                 self._cancel(item)
 
     def poll_cancellations(self) -> None:
@@ -112,5 +137,7 @@ class MonitorLoop:
                 log.exception("monitor error; retrying")
 
     def stop(self) -> None:
-        """Stops the loop."""
+        """Stops the loop and the lease keeper's thread."""
         self._stopped.set()
+        if self.state.keeper is not None:
+            self.state.keeper.close()

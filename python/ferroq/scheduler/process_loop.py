@@ -9,11 +9,15 @@ back over the pipe; the parent alone talks to the store.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib
 import logging
 import multiprocessing
+import os
 import signal
+import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Optional
@@ -35,6 +39,10 @@ log = logging.getLogger("ferroq.worker")
 _POLL_S = 0.02
 # How long a new child may take to start and import the task modules.
 _START_TIMEOUT_S = 60.0
+# linux/prctl.h
+_PR_SET_PDEATHSIG = 1
+# How often a child looks whether its scheduler is still there.
+_ORPHAN_CHECK_S = 0.2
 
 
 def _report_progress(conn: Connection, task_id: int, value: float) -> None:
@@ -51,11 +59,36 @@ class _ChildTask:
         self.cancel_requested = False
 
 
-def child_main(conn: Connection, modules: list[str]) -> None:
+def _die_with(parent_pid: int) -> None:
+    """Makes this child end when the scheduler that started it dies, even by
+    SIGKILL: on Linux the kernel sends SIGKILL (``PR_SET_PDEATHSIG``);
+    everywhere, a watchdog thread exits once the parent is gone. Without
+    this a child would run its task on, unsupervised, while the task is
+    recovered and run again elsewhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError) as e:  # no prctl: the watchdog still works
+            log.debug("PR_SET_PDEATHSIG unavailable: %s", e)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_ORPHAN_CHECK_S)
+        os._exit(1)
+
+    # The parent may have died before the prctl above: the watchdog's first
+    # look closes that window.
+    threading.Thread(target=watch, name="ferroq-orphan-watch", daemon=True).start()
+
+
+def child_main(conn: Connection, modules: list[str], parent_pid: Optional[int] = None) -> None:
     """Entry point of a child process: runs tasks sent over ``conn`` until
-    the pipe closes."""
+    the pipe closes, or until the scheduler process ``parent_pid`` dies."""
     from ..context import TaskContext
 
+    if parent_pid is not None:
+        _die_with(parent_pid)
     # The parent handles Ctrl+C and SIGTERM; a child just finishes or is killed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -103,7 +136,7 @@ class ProcessTaskLoop(ClaimingLoop):
             self._kill()
             parent, child = self._ctx.Pipe()
             self._proc = self._ctx.Process(
-                target=child_main, args=(child, self._modules()), daemon=True,
+                target=child_main, args=(child, self._modules(), os.getpid()), daemon=True,
                 name="ferroq-child",
             )
             self._proc.start()

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from .._errors import UnknownTaskError
+from .._errors import PayloadTooLargeError, UnknownTaskError
 from ..context import TaskContext
 from .execute import Outcome, error_text, execute_sync
 from .inflight import InFlight
@@ -80,6 +80,7 @@ class ClaimingLoop:
             with s.lock:
                 for t in tasks:
                     s.claimed[t.id] = InFlight(t)
+            s.keep([t.id for t in tasks])
             if s.has_hooks:
                 for t in tasks:
                     s.emit(t.id, "queued", "running")
@@ -194,10 +195,25 @@ class ClaimingLoop:
         errors = s.store.complete_many(ids, s.worker_id, results)
         hooks = s.has_hooks
         for task_id, err in zip(ids, errors):
-            if err is not None:
+            if isinstance(err, PayloadTooLargeError):
+                # The same function would return the same result: fail the
+                # task once, with the reason, instead of letting its lease
+                # lapse and running it again.
+                self._fail_oversized(task_id, err)
+            elif err is not None:
                 log.warning("result of task %s not stored: %s", task_id, err)
             elif hooks:
                 s.emit(task_id, "running", "done")
+
+    def _fail_oversized(self, task_id: int, err: PayloadTooLargeError) -> None:
+        s = self.state
+        log.error("task %s failed: its result is too large to store (%s)", task_id, err)
+        try:
+            status = s.store.fail(task_id, s.worker_id, error_text(err, ""), "never")
+        except Exception as e:
+            log.warning("could not record failure of task %s: %s", task_id, e)
+            return
+        s.emit(task_id, "running", status)
 
     def run(self) -> None:
         """The loop's thread: ticks until the scheduler stops."""

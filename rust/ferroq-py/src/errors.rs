@@ -152,3 +152,28 @@ fn samples() -> Vec<(&'static str, Error)> {
 pub fn _error_samples(py: Python<'_>) -> Vec<(&'static str, Py<PyAny>)> {
     samples().into_iter().map(|(name, e)| (name, to_py(py, e).into_value(py).into_any())).collect()
 }
+
+/// Text from Python: a `str` that cannot be UTF-8 (a lone surrogate, as
+/// `os.fsdecode` makes of undecodable bytes) becomes an
+/// `InvalidArgumentError`, not PyO3's bare `UnicodeEncodeError`.
+#[derive(Clone)]
+pub struct Text(pub String);
+
+impl<'py> FromPyObject<'py> for Text {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        match ob.extract::<String>() {
+            Ok(s) => Ok(Text(s)),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyUnicodeEncodeError>(ob.py()) => {
+                let shown = ob.repr().map(|r| r.to_string()).unwrap_or_default();
+                Err(invalid(ob.py(), format!("{shown} is not valid Unicode text: {e}")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl From<Text> for String {
+    fn from(t: Text) -> String {
+        t.0
+    }
+}

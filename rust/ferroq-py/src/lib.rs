@@ -3,6 +3,7 @@
 //! errors onto ferroq's exception classes. No queue logic lives here.
 
 mod errors;
+mod lease;
 mod store;
 mod task;
 mod tokenbucket;
@@ -13,6 +14,7 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::PyStore>()?;
+    m.add_class::<lease::PyLeaseKeeper>()?;
     m.add_class::<task::PyTask>()?;
     m.add_class::<tokenbucket::PyTokenBucket>()?;
     m.add_function(wrap_pyfunction!(store::backoff_delay_ms, m)?)?;

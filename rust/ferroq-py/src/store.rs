@@ -1,17 +1,18 @@
 //! `Store` for Python: each method extracts its arguments, releases the GIL
 //! for the core call, and converts the answer back.
 
-use crate::errors::{invalid, seconds, to_py, Int, IntoPyResult};
+use crate::errors::{invalid, seconds, to_py, Int, IntoPyResult, Text};
 use crate::task::PyTask;
 use ferroq_core::columns::{first_page, read_page, ResultColumns, ResultQuery, TextColumn};
 use ferroq_core::store::{
-    CancelParams, CapacityParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, GetByKeyParams,
+    BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, GetByKeyParams,
     HeartbeatParams, ListParams, ListenChangesParams, ListenSetParams, ProgressParams, PurgeParams, RecoverParams,
     ReleaseParams, Retry, RetryParams, WorkerInfo,
 };
 use ferroq_core::{Backoff, BackoffStrategy, Error, NewTask, Status, Store};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,15 @@ impl<'py, T: FromPyObject<'py>> FromPyObject<'py> for OneOrMany<T> {
             return Ok(OneOrMany::One(ob.extract()?));
         }
         Ok(OneOrMany::Many(ob.extract()?))
+    }
+}
+
+impl<T> OneOrMany<T> {
+    fn map<U>(self, f: impl Fn(T) -> U) -> OneOrMany<U> {
+        match self {
+            OneOrMany::Many(v) => OneOrMany::Many(v.into_iter().map(f).collect()),
+            OneOrMany::One(v) => OneOrMany::One(f(v)),
+        }
     }
 }
 
@@ -154,7 +164,8 @@ fn one<T>(py: Python<'_>, mut out: Vec<T>, verb: &str) -> PyResult<T> {
 }
 
 impl PyStore {
-    fn store(&self, py: Python<'_>) -> PyResult<Arc<dyn Store>> {
+    /// The open store (a `StoreUnavailableError` once closed).
+    pub(crate) fn store(&self, py: Python<'_>) -> PyResult<Arc<dyn Store>> {
         self.inner
             .read()
             .map_err(|_| to_py(py, Error::Storage("store lock poisoned".into())))?
@@ -201,7 +212,8 @@ pub(crate) fn sliced<T: Send>(
 #[pymethods]
 impl PyStore {
     #[new]
-    fn new(py: Python<'_>, url: String) -> PyResult<Self> {
+    fn new(py: Python<'_>, url: Text) -> PyResult<Self> {
+        let url: String = url.0;
         let store = py.detach(|| ferroq_core::open(&url)).py(py)?;
         Ok(PyStore { inner: RwLock::new(Some(store)), url })
     }
@@ -240,20 +252,27 @@ impl PyStore {
     fn enqueue(
         &self,
         py: Python<'_>,
-        queue: String,
-        name: String,
+        queue: Text,
+        name: Text,
         payload: Blob,
         priority: Int<i32>,
         run_at: Option<Int<i64>>,
         max_attempts: Int<u32>,
-        key: Option<String>,
-        batch: Option<String>,
+        key: Option<Text>,
+        batch: Option<Text>,
         expires_at: Option<Int<i64>>,
-        metadata: Option<String>,
-        backoff: Option<String>,
+        metadata: Option<Text>,
+        backoff: Option<Text>,
         result_ttl_ms: Option<Int<i64>>,
-        requires: Option<String>,
+        requires: Option<Text>,
     ) -> PyResult<(i64, bool)> {
+        let queue: String = queue.0;
+        let name: String = name.0;
+        let key: Option<String> = key.map(String::from);
+        let batch: Option<String> = batch.map(String::from);
+        let metadata: Option<String> = metadata.map(String::from);
+        let backoff: Option<String> = backoff.map(String::from);
+        let requires: Option<String> = requires.map(String::from);
         let out = self.call(py, |store| {
             let task = NewTask {
                 queue,
@@ -288,19 +307,25 @@ impl PyStore {
     fn enqueue_many(
         &self,
         py: Python<'_>,
-        queue: String,
-        name: OneOrMany<String>,
+        queue: Text,
+        name: OneOrMany<Text>,
         payloads: Vec<Blob>,
         priority: Option<OneOrMany<Int<i32>>>,
         run_at: Option<OneOrMany<Int<i64>>>,
         max_attempts: Int<u32>,
-        keys: Option<Vec<Option<String>>>,
-        batch: Option<String>,
+        keys: Option<Vec<Option<Text>>>,
+        batch: Option<Text>,
         expires_at: Option<Int<i64>>,
-        backoff: Option<String>,
+        backoff: Option<Text>,
         result_ttl_ms: Option<Int<i64>>,
-        requires: Option<String>,
+        requires: Option<Text>,
     ) -> PyResult<(Vec<i64>, Vec<bool>)> {
+        let queue: String = queue.0;
+        let name: OneOrMany<String> = name.map(String::from);
+        let keys: Option<Vec<Option<String>>> = keys.map(|v| v.into_iter().map(|k| k.map(String::from)).collect());
+        let batch: Option<String> = batch.map(String::from);
+        let backoff: Option<String> = backoff.map(String::from);
+        let requires: Option<String> = requires.map(String::from);
         let n = payloads.len();
         name.check_len(py, "name", n)?;
         if let Some(p) = &priority {
@@ -350,13 +375,16 @@ impl PyStore {
     fn claim<'py>(
         &self,
         py: Python<'py>,
-        queue: String,
-        worker: String,
+        queue: Text,
+        worker: Text,
         limit: Int<u32>,
         lease_ms: Int<i64>,
         wait: f64,
-        resources: Option<String>,
+        resources: Option<Text>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let queue: String = queue.0;
+        let worker: String = worker.0;
+        let resources: Option<String> = resources.map(String::from);
         let wait = seconds(py, wait, "wait")?;
         let p = ClaimParams { queue, worker, limit: limit.0, lease_ms: lease_ms.0, resources };
         let tasks = if wait == Some(Duration::ZERO) {
@@ -377,23 +405,26 @@ impl PyStore {
         &self,
         py: Python<'_>,
         ids: Vec<i64>,
-        worker: String,
+        worker: Text,
         lease_ms: Int<i64>,
     ) -> PyResult<Vec<(i64, bool, bool)>> {
+        let worker: String = worker.0;
         let p = HeartbeatParams { ids, worker, lease_ms: lease_ms.0 };
         let out = self.call(py, |store| store.heartbeat(&p))?;
         Ok(out.into_iter().map(|h| (h.id, h.held, h.cancel_requested)).collect())
     }
 
     /// Records progress (0..=1) of a running task.
-    fn progress(&self, py: Python<'_>, id: i64, worker: String, progress: f64) -> PyResult<()> {
+    fn progress(&self, py: Python<'_>, id: i64, worker: Text, progress: f64) -> PyResult<()> {
+        let worker: String = worker.0;
         let p = [ProgressParams { id, worker, progress }];
         let out = self.call(py, |store| store.progress(&p))?;
         one(py, out, "progress")?.py(py)
     }
 
     /// Finishes a running task with its serialised result.
-    fn complete(&self, py: Python<'_>, id: i64, worker: String, result: Blob) -> PyResult<()> {
+    fn complete(&self, py: Python<'_>, id: i64, worker: Text, result: Blob) -> PyResult<()> {
+        let worker: String = worker.0;
         let p = [CompleteParams { id, worker, result: result.0 }];
         let out = self.call(py, |store| store.complete(&p))?;
         one(py, out, "complete")?.py(py)
@@ -405,9 +436,10 @@ impl PyStore {
         &self,
         py: Python<'_>,
         ids: Vec<i64>,
-        worker: String,
+        worker: Text,
         results: Vec<Blob>,
     ) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        let worker: String = worker.0;
         if ids.len() != results.len() {
             return Err(invalid(py, format!("{} ids but {} results", ids.len(), results.len())));
         }
@@ -427,10 +459,12 @@ impl PyStore {
         &self,
         py: Python<'_>,
         id: i64,
-        worker: String,
-        error: String,
+        worker: Text,
+        error: Text,
         retry: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<&'static str> {
+        let worker: String = worker.0;
+        let error: String = error.0;
         let p = [FailParams { id, worker, error, retry: parse_retry(py, retry)? }];
         let out = self.call(py, |store| store.fail(&p))?;
         Ok(one(py, out, "fail")?.py(py)?.as_str())
@@ -440,7 +474,8 @@ impl PyStore {
     /// flagged ('running'). With `worker`, the holder acknowledges a
     /// cancellation of its running task.
     #[pyo3(signature = (id, worker=None))]
-    fn cancel(&self, py: Python<'_>, id: i64, worker: Option<String>) -> PyResult<&'static str> {
+    fn cancel(&self, py: Python<'_>, id: i64, worker: Option<Text>) -> PyResult<&'static str> {
+        let worker: Option<String> = worker.map(String::from);
         let p = [CancelParams { id, worker }];
         let out = self.call(py, |store| store.cancel(&p))?;
         Ok(one(py, out, "cancel")?.py(py)?.as_str())
@@ -448,7 +483,8 @@ impl PyStore {
 
     /// Gives claimed tasks back without counting the attempt; returns one
     /// exception (or None) per task.
-    fn release(&self, py: Python<'_>, ids: Vec<i64>, worker: String) -> PyResult<Vec<Option<Py<PyAny>>>> {
+    fn release(&self, py: Python<'_>, ids: Vec<i64>, worker: Text) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        let worker: String = worker.0;
         let p: Vec<ReleaseParams> = ids.into_iter().map(|id| ReleaseParams { id, worker: worker.clone() }).collect();
         let out = self.call(py, |store| store.release(&p))?;
         Ok(item_errors(py, out))
@@ -463,7 +499,8 @@ impl PyStore {
     /// Recovers running tasks whose lease expired (or all of `worker`'s);
     /// returns [(id, new status)].
     #[pyo3(signature = (worker=None))]
-    fn recover(&self, py: Python<'_>, worker: Option<String>) -> PyResult<Vec<(i64, &'static str)>> {
+    fn recover(&self, py: Python<'_>, worker: Option<Text>) -> PyResult<Vec<(i64, &'static str)>> {
+        let worker: Option<String> = worker.map(String::from);
         let p = RecoverParams { worker };
         let out = self.call(py, |store| store.recover(&p))?;
         Ok(out.into_iter().map(|(id, s)| (id, s.as_str())).collect())
@@ -487,7 +524,9 @@ impl PyStore {
     }
 
     /// One task by key within a queue, or None.
-    fn get_by_key(&self, py: Python<'_>, queue: String, key: String) -> PyResult<Option<PyTask>> {
+    fn get_by_key(&self, py: Python<'_>, queue: Text, key: Text) -> PyResult<Option<PyTask>> {
+        let queue: String = queue.0;
+        let key: String = key.0;
         let p = GetByKeyParams { queue, keys: vec![key] };
         let out = self.call(py, |store| store.get_by_key(&p))?;
         Ok(one(py, out, "get_by_key")?.map(PyTask::from))
@@ -519,12 +558,15 @@ impl PyStore {
     fn list_tasks<'py>(
         &self,
         py: Python<'py>,
-        queue: Option<String>,
-        status: Option<String>,
-        batch: Option<String>,
+        queue: Option<Text>,
+        status: Option<Text>,
+        batch: Option<Text>,
         after_id: Option<i64>,
         limit: Int<u32>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let queue: Option<String> = queue.map(String::from);
+        let status: Option<String> = status.map(String::from);
+        let batch: Option<String> = batch.map(String::from);
         let status = status.as_deref().map(Status::parse).transpose().py(py)?;
         let p = ListParams { queue, status, batch, after_id, limit: limit.0 };
         let out = self.call(py, |store| store.list(&p))?;
@@ -541,10 +583,13 @@ impl PyStore {
     fn results_columns<'py>(
         &self,
         py: Python<'py>,
-        batch: Option<String>,
-        queue: Option<String>,
-        statuses: Option<Vec<String>>,
+        batch: Option<Text>,
+        queue: Option<Text>,
+        statuses: Option<Vec<Text>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let batch: Option<String> = batch.map(String::from);
+        let queue: Option<String> = queue.map(String::from);
+        let statuses: Option<Vec<String>> = statuses.map(|v| v.into_iter().map(String::from).collect());
         let statuses = statuses
             .unwrap_or_default()
             .iter()
@@ -584,7 +629,8 @@ impl PyStore {
     }
 
     /// Queued + running tasks in a queue.
-    fn unfinished(&self, py: Python<'_>, queue: String) -> PyResult<u64> {
+    fn unfinished(&self, py: Python<'_>, queue: Text) -> PyResult<u64> {
+        let queue: String = queue.0;
         self.call(py, |store| store.unfinished(&queue))
     }
 
@@ -597,7 +643,8 @@ impl PyStore {
     }
 
     /// Sets listen data; returns the change's version.
-    fn listen_set(&self, py: Python<'_>, key: String, value: Blob) -> PyResult<i64> {
+    fn listen_set(&self, py: Python<'_>, key: Text, value: Blob) -> PyResult<i64> {
+        let key: String = key.0;
         let p = ListenSetParams { key, value: value.0 };
         self.call(py, |store| store.listen_set(&p))
     }
@@ -610,7 +657,8 @@ impl PyStore {
     }
 
     /// The latest (version, value) of a listen key, or None.
-    fn listen_get<'py>(&self, py: Python<'py>, key: String) -> PyResult<Option<(i64, Bound<'py, PyBytes>)>> {
+    fn listen_get<'py>(&self, py: Python<'py>, key: Text) -> PyResult<Option<(i64, Bound<'py, PyBytes>)>> {
+        let key: String = key.0;
         let out = self.call(py, |store| store.listen_get(&key))?;
         Ok(out.map(|c| (c.version, PyBytes::new(py, &c.value))))
     }
@@ -621,7 +669,10 @@ impl PyStore {
     }
 
     /// Records (or refreshes) a worker: (id, host, pid, queues).
-    fn register_worker(&self, py: Python<'_>, id: String, host: String, pid: u32, queues: Vec<String>) -> PyResult<()> {
+    fn register_worker(&self, py: Python<'_>, id: Text, host: Text, pid: u32, queues: Vec<Text>) -> PyResult<()> {
+        let id: String = id.0;
+        let host: String = host.0;
+        let queues: Vec<String> = queues.into_iter().map(String::from).collect();
         let w = WorkerInfo { id, host, pid, started_at: 0, heartbeat_at: 0, queues };
         self.call(py, |store| store.register_worker(&w))
     }
@@ -633,19 +684,22 @@ impl PyStore {
     }
 
     /// Forgets a worker; true if it was recorded.
-    fn remove_worker(&self, py: Python<'_>, id: String) -> PyResult<bool> {
+    fn remove_worker(&self, py: Python<'_>, id: Text) -> PyResult<bool> {
+        let id: String = id.0;
         self.call(py, |store| store.remove_worker(&id))
     }
 
     /// Sets (None removes) a queue's maximum of unfinished tasks.
     #[pyo3(signature = (queue, capacity=None))]
-    fn set_capacity(&self, py: Python<'_>, queue: String, capacity: Option<Int<u64>>) -> PyResult<()> {
+    fn set_capacity(&self, py: Python<'_>, queue: Text, capacity: Option<Int<u64>>) -> PyResult<()> {
+        let queue: String = queue.0;
         let p = CapacityParams { queue, capacity: capacity.map(|c| c.0) };
         self.call(py, |store| store.set_capacity(&p))
     }
 
     /// A queue's capacity, or None.
-    fn capacity(&self, py: Python<'_>, queue: String) -> PyResult<Option<u64>> {
+    fn capacity(&self, py: Python<'_>, queue: Text) -> PyResult<Option<u64>> {
+        let queue: String = queue.0;
         self.call(py, |store| store.capacity(&queue))
     }
 
@@ -654,11 +708,12 @@ impl PyStore {
     fn set_function_limit(
         &self,
         py: Python<'_>,
-        name: String,
+        name: Text,
         max_running: Option<Int<u32>>,
         rate_per_s: Option<f64>,
         burst: Option<f64>,
     ) -> PyResult<()> {
+        let name: String = name.0;
         let l = FunctionLimit { name, max_running: max_running.map(|m| m.0), rate_per_s, burst };
         self.call(py, |store| store.set_function_limit(&l))
     }
@@ -667,6 +722,24 @@ impl PyStore {
     fn function_limits(&self, py: Python<'_>) -> PyResult<Vec<LimitRow>> {
         let out = self.call(py, |store| store.function_limits())?;
         Ok(out.into_iter().map(|l| (l.name, l.max_running, l.rate_per_s, l.burst)).collect())
+    }
+
+    /// Copies the store, while it is in use, into `path` (a new or empty
+    /// directory): a store of the same shard count holding every task
+    /// committed before the call (SQLite's online backup, one shard file at
+    /// a time). A PostgreSQL store raises `InvalidArgumentError`: back it up
+    /// with `pg_dump`.
+    fn backup(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let p = BackupParams { dest: path };
+        self.call(py, |store| store.backup(&p))
+    }
+
+    /// Checks the store: `PRAGMA integrity_check` and the identity of each
+    /// SQLite shard, every stored checksum, and whether a shard met damage.
+    /// Returns `[(path, ok, messages)]`, one row per shard.
+    fn check(&self, py: Python<'_>) -> PyResult<Vec<(String, bool, Vec<String>)>> {
+        let out = self.call(py, |store| store.check())?;
+        Ok(out.into_iter().map(|c| (c.path, c.ok, c.messages)).collect())
     }
 
     /// A value that changes whenever any process commits to the store.

@@ -19,10 +19,11 @@ pub mod sqlite;
 pub use config::{StoreConfig, Synchronous};
 pub use limits::FunctionLimit;
 pub(crate) use limits::{allowances, StoredLimit};
+pub use params::ShardCheck;
 pub use params::{
-    CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, GetByKeyParams, HeartbeatOutcome,
-    HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams, ProgressParams, PurgeParams,
-    QueueCount, RecoverParams, ReleaseParams, Retry, RetryParams, WorkerInfo,
+    BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, GetByKeyParams,
+    HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams, ProgressParams,
+    PurgeParams, QueueCount, RecoverParams, ReleaseParams, Retry, RetryParams, WorkerInfo,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -51,6 +52,9 @@ pub trait Store: Send + Sync {
     fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>>;
     /// Claims up to `limit` ready tasks in priority order, leasing them to
     /// the worker and counting an attempt. Returns them in claim order.
+    /// A task found damaged on the way (SQLite: its payload fails its
+    /// checksum) is not returned: it moves to `failed` with the damage as
+    /// its error, and the rest of the batch is claimed.
     fn claim(&self, p: &ClaimParams) -> Result<Vec<Task>>;
     /// Extends leases; reports which are still held and which were asked to cancel.
     fn heartbeat(&self, p: &HeartbeatParams) -> Result<Vec<HeartbeatOutcome>>;
@@ -114,6 +118,19 @@ pub trait Store: Send + Sync {
     fn set_function_limit(&self, limit: &FunctionLimit) -> Result<()>;
     /// Every function limit, by name.
     fn function_limits(&self) -> Result<Vec<FunctionLimit>>;
+    /// Copies the store, while it is in use, into `p.dest` (a new or empty
+    /// directory; anything else is [`InvalidArgument`](crate::Error::InvalidArgument)).
+    /// The copy opens as a store of the same shard count holding every
+    /// task committed before the call began. SQLite and memory stores only:
+    /// a PostgreSQL store is backed up with `pg_dump` (InvalidArgument).
+    fn backup(&self, p: &BackupParams) -> Result<()>;
+    /// Checks the store's integrity, shard by shard: the database's own
+    /// structure check, that each shard belongs to this store at its place,
+    /// and the checksum of every stored payload and result. Slow on a big
+    /// store (it reads everything) and holds each shard while checking it:
+    /// a repair tool (`ferroq doctor`), not a health probe. Problems are
+    /// reported, not raised; an error means the check itself could not run.
+    fn check(&self) -> Result<Vec<ShardCheck>>;
     /// An opaque value that changes whenever any process commits to the store.
     fn change_token(&self) -> Result<u64>;
     /// Waits until the change token differs from `token` or `timeout` passes;

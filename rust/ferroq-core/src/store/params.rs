@@ -3,6 +3,7 @@
 //! queue name.
 
 use crate::task::Status;
+use std::path::PathBuf;
 
 /// The outcome of enqueueing one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,4 +234,24 @@ pub struct WorkerInfo {
     pub heartbeat_at: i64,
     /// Queues it serves.
     pub queues: Vec<String>,
+}
+
+/// Copy a live store into a new directory.
+#[derive(Debug, Clone, Default)]
+pub struct BackupParams {
+    /// Where the copy goes: a directory that does not exist yet or is empty.
+    pub dest: PathBuf,
+}
+
+/// What [`Store::check`](super::Store::check) found in one shard (the one
+/// database of a PostgreSQL store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardCheck {
+    /// The shard file (`memory://` for an in-memory shard, the database for
+    /// PostgreSQL).
+    pub path: String,
+    /// True when nothing is wrong.
+    pub ok: bool,
+    /// One line per problem found (empty when `ok`).
+    pub messages: Vec<String>,
 }

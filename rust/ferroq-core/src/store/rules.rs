@@ -29,6 +29,40 @@ pub(crate) fn task_not_found(id: i64) -> Error {
     Error::NotFound(format!("task {id}"))
 }
 
+/// The integrity checksum stored beside every payload and result: CRC-32C
+/// (hardware-assisted where the CPU has it). It catches what SQLite cannot:
+/// a flipped bit inside a value, which would otherwise read back as a
+/// different valid payload or result.
+pub(crate) fn checksum(bytes: &[u8]) -> i64 {
+    i64::from(crc32c::crc32c(bytes))
+}
+
+/// Whether `bytes` match their stored checksum. A missing checksum (a row
+/// written before checksums existed) is not checked.
+pub(crate) fn checksum_matches(bytes: &[u8], stored: Option<i64>) -> bool {
+    match stored {
+        Some(sum) => sum == checksum(bytes),
+        None => true,
+    }
+}
+
+/// What the reader of a damaged store file should do about it.
+pub(crate) const RESTORE_HINT: &str =
+    "restore this file from a backup of the store (or move the store aside to start a new one)";
+
+/// The error for a store file that is damaged as a whole (empty, foreign,
+/// misplaced, or reported malformed by the database): names the file, what
+/// is wrong, and the way back.
+pub(crate) fn damaged_file(file: &str, what: &str) -> Error {
+    Error::Corrupt(format!("{file}: {what}; {RESTORE_HINT}"))
+}
+
+/// The error for one damaged task row: names the file and the task, so that
+/// the rest of the store stays usable and the task can be found.
+pub(crate) fn damaged_task(file: &str, id: i64, what: &str) -> Error {
+    Error::Corrupt(format!("{file}: task {id} is damaged ({what}); run the store check, and {RESTORE_HINT}"))
+}
+
 /// Names the reason a guarded statement on task `id` changed nothing, given
 /// the task's status as it is now (`found`, None when there is no such
 /// task), the worker that acted and what it tried (`action`, as in "cannot
@@ -507,6 +541,24 @@ mod tests {
     fn max_payload_must_be_positive() {
         assert!(check_max_payload(1).is_ok());
         assert!(matches!(check_max_payload(0), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn checksums_catch_one_flipped_bit_and_skip_old_rows() {
+        let payload = b"{\"args\":[12345]}".to_vec();
+        let sum = checksum(&payload);
+        assert_eq!(checksum(b"123456789"), 0xE306_9283, "CRC-32C's check value");
+        assert!(checksum_matches(&payload, Some(sum)));
+        for bit in 0..payload.len() * 8 {
+            let mut flipped = payload.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(!checksum_matches(&flipped, Some(sum)), "bit {bit}");
+        }
+        assert!(checksum_matches(b"anything", None), "rows without a checksum are not checked");
+        let e = damaged_task("/s/shard-000.db", 7, "payload checksum mismatch");
+        assert!(
+            matches!(&e, Error::Corrupt(m) if m.contains("/s/shard-000.db") && m.contains("task 7") && m.contains("backup"))
+        );
     }
 
     #[test]

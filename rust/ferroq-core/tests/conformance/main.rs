@@ -18,7 +18,10 @@
 // Each module is a group of behaviours.
 mod bad_input;
 mod concurrency;
+mod durability;
 mod harness;
+mod identity;
+mod integrity;
 mod limits;
 mod on_disk;
 mod ordering;

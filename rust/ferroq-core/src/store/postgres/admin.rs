@@ -149,3 +149,15 @@ pub(super) fn set_function_limit(store: &PostgresStore, limit: &FunctionLimit) -
 pub(super) fn function_limits(store: &PostgresStore) -> Result<Vec<FunctionLimit>> {
     store.run(true, |db| db.query(sql::LIMITS, &[])?.iter().map(read_limit).collect())
 }
+
+/// [`Store::check`](crate::store::Store::check). PostgreSQL checks its own
+/// pages (data checksums, when the cluster has them) and rows carry no
+/// ferroq checksum, so this checks only that the store's schema answers.
+pub(super) fn check(store: &PostgresStore) -> Result<Vec<crate::store::ShardCheck>> {
+    let messages = match listen_head(store) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![e.to_string()],
+    };
+    let path = crate::store::Store::describe(store);
+    Ok(vec![crate::store::ShardCheck { path, ok: messages.is_empty(), messages }])
+}

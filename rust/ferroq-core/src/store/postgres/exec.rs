@@ -56,12 +56,23 @@ impl PostgresStore {
         replay: bool,
         mut f: impl FnMut(&mut Db<'_, postgres::Client>) -> PgResult<T>,
     ) -> Result<T> {
+        self.run_replayed(replay, |db, _| f(db))
+    }
+
+    /// [`Self::run`], telling `f` whether this run replays one whose
+    /// connection broke: that one may have committed before its reply was
+    /// lost, so a guard matching nothing may mean "done already, by me".
+    pub(super) fn run_replayed<T>(
+        &self,
+        replay: bool,
+        mut f: impl FnMut(&mut Db<'_, postgres::Client>, bool) -> PgResult<T>,
+    ) -> Result<T> {
         let mut tries = 0;
         let mut lost = 0;
         loop {
             tries += 1;
             let mut lease = self.pool.get()?;
-            let out = lease.db().and_then(|mut db| f(&mut db));
+            let out = lease.db().and_then(|mut db| f(&mut db, lost > 0));
             match out {
                 Ok(v) => return Ok(v),
                 Err(fail) => {
@@ -91,13 +102,24 @@ impl PostgresStore {
         replay: bool,
         mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>) -> PgResult<T>,
     ) -> Result<T> {
+        self.tx_replayed(replay, |db, _| f(db))
+    }
+
+    /// [`Self::tx`], telling `f` whether this run replays one whose
+    /// connection broke (see [`Self::run_replayed`]).
+    pub(super) fn tx_replayed<T>(
+        &self,
+        replay: bool,
+        mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>, bool) -> PgResult<T>,
+    ) -> Result<T> {
         let mut tries = 0;
         let mut lost = 0;
         loop {
             tries += 1;
             let mut lease = self.pool.get()?;
             let mut begun = false;
-            match lease.transaction(&mut begun, &mut f) {
+            let replayed = lost > 0;
+            match lease.transaction(&mut begun, &mut |db| f(db, replayed)) {
                 Ok(v) => return Ok(v),
                 Err(fail) => {
                     lease.check(&fail);
@@ -125,7 +147,8 @@ impl PostgresStore {
     }
 
     /// A batch of guarded moves done by one statement (`run_batch` gives
-    /// the ids it moved): items not moved are explained.
+    /// the ids it moved, and is told when it replays a run whose
+    /// connection broke): items not moved are explained.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn guarded_batch<P>(
         &self,
@@ -135,7 +158,7 @@ impl PostgresStore {
         guard: Guard,
         action: &'static str,
         mut pre: impl FnMut(&P) -> Option<Error>,
-        run_batch: impl Fn(&mut Db<'_, postgres::Client>, &[usize]) -> PgResult<Vec<i64>>,
+        run_batch: impl Fn(&mut Db<'_, postgres::Client>, &[usize], bool) -> PgResult<Vec<i64>>,
     ) -> Result<Vec<Result<()>>> {
         // Every batch statement here is guarded by the status it moves
         // from: running it again after a break changes nothing twice.
@@ -152,7 +175,7 @@ impl PostgresStore {
         let moved: HashSet<i64> = if todo.is_empty() {
             HashSet::new()
         } else {
-            self.run(true, |db| run_batch(db, &todo))?.into_iter().collect()
+            self.run_replayed(true, |db, replayed| run_batch(db, &todo, replayed))?.into_iter().collect()
         };
         if !moved.is_empty() {
             self.wake.bump();
@@ -178,17 +201,20 @@ impl PostgresStore {
     }
 
     /// A batch whose items each need their own statements, in one
-    /// transaction; `f` gives each item's outcome.
+    /// transaction; `f` gives each item's outcome (and is told when it
+    /// replays a run whose connection broke).
     pub(super) fn per_item<P, T>(
         &self,
         items: &[P],
         replay: bool,
-        mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>, &P) -> PgResult<Result<T>>,
+        mut f: impl FnMut(&mut Db<'_, postgres::Transaction<'_>>, &P, bool) -> PgResult<Result<T>>,
     ) -> Result<Vec<Result<T>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self.tx(replay, |db| items.iter().map(|x| f(db, x)).collect::<PgResult<Vec<Result<T>>>>())?;
+        let out = self.tx_replayed(replay, |db, replayed| {
+            items.iter().map(|x| f(db, x, replayed)).collect::<PgResult<Vec<Result<T>>>>()
+        })?;
         self.wake.bump();
         Ok(out)
     }

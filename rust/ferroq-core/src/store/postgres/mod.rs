@@ -34,6 +34,7 @@ mod exec;
 mod notify;
 mod pool;
 mod read;
+mod replay;
 mod schema;
 pub mod sql;
 mod transitions;
@@ -42,9 +43,9 @@ pub use config::PgConfig;
 
 use super::rules;
 use super::{
-    CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, FunctionLimit, GetByKeyParams,
-    HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams, ProgressParams,
-    PurgeParams, QueueCount, RecoverParams, ReleaseParams, RetryParams, Store, WorkerInfo,
+    BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, FunctionLimit,
+    GetByKeyParams, HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams,
+    ProgressParams, PurgeParams, QueueCount, RecoverParams, ReleaseParams, RetryParams, Store, WorkerInfo,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -183,6 +184,18 @@ impl Store for PostgresStore {
     }
     fn function_limits(&self) -> Result<Vec<FunctionLimit>> {
         admin::function_limits(self)
+    }
+    /// Not done here: a PostgreSQL store is backed up with the server's
+    /// own tools (`pg_dump --schema=<schema>`, or the server's base backups),
+    /// which copy it consistently while it is in use.
+    fn backup(&self, _p: &BackupParams) -> Result<()> {
+        Err(Error::InvalidArgument(format!(
+            "a PostgreSQL store is backed up with pg_dump (pg_dump --schema={} <database>), not by ferroq",
+            self.cfg.schema
+        )))
+    }
+    fn check(&self) -> Result<Vec<crate::store::ShardCheck>> {
+        admin::check(self)
     }
     fn change_token(&self) -> Result<u64> {
         notify::change_token(self)

@@ -429,6 +429,11 @@ pub const GET_BY_KEY: &str = concat!(
 pub const STATUS_OF: &str = "SELECT id, status FROM task WHERE id = ANY($1::bigint[])
     UNION ALL SELECT id, status FROM task_done WHERE id = ANY($1::bigint[])";
 
+/// What a replayed move reads of tasks `$1` whose guard matched nothing
+/// (`replay.rs`): id, status, worker, result and error, from either table.
+pub const REPLAY_ROWS: &str = "SELECT id, status, worker, result, error FROM task WHERE id = ANY($1::bigint[])
+    UNION ALL SELECT id, status, worker, result, error FROM task_done WHERE id = ANY($1::bigint[])";
+
 /// A page of tasks, filtered by queue `$1`, status `$2`, batch `$3` (NULL
 /// = any), with ids above `$4` (NULL = from the start), at most `$5`.
 /// `$6` / `$7` pick the tables to read.

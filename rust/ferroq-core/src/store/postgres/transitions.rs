@@ -5,7 +5,8 @@
 //! (`rules::explain`).
 
 use super::exec::explain;
-use super::pool::PgResult;
+use super::pool::{Db, PgResult};
+use super::replay::{left_by, Move, TaskRow};
 use super::{sql, PostgresStore};
 use crate::error::Result;
 use crate::store::rules::{self, Guard};
@@ -14,7 +15,8 @@ use crate::store::{
     ReleaseParams, RetryParams,
 };
 use crate::task::Status;
-use std::collections::HashMap;
+use postgres::GenericClient;
+use std::collections::{HashMap, HashSet};
 
 /// Parallel arrays for `MOVE_TO_DONE`.
 #[derive(Default)]
@@ -32,6 +34,25 @@ impl Moves {
         self.errors.push(error);
         self.workers.push(worker);
     }
+}
+
+/// The rows of tasks `ids` as a replayed move judges them (`replay.rs`).
+fn replay_rows<C: GenericClient>(db: &mut Db<'_, C>, ids: &[i64]) -> PgResult<HashMap<i64, TaskRow>> {
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    for r in db.query(sql::REPLAY_ROWS, &[&ids])? {
+        let code: i16 = r.try_get(1)?;
+        let row = TaskRow {
+            status: Status::from_code(code.into())?,
+            worker: r.try_get(2)?,
+            result: r.try_get(3)?,
+            error: r.try_get(4)?,
+        };
+        out.insert(r.try_get(0)?, row);
+    }
+    Ok(out)
 }
 
 /// [`Store::heartbeat`](crate::store::Store::heartbeat).
@@ -59,7 +80,7 @@ pub(super) fn heartbeat(store: &PostgresStore, p: &HeartbeatParams) -> Result<Ve
 
 /// [`Store::progress`](crate::store::Store::progress).
 pub(super) fn progress(store: &PostgresStore, p: &[ProgressParams]) -> Result<Vec<Result<()>>> {
-    store.per_item(p, true, |db, x| {
+    store.per_item(p, true, |db, x, _| {
         if let Err(e) = rules::check_progress(x.progress) {
             return Ok(Err(e));
         }
@@ -82,20 +103,35 @@ pub(super) fn complete(store: &PostgresStore, p: &[CompleteParams]) -> Result<Ve
         Guard::Held,
         "complete",
         |x| rules::check_result_size(&x.result, max).err(),
-        |db, idx| {
+        |db, idx, replayed| {
             let mut m = Moves::default();
             for &i in idx {
                 m.push(p[i].id, Some(p[i].result.clone()), None, Some(p[i].worker.clone()));
             }
             let done = Status::Done.code() as i16;
             let running = Status::Running.code() as i16;
-            db.query(
-                sql::MOVE_TO_DONE,
-                &[&m.ids, &m.results, &m.errors, &m.workers, &done, &running, &now, &retention],
-            )?
-            .iter()
-            .map(|r| Ok(r.try_get(0)?))
-            .collect()
+            let mut moved: Vec<i64> = db
+                .query(
+                    sql::MOVE_TO_DONE,
+                    &[&m.ids, &m.results, &m.errors, &m.workers, &done, &running, &now, &retention],
+                )?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            if replayed {
+                // The first run may have committed before its reply was lost.
+                let seen: HashSet<i64> = moved.iter().copied().collect();
+                let missed: Vec<i64> = m.ids.iter().copied().filter(|id| !seen.contains(id)).collect();
+                let rows = replay_rows(db, &missed)?;
+                for &i in idx {
+                    let x = &p[i];
+                    let mine = Move { status: Status::Done, worker: &x.worker, result: Some(&x.result), error: None };
+                    if !seen.contains(&x.id) && rows.get(&x.id).is_some_and(|r| left_by(r, &mine)) {
+                        moved.push(x.id);
+                    }
+                }
+            }
+            Ok(moved)
         },
     )
 }
@@ -104,8 +140,20 @@ pub(super) fn complete(store: &PostgresStore, p: &[CompleteParams]) -> Result<Ve
 pub(super) fn fail(store: &PostgresStore, p: &[FailParams]) -> Result<Vec<Result<Status>>> {
     let now = store.clock.now_ms();
     let retention = store.cfg.store.retention_ms;
-    store.per_item(p, false, |db, x| {
+    // Replayed after a broken connection: a first run that committed is
+    // recognised by the row it left (`replay.rs`).
+    store.per_item(p, true, |db, x, replayed| {
         let Some(row) = db.query_opt(sql::FAIL_LOOKUP, &[&x.id, &x.worker])? else {
+            if replayed {
+                if let Some(r) = replay_rows(db, &[x.id])?.get(&x.id) {
+                    for status in [Status::Failed, Status::Queued] {
+                        let mine = Move { status, worker: &x.worker, result: None, error: Some(&x.error) };
+                        if left_by(r, &mine) {
+                            return Ok(Ok(status));
+                        }
+                    }
+                }
+            }
             return Ok(Err(explain(db, x.id, Some(&x.worker), Guard::Held, "fail")?));
         };
         let attempts = row.try_get::<_, i32>(0)?.max(0) as u32;
@@ -145,7 +193,7 @@ pub(super) fn cancel(store: &PostgresStore, p: &[CancelParams]) -> Result<Vec<Re
     let now = store.clock.now_ms();
     let retention = store.cfg.store.retention_ms;
     let cancelled = Status::Cancelled.code() as i16;
-    store.per_item(p, false, |db, x| {
+    store.per_item(p, false, |db, x, _| {
         let why = vec![Some(rules::CANCELLED)];
         let none: Vec<Option<Vec<u8>>> = vec![None];
         let ids = vec![x.id];
@@ -185,7 +233,7 @@ pub(super) fn release(store: &PostgresStore, p: &[ReleaseParams]) -> Result<Vec<
         Guard::Held,
         "release",
         |_| None,
-        |db, idx| {
+        |db, idx, _| {
             let ids: Vec<i64> = idx.iter().map(|i| p[*i].id).collect();
             let workers: Vec<&str> = idx.iter().map(|i| p[*i].worker.as_str()).collect();
             db.query(sql::RELEASE, &[&ids, &workers])?.iter().map(|r| Ok(r.try_get(0)?)).collect()
@@ -203,7 +251,7 @@ pub(super) fn retry(store: &PostgresStore, p: &[RetryParams]) -> Result<Vec<Resu
         Guard::Retryable,
         "retry",
         |_| None,
-        |db, idx| {
+        |db, idx, _| {
             let todo: Vec<i64> = idx.iter().map(|i| p[*i].id).collect();
             db.query(sql::RETRY_FROM_DONE, &[&todo, &now])?.iter().map(|r| Ok(r.try_get(0)?)).collect()
         },

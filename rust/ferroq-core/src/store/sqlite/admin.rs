@@ -48,24 +48,27 @@ pub(super) fn listen_set(store: &SqliteStore, p: &ListenSetParams) -> Result<i64
 
 /// [`Store::listen_changes`](crate::store::Store::listen_changes).
 pub(super) fn listen_changes(store: &SqliteStore, p: &ListenChangesParams) -> Result<Vec<ListenChange>> {
-    let conn = store.shards[0].conn.lock();
-    let mut stmt = conn.prepare_cached(sql::LISTEN_SINCE)?;
-    let rows = stmt.query_map(params![p.since, p.limit.max(1)], listen_change)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    store.read(0, |conn| {
+        let mut stmt = conn.prepare_cached(sql::LISTEN_SINCE)?;
+        let rows = stmt.query_map(params![p.since, p.limit.max(1)], listen_change)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    })
 }
 
 /// [`Store::listen_get`](crate::store::Store::listen_get).
 pub(super) fn listen_get(store: &SqliteStore, key: &str) -> Result<Option<ListenChange>> {
-    let conn = store.shards[0].conn.lock();
-    let found = conn.prepare_cached(sql::LISTEN_GET)?.query_row([key], listen_change).optional()?;
-    Ok(found)
+    store.read(0, |conn| {
+        let found = conn.prepare_cached(sql::LISTEN_GET)?.query_row([key], listen_change).optional()?;
+        Ok(found)
+    })
 }
 
 /// [`Store::listen_head`](crate::store::Store::listen_head).
 pub(super) fn listen_head(store: &SqliteStore) -> Result<i64> {
-    let conn = store.shards[0].conn.lock();
-    let head = conn.prepare_cached(sql::LISTEN_HEAD)?.query_row([], |r| r.get(0))?;
-    Ok(head)
+    store.read(0, |conn| {
+        let head = conn.prepare_cached(sql::LISTEN_HEAD)?.query_row([], |r| r.get(0))?;
+        Ok(head)
+    })
 }
 
 /// [`Store::register_worker`](crate::store::Store::register_worker).
@@ -80,22 +83,23 @@ pub(super) fn register_worker(store: &SqliteStore, w: &WorkerInfo) -> Result<()>
 
 /// [`Store::workers`](crate::store::Store::workers).
 pub(super) fn workers(store: &SqliteStore) -> Result<Vec<WorkerInfo>> {
-    let conn = store.shards[0].conn.lock();
-    let mut stmt = conn.prepare_cached(sql::WORKERS)?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let queues: String = r.get(5)?;
-        out.push(WorkerInfo {
-            id: r.get(0)?,
-            host: r.get(1)?,
-            pid: r.get(2)?,
-            started_at: r.get(3)?,
-            heartbeat_at: r.get(4)?,
-            queues: rules::queues_from_json(&queues)?,
-        });
-    }
-    Ok(out)
+    store.read(0, |conn| {
+        let mut stmt = conn.prepare_cached(sql::WORKERS)?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let queues: String = r.get(5)?;
+            out.push(WorkerInfo {
+                id: r.get(0)?,
+                host: r.get(1)?,
+                pid: r.get(2)?,
+                started_at: r.get(3)?,
+                heartbeat_at: r.get(4)?,
+                queues: rules::queues_from_json(&queues)?,
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// [`Store::remove_worker`](crate::store::Store::remove_worker).
@@ -120,9 +124,10 @@ pub(super) fn set_capacity(store: &SqliteStore, p: &CapacityParams) -> Result<()
 
 /// [`Store::capacity`](crate::store::Store::capacity).
 pub(super) fn capacity(store: &SqliteStore, queue: &str) -> Result<Option<u64>> {
-    let conn = store.shards[0].conn.lock();
-    let cap: Option<i64> = conn.prepare_cached(sql::CAPACITY_GET)?.query_row([queue], |r| r.get(0)).optional()?;
-    Ok(cap.map(rules::capacity_from_store))
+    store.read(0, |conn| {
+        let cap: Option<i64> = conn.prepare_cached(sql::CAPACITY_GET)?.query_row([queue], |r| r.get(0)).optional()?;
+        Ok(cap.map(rules::capacity_from_store))
+    })
 }
 
 /// [`Store::set_function_limit`](crate::store::Store::set_function_limit).
@@ -153,6 +158,5 @@ pub(super) fn set_function_limit(store: &SqliteStore, limit: &FunctionLimit) -> 
 
 /// [`Store::function_limits`](crate::store::Store::function_limits).
 pub(super) fn function_limits(store: &SqliteStore) -> Result<Vec<FunctionLimit>> {
-    let conn = store.shards[0].conn.lock();
-    Ok(read_limits(&conn)?.into_iter().map(|l| l.limit).collect())
+    store.read(0, |conn| Ok(read_limits(conn)?.into_iter().map(|l| l.limit).collect()))
 }

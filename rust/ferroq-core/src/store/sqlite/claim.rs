@@ -2,13 +2,21 @@
 //! `sql::CLAIM` over the ready index; with several shards, their heads are
 //! peeked first and merged in claim order. While function limits are in
 //! force, shard 0's write lock serialises claims store-wide.
+//!
+//! A claimed row that is damaged (its payload fails its checksum, or a
+//! column does not decode) is not handed out and does not fail the batch:
+//! in the same transaction it moves to `failed` with the damage (naming
+//! the shard file and the task) as its error, so that it is neither lost
+//! silently nor claimed again and again, and the rest of the batch runs.
+//! Reading it later (`get`, `list`) reports the damage.
 
+use super::read::DamagedRow;
 use super::tx::WriteTx;
 use super::{sql, SqliteStore};
 use crate::error::Result;
 use crate::store::rules::{self, claim_order};
 use crate::store::{allowances, ClaimParams, FunctionLimit, StoredLimit};
-use crate::task::Task;
+use crate::task::{Status, Task};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 
@@ -60,12 +68,19 @@ impl SqliteStore {
         c: &ClaimCtx<'_>,
         allowance: &mut Option<HashMap<String, u64>>,
     ) -> Result<Vec<Task>> {
-        let claimed = self.query_tasks(
+        let rows = self.query_rows(
             tx,
             shard,
             sql::CLAIM,
             params![p.queue, c.now, limit, p.worker, c.now + p.lease_ms, c.resources, c.excluded],
         )?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row {
+                Ok(t) => claimed.push(t),
+                Err(damaged) => self.fail_damaged(tx, damaged, c.now)?,
+            }
+        }
         let Some(allow) = allowance else { return Ok(claimed) };
         let mut kept = Vec::with_capacity(claimed.len());
         let mut sorted = claimed;
@@ -83,6 +98,18 @@ impl SqliteStore {
             }
         }
         Ok(kept)
+    }
+
+    /// Moves a damaged task just claimed to `failed`, its damage as its error.
+    fn fail_damaged(&self, tx: &WriteTx, damaged: DamagedRow, now: i64) -> Result<()> {
+        if damaged.id < i64::from(self.shard_count()) {
+            // Not even the id could be read: nothing to settle it by.
+            return Err(damaged.error);
+        }
+        let local = damaged.id / i64::from(self.shard_count());
+        let why = damaged.error.to_string();
+        self.move_to_done(tx, local, Status::Failed, None, Some(&why), Status::Running, None, now)?;
+        Ok(())
     }
 
     /// Peeks every shard, merges the heads in claim order and claims the
@@ -108,11 +135,15 @@ impl SqliteStore {
                     &guard
                 }
             };
-            let mut stmt = conn.prepare_cached(sql::PEEK_READY)?;
-            let mut rows = stmt.query(params![p.queue, c.now, peek_limit, c.resources, c.excluded])?;
-            while let Some(r) = rows.next()? {
-                heads.push((r.get(0)?, r.get(1)?, self.global(s, r.get(2)?), s));
-            }
+            let mut peek = || -> Result<()> {
+                let mut stmt = conn.prepare_cached(sql::PEEK_READY)?;
+                let mut rows = stmt.query(params![p.queue, c.now, peek_limit, c.resources, c.excluded])?;
+                while let Some(r) = rows.next()? {
+                    heads.push((r.get(0)?, r.get(1)?, self.global(s, r.get(2)?), s));
+                }
+                Ok(())
+            };
+            peek().map_err(|e| self.shard_err(s, e))?;
         }
         if heads.is_empty() {
             return Ok(Vec::new());
@@ -129,7 +160,7 @@ impl SqliteStore {
         let mut all = Vec::new();
         for (s, k) in per_shard.into_iter().enumerate().filter(|(_, k)| *k > 0) {
             let got = match tx0 {
-                Some(tx) if s == 0 => self.claim_in(tx, s, p, k, c, allowance)?,
+                Some(tx) if s == 0 => self.claim_in(tx, s, p, k, c, allowance).map_err(|e| self.shard_err(s, e))?,
                 _ => self.write(s, |tx| self.claim_in(tx, s, p, k, c, allowance))?,
             };
             all.extend(got);

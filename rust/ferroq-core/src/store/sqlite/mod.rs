@@ -14,8 +14,17 @@
 //! listen data, workers, capacities, limits) and `wake.rs` (change tokens
 //! and waiting, with `watch.rs`). `shard.rs` holds the id arithmetic and
 //! the transaction helpers they share; every statement is in `sql.rs`.
+//!
+//! Damage is found and named: each shard file records its store's id, its
+//! index and the shard count (`schema.rs`), checked at open, so an empty,
+//! foreign or misplaced shard file is refused rather than taken for a new
+//! shard; every payload and result carries a checksum checked on read
+//! (`read.rs`); a shard SQLite found malformed refuses further sends
+//! (`shard.rs`); and `check.rs` runs the whole check on demand.
 
 mod admin;
+mod backup;
+mod check;
 mod claim;
 mod enqueue;
 mod read;
@@ -37,9 +46,9 @@ use wake::Wake;
 use super::config::{StoreConfig, MAX_SHARDS};
 use super::rules;
 use super::{
-    CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, FunctionLimit, GetByKeyParams,
-    HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams, ProgressParams,
-    PurgeParams, QueueCount, RecoverParams, ReleaseParams, RetryParams, Store, WorkerInfo,
+    BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, FunctionLimit,
+    GetByKeyParams, HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams,
+    ProgressParams, PurgeParams, QueueCount, RecoverParams, ReleaseParams, RetryParams, Store, WorkerInfo,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -82,6 +91,45 @@ fn why_unavailable(path: &Path) -> Option<Error> {
     None
 }
 
+/// The label of in-memory shards in messages and check reports.
+const MEMORY_LABEL: &str = "memory://";
+
+/// Creates shard file `i` of the store `store_id` (of `shards` shards):
+/// written whole under a temporary name in the store directory, then
+/// hard-linked into place, so that `shard-NNN.db` never exists without its
+/// schema and identity, even if the process dies half-way. When another
+/// process created the shard first, its file stays and this one is dropped.
+fn create_shard_file(dir: &Path, i: u32, shards: u32, store_id: &str) -> Result<()> {
+    let path = dir.join(shard_file(i));
+    let tmp = dir.join(format!(".{}.new-{}-{:08x}", shard_file(i), std::process::id(), rand::random::<u32>()));
+    let made = (|| -> Result<()> {
+        let mut conn = Connection::open(&tmp)?;
+        conn.execute_batch(&sql::set_page_size(schema::PAGE_SIZE))?;
+        schema::create(&mut conn, i, shards, store_id)?;
+        conn.close().map_err(|(_, e)| Error::from(e))
+    })();
+    let placed = made
+        .map_err(|e| match e {
+            Error::Unavailable(m) => {
+                why_unavailable(&tmp).unwrap_or_else(|| Error::Unavailable(format!("{}: {m}", tmp.display())))
+            }
+            other => other,
+        })
+        .and_then(|()| match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            // A file system without hard links: a rename, unless another
+            // process got there first.
+            Err(_) if !path.exists() => std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e)),
+            Err(_) => Ok(()),
+        });
+    let _ = std::fs::remove_file(&tmp);
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+    }
+    placed
+}
+
 fn io_error(path: &Path, e: std::io::Error) -> Error {
     let what = format!("{}: {e}", path.display());
     match e.kind() {
@@ -118,12 +166,14 @@ impl SqliteStore {
 
     fn open_memory(config: &StoreConfig) -> Result<Vec<Shard>> {
         let n = config.shards.unwrap_or(1);
+        let store_id = schema::new_store_id();
         (0..n)
             .map(|i| {
                 let mut conn = Connection::open_in_memory()?;
                 schema::configure(&conn, config, true)?;
-                schema::prepare(&mut conn, i, Some(n), "memory://")?;
-                Ok(Shard::new(conn, None))
+                schema::create(&mut conn, i, n, &store_id)?;
+                schema::prepare(&mut conn, i, Some(&store_id), MEMORY_LABEL)?;
+                Ok(Shard::new(conn, None, MEMORY_LABEL.to_string()))
             })
             .collect()
     }
@@ -143,7 +193,14 @@ impl SqliteStore {
                 dir.display()
             )));
         }
-        let (first, info) = Self::open_shard(dir, 0, config.shards, config, true)?;
+        // Shard files are created whole under a temporary name and then
+        // linked into place (see `create_shard_file`), so a shard file that
+        // exists without the schema is damage, never a store being made.
+        let want = config.shards.unwrap_or(1);
+        if !dir.join(shard_file(0)).exists() {
+            create_shard_file(dir, 0, want, &schema::new_store_id())?;
+        }
+        let (first, info) = Self::open_shard(dir, 0, None, config)?;
         let n = info.shards;
         if let Some(want) = config.shards {
             if want != n {
@@ -151,19 +208,25 @@ impl SqliteStore {
             }
         }
         if !(1..=MAX_SHARDS).contains(&n) {
-            return Err(Error::Corrupt(format!("{} records {n} shards", dir.display())));
+            let label = dir.join(shard_file(0)).display().to_string();
+            return Err(rules::damaged_file(&label, &format!("it records {n} shards")));
         }
         let mut shards = vec![first];
         for i in 1..n {
             // Until shard 0 says the store is complete, shard files are
             // created as needed; afterwards a missing one is damage, and
             // recreating it empty would silently lose its tasks.
-            let (shard, ShardInfo { shards: count, .. }) = Self::open_shard(dir, i, Some(n), config, info.creating)?;
+            let path = dir.join(shard_file(i));
+            if !path.exists() {
+                if !info.creating {
+                    return Err(rules::damaged_file(&path.display().to_string(), "the shard file is missing"));
+                }
+                create_shard_file(dir, i, n, &info.store_id)?;
+            }
+            let (shard, ShardInfo { shards: count, .. }) = Self::open_shard(dir, i, Some(&info.store_id), config)?;
             if count != n {
-                return Err(Error::Corrupt(format!(
-                    "shard {i} of {} records {count} shards, shard 0 records {n}",
-                    dir.display()
-                )));
+                let what = format!("the shard records {count} shards, shard 0 records {n}");
+                return Err(rules::damaged_file(&path.display().to_string(), &what));
             }
             shards.push(shard);
         }
@@ -173,18 +236,11 @@ impl SqliteStore {
         Ok(shards)
     }
 
-    fn open_shard(
-        dir: &Path,
-        i: u32,
-        want: Option<u32>,
-        config: &StoreConfig,
-        may_create: bool,
-    ) -> Result<(Shard, ShardInfo)> {
+    /// Opens the existing shard file `i` (of the store `store_id`, once
+    /// shard 0 has told it).
+    fn open_shard(dir: &Path, i: u32, store_id: Option<&str>, config: &StoreConfig) -> Result<(Shard, ShardInfo)> {
         let path: PathBuf = dir.join(shard_file(i));
         let label = path.display().to_string();
-        if !may_create && !path.exists() {
-            return Err(Error::Corrupt(format!("{label} is missing")));
-        }
         let opened = Connection::open(&path).map_err(Error::from).and_then(|conn| {
             conn.busy_timeout(config.busy_timeout)?;
             schema::identify(&conn, &label)?;
@@ -197,13 +253,13 @@ impl SqliteStore {
             Error::Unavailable(m) => {
                 why_unavailable(&path).unwrap_or_else(|| Error::Unavailable(format!("{label}: {m}")))
             }
-            other => other,
+            other => shard::name_file(other, &label),
         })?;
-        let n = schema::prepare(&mut conn, i, want, &label)?;
+        let info = schema::prepare(&mut conn, i, store_id, &label).map_err(|e| shard::name_file(e, &label))?;
         let watch =
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         watch.busy_timeout(config.busy_timeout)?;
-        Ok((Shard::new(conn, Some(watch)), n))
+        Ok((Shard::new(conn, Some(watch), label), info))
     }
 
     /// The settings each shard's connection reports (for verification).
@@ -299,6 +355,12 @@ impl Store for SqliteStore {
     }
     fn function_limits(&self) -> Result<Vec<FunctionLimit>> {
         admin::function_limits(self)
+    }
+    fn check(&self) -> Result<Vec<super::ShardCheck>> {
+        check::check(self)
+    }
+    fn backup(&self, p: &BackupParams) -> Result<()> {
+        backup::backup(self, p)
     }
     fn change_token(&self) -> Result<u64> {
         wake::change_token(self)

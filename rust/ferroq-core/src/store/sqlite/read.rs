@@ -3,20 +3,66 @@
 
 use super::{sql, SqliteStore};
 use crate::backoff::Backoff;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::rules::{self, TaskCol as C};
 use crate::store::{ListParams, QueueCount};
 use crate::task::{Status, Task};
 use rusqlite::{params, Connection, Row};
 use std::collections::BTreeMap;
 
+/// Where a task row's payload checksum is (after the shared columns; see `sql::task_row`).
+const PAYLOAD_SUM: usize = C::Requires.at(1);
+/// Where a task row's result checksum is.
+const RESULT_SUM: usize = C::Requires.at(2);
+
+/// A task row that could not be read: the task's id and why, for the
+/// caller to report (`get`) or to settle (`claim`).
+pub(super) struct DamagedRow {
+    /// The task id.
+    pub id: i64,
+    /// The error naming the file and the task.
+    pub error: Error,
+}
+
 impl SqliteStore {
-    /// A task from a row of `sql::TASK_COLUMNS`, found in `shard`.
-    fn read_task(&self, row: &Row, shard: usize) -> Result<Task> {
+    /// A task from a row of `sql::task_row`, found in `shard`. A row that
+    /// does not decode (text that is not UTF-8, an unknown status) or whose
+    /// payload or result does not match its checksum is damage, reported
+    /// as [`Error::Corrupt`] naming the shard file and the task.
+    fn read_task(&self, row: &Row, shard: usize) -> std::result::Result<Task, DamagedRow> {
+        let label = &self.shards[shard].label;
+        let id = match row.get::<_, i64>(C::Id.at(0)) {
+            Ok(local) => self.global(shard, local),
+            Err(e) => return Err(DamagedRow { id: 0, error: rules::damaged_file(label, &format!("a task id: {e}")) }),
+        };
+        let damaged = |what: String| DamagedRow { id, error: rules::damaged_task(label, id, &what) };
+        let task = self.decode_task(row, id).map_err(|e| {
+            damaged(match e {
+                Error::Storage(m) | Error::Corrupt(m) | Error::InvalidArgument(m) => m,
+                other => other.to_string(),
+            })
+        })?;
+        let payload_sum: Option<i64> = row.get(PAYLOAD_SUM).map_err(|e| damaged(e.to_string()))?;
+        let result_sum: Option<i64> = row.get(RESULT_SUM).map_err(|e| damaged(e.to_string()))?;
+        if !rules::checksum_matches(&task.payload, payload_sum) {
+            return Err(damaged("its payload does not match its checksum".into()));
+        }
+        let result_ok = match &task.result {
+            Some(r) => rules::checksum_matches(r, result_sum),
+            None => true,
+        };
+        if !result_ok {
+            return Err(damaged("its result does not match its checksum".into()));
+        }
+        Ok(task)
+    }
+
+    /// The columns of a task row as a [`Task`] with id `id`.
+    fn decode_task(&self, row: &Row, id: i64) -> Result<Task> {
         let at = |c: C| c.at(0);
         let backoff: Option<String> = row.get(at(C::Backoff))?;
         Ok(Task {
-            id: self.global(shard, row.get(at(C::Id))?),
+            id,
             queue: row.get(at(C::Queue))?,
             name: row.get(at(C::Name))?,
             payload: row.get(at(C::Payload))?,
@@ -44,7 +90,8 @@ impl SqliteStore {
         })
     }
 
-    /// Runs a statement that returns task rows of `shard`.
+    /// Runs a statement that returns task rows of `shard`; the first
+    /// damaged row fails the read.
     pub(super) fn query_tasks<P: rusqlite::Params>(
         &self,
         conn: &Connection,
@@ -52,11 +99,23 @@ impl SqliteStore {
         sql: &str,
         p: P,
     ) -> Result<Vec<Task>> {
+        self.query_rows(conn, shard, sql, p)?.into_iter().map(|r| r.map_err(|d| d.error)).collect()
+    }
+
+    /// Runs a statement that returns task rows of `shard`, each read or
+    /// reported damaged on its own.
+    pub(super) fn query_rows<P: rusqlite::Params>(
+        &self,
+        conn: &Connection,
+        shard: usize,
+        sql: &str,
+        p: P,
+    ) -> Result<Vec<std::result::Result<Task, DamagedRow>>> {
         let mut stmt = conn.prepare_cached(sql)?;
         let mut rows = stmt.query(p)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            out.push(self.read_task(row, shard)?);
+            out.push(self.read_task(row, shard));
         }
         Ok(out)
     }
@@ -67,10 +126,7 @@ pub(super) fn get(store: &SqliteStore, ids: &[i64]) -> Result<Vec<Option<Task>>>
     ids.iter()
         .map(|&id| match store.split(id) {
             None => Ok(None),
-            Some((s, local)) => {
-                let conn = store.shards[s].conn.lock();
-                Ok(store.query_tasks(&conn, s, sql::GET, [local])?.pop())
-            }
+            Some((s, local)) => store.read(s, |conn| Ok(store.query_tasks(conn, s, sql::GET, [local])?.pop())),
         })
         .collect()
 }
@@ -80,8 +136,7 @@ pub(super) fn get_by_key(store: &SqliteStore, queue: &str, keys: &[String]) -> R
     keys.iter()
         .map(|k| {
             let s = store.route_key(queue, k);
-            let conn = store.shards[s].conn.lock();
-            Ok(store.query_tasks(&conn, s, sql::GET_BY_KEY, (queue, k))?.pop())
+            store.read(s, |conn| Ok(store.query_tasks(conn, s, sql::GET_BY_KEY, (queue, k))?.pop()))
         })
         .collect()
 }
@@ -92,15 +147,16 @@ pub(super) fn list(store: &SqliteStore, p: &ListParams) -> Result<Vec<Task>> {
     let (active, done) = rules::list_tables(p.status);
     let n = i64::from(store.shard_count());
     let mut all = Vec::new();
-    for (s, shard) in store.shards.iter().enumerate() {
+    for s in 0..store.shards.len() {
         let from_local = p.after_id.map(|a| (a - s as i64).div_euclid(n) + 1).unwrap_or(0);
-        let conn = shard.conn.lock();
-        all.extend(store.query_tasks(
-            &conn,
-            s,
-            sql::LIST,
-            params![p.queue, p.status.map(Status::code), p.batch, from_local, p.limit, active, done],
-        )?);
+        all.extend(store.read(s, |conn| {
+            store.query_tasks(
+                conn,
+                s,
+                sql::LIST,
+                params![p.queue, p.status.map(Status::code), p.batch, from_local, p.limit, active, done],
+            )
+        })?);
     }
     all.sort_by_key(|t| t.id);
     all.truncate(p.limit as usize);
@@ -110,14 +166,19 @@ pub(super) fn list(store: &SqliteStore, p: &ListParams) -> Result<Vec<Task>> {
 /// [`Store::counts`](crate::store::Store::counts).
 pub(super) fn counts(store: &SqliteStore) -> Result<Vec<QueueCount>> {
     let mut sums: BTreeMap<(String, Status), u64> = BTreeMap::new();
-    for shard in &store.shards {
-        let conn = shard.conn.lock();
-        let mut stmt = conn.prepare_cached(sql::COUNTS)?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let status = Status::from_code(r.get(1)?)?;
-            *sums.entry((r.get(0)?, status)).or_default() += r.get::<_, i64>(2)? as u64;
-        }
+    for (s, shard) in store.shards.iter().enumerate() {
+        store.read(s, |conn| {
+            let mut stmt = conn.prepare_cached(sql::COUNTS)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let code = r.get(1)?;
+                let status = Status::from_code(code).map_err(|_| {
+                    rules::damaged_file(&shard.label, &format!("a task row has the unknown status code {code}"))
+                })?;
+                *sums.entry((r.get(0)?, status)).or_default() += r.get::<_, i64>(2)? as u64;
+            }
+            Ok(())
+        })?;
     }
     Ok(sums.into_iter().map(|((queue, status), count)| QueueCount { queue, status, count }).collect())
 }
@@ -125,9 +186,10 @@ pub(super) fn counts(store: &SqliteStore) -> Result<Vec<QueueCount>> {
 /// [`Store::unfinished`](crate::store::Store::unfinished).
 pub(super) fn unfinished(store: &SqliteStore, queue: &str) -> Result<u64> {
     let mut total = 0u64;
-    for shard in &store.shards {
-        let conn = shard.conn.lock();
-        total += conn.prepare_cached(sql::COUNT_UNFINISHED)?.query_row([queue], |r| r.get::<_, i64>(0))? as u64;
+    for s in 0..store.shards.len() {
+        total += store.read(s, |conn| {
+            Ok(conn.prepare_cached(sql::COUNT_UNFINISHED)?.query_row([queue], |r| r.get::<_, i64>(0))? as u64)
+        })?;
     }
     Ok(total)
 }
@@ -136,9 +198,10 @@ pub(super) fn unfinished(store: &SqliteStore, queue: &str) -> Result<u64> {
 pub(super) fn next_run_at(store: &SqliteStore, queue: &str) -> Result<Option<i64>> {
     let mut best: Option<i64> = None;
     let now = store.clock.now_ms();
-    for shard in &store.shards {
-        let conn = shard.conn.lock();
-        let at: Option<i64> = conn.prepare_cached(sql::NEXT_RUN_AT)?.query_row(params![queue, now], |r| r.get(0))?;
+    for s in 0..store.shards.len() {
+        let at: Option<i64> = store.read(s, |conn| {
+            Ok(conn.prepare_cached(sql::NEXT_RUN_AT)?.query_row(params![queue, now], |r| r.get(0))?)
+        })?;
         best = match (best, at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -5,6 +5,7 @@
 use super::sql;
 use crate::error::{Error, Result};
 use crate::store::config::{StoreConfig, Synchronous};
+use crate::store::rules;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 /// The settings a connection ended up with, as SQLite reports them.
@@ -80,7 +81,7 @@ pub fn read_pragmas(conn: &Connection) -> Result<Pragmas> {
 }
 
 /// What [`prepare`] found in a shard file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardInfo {
     /// The store's shard count, as this shard records it.
     pub shards: u32,
@@ -88,11 +89,37 @@ pub struct ShardInfo {
     /// mark until every shard file exists): only then may a missing shard
     /// file be created.
     pub creating: bool,
+    /// The id of the store this shard belongs to.
+    pub store_id: String,
+}
+
+// A shard is known by its store: its `meta` table records the store's id
+// (random, made when the store was created, the same in every shard), the
+// shard's own index and the shard count. `meta` is a key/value table that
+// has been in every shard since schema version 1, so the identity needed no
+// new table; SQLite's header fields are taken (`application_id` is ferroq's
+// mark, `user_version` the schema version) and too small for a random id.
+/// The meta entry holding the store id.
+const META_STORE_ID: &str = "store_id";
+/// The meta entry holding the shard's index.
+const META_SHARD: &str = "shard";
+/// The meta entry holding the store's shard count.
+const META_SHARDS: &str = "shards";
+/// The meta entry shard 0 holds while a multi-shard store is being created.
+const META_CREATING: &str = "creating";
+
+/// A new random store id (128 bits, hex).
+pub fn new_store_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Refuses a database that is not a ferroq shard (a SQLite file of
-/// another application, or of a newer ferroq) — before [`configure`], so
-/// that a refused file is left exactly as it was (not even switched to WAL).
+/// another application, or of a newer ferroq) or that is empty — before
+/// [`configure`], so that a refused file is left exactly as it was (not
+/// even switched to WAL). Shard files are only ever created whole (see
+/// [`create`]), so an existing file without the schema is a damaged one
+/// (truncated, or replaced by an empty file): opening it as a new shard
+/// would silently lose its tasks and hand their ids out again.
 pub fn identify(conn: &Connection, label: &str) -> Result<()> {
     let (app_id, version) = read_identity(conn)?;
     check_identity(conn, app_id, version, label)
@@ -113,6 +140,10 @@ fn check_identity(conn: &Connection, app_id: i64, version: i64, label: &str) -> 
                 "{label} is a SQLite database of something else (it has tables but no ferroq schema)"
             )));
         }
+        return Err(rules::damaged_file(
+            label,
+            "the shard file is empty (no ferroq schema): it was truncated or replaced, and its tasks are gone",
+        ));
     } else if app_id != sql::APPLICATION_ID {
         return Err(Error::NotAStore(format!(
             "{label} is a SQLite database of another application (application_id {app_id:#x})"
@@ -126,47 +157,101 @@ fn check_identity(conn: &Connection, app_id: i64, version: i64, label: &str) -> 
     Ok(())
 }
 
-/// Creates the schema in an empty shard, or checks that an existing one is
-/// a ferroq shard of this store.
+/// Writes the schema of shard `index` of a new store of `shards` shards
+/// into an empty database (a file not yet at its place, or memory).
+pub fn create(conn: &mut Connection, index: u32, shards: u32, store_id: &str) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(sql::SCHEMA_V1)?;
+    tx.execute_batch(sql::MIGRATE_V2)?;
+    tx.execute(sql::META_SET, ("app", "ferroq"))?;
+    tx.execute(sql::META_SET, (META_SHARDS, shards.to_string()))?;
+    tx.execute(sql::META_SET, (META_SHARD, index.to_string()))?;
+    tx.execute(sql::META_SET, (META_STORE_ID, store_id))?;
+    if index == 0 && shards > 1 {
+        tx.execute(sql::META_SET, (META_CREATING, "1"))?;
+    }
+    tx.execute_batch(&sql::stamp())?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Checks that a shard file is shard `index` of its store — of the store
+/// `store_id` names, when given (every shard but the first) — and migrates
+/// a shard of an older schema version, all in one write transaction.
 ///
-/// `want` is the shard count asked for (None = whatever exists, else 1).
-pub fn prepare(conn: &mut Connection, index: u32, want: Option<u32>, label: &str) -> Result<ShardInfo> {
+/// Migration from version 1 adds the checksum columns and the store id:
+/// shard 0 gets a new one, every other shard the one shard 0 has.
+pub fn prepare(conn: &mut Connection, index: u32, store_id: Option<&str>, label: &str) -> Result<ShardInfo> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (app_id, version) = read_identity(&tx)?;
     // Checked again inside the write transaction: another process may have
-    // created the file since `identify` looked.
+    // changed the file since `identify` looked.
     check_identity(&tx, app_id, version, label)?;
-    if app_id == 0 && version == 0 {
-        let shards = want.unwrap_or(1);
-        tx.execute_batch(sql::SCHEMA_V1)?;
-        tx.execute(sql::META_SET, ("app", "ferroq"))?;
-        tx.execute(sql::META_SET, ("shards", shards.to_string()))?;
-        tx.execute(sql::META_SET, ("shard", index.to_string()))?;
-        if index == 0 && shards > 1 {
-            tx.execute(sql::META_SET, (META_CREATING, "1"))?;
-        }
-        tx.execute_batch(&sql::stamp())?;
-    }
     let has_meta: i64 = tx.query_row(sql::TABLE_EXISTS, ["meta"], |r| r.get(0))?;
     if has_meta == 0 {
-        return Err(Error::Corrupt(format!("{label} carries ferroq's stamp but has no meta table")));
+        return Err(rules::damaged_file(label, "the shard carries ferroq's stamp but has no meta table"));
     }
     let meta =
         |name: &str| -> Result<Option<String>> { Ok(tx.query_row(sql::META_GET, [name], |r| r.get(0)).optional()?) };
-    let shards: u32 = meta("shards")?
+    let shards: u32 = meta(META_SHARDS)?
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Error::Corrupt(format!("{label} has no valid shard count")))?;
-    let stored_index: Option<u32> = meta("shard")?.and_then(|v| v.parse().ok());
-    if stored_index != Some(index) {
-        return Err(Error::Corrupt(format!("{label} is shard {stored_index:?} of its store, expected shard {index}")));
+        .ok_or_else(|| rules::damaged_file(label, "the shard records no valid shard count"))?;
+    let stored_index: Option<u32> = meta(META_SHARD)?.and_then(|v| v.parse().ok());
+    match stored_index {
+        Some(i) if i == index => {}
+        Some(i) => {
+            return Err(rules::damaged_file(
+                label,
+                &format!("this file is shard {i} of its store, not shard {index}: shard files were renamed or swapped"),
+            ))
+        }
+        None => return Err(rules::damaged_file(label, "the shard records no valid shard index")),
+    }
+    if version < sql::SCHEMA_VERSION {
+        tx.execute_batch(sql::MIGRATE_V2)?;
+        let id = store_id.map(str::to_string).unwrap_or_else(new_store_id);
+        tx.execute(sql::META_SET, (META_STORE_ID, id))?;
+        tx.execute_batch(&sql::stamp())?;
+    }
+    let own = meta(META_STORE_ID)?.ok_or_else(|| rules::damaged_file(label, "the shard records no store id"))?;
+    if let Some(want) = store_id {
+        if own != want {
+            return Err(rules::damaged_file(
+                label,
+                &format!("this file belongs to another store (store id {own}; this store's is {want})"),
+            ));
+        }
     }
     let creating = meta(META_CREATING)?.is_some();
     tx.commit()?;
-    Ok(ShardInfo { shards, creating })
+    Ok(ShardInfo { shards, creating, store_id: own })
 }
 
-/// The meta entry shard 0 holds while a multi-shard store is being created.
-const META_CREATING: &str = "creating";
+/// What shard `index` of the store `store_id` records about itself, for
+/// the store check: one message per disagreement (none when it agrees).
+pub fn identity_problems(conn: &Connection, index: u32, shards: u32, store_id: &str) -> Result<Vec<String>> {
+    let meta =
+        |name: &str| -> Result<Option<String>> { Ok(conn.query_row(sql::META_GET, [name], |r| r.get(0)).optional()?) };
+    let mut out = Vec::new();
+    let (app_id, version) = read_identity(conn)?;
+    if app_id != sql::APPLICATION_ID || version != sql::SCHEMA_VERSION {
+        out.push(format!("header: application_id {app_id:#x}, schema version {version}"));
+    }
+    let expect =
+        [(META_STORE_ID, store_id.to_string()), (META_SHARD, index.to_string()), (META_SHARDS, shards.to_string())];
+    for (name, want) in expect {
+        let got = meta(name)?;
+        if got.as_deref() != Some(want.as_str()) {
+            out.push(format!("meta {name} is {got:?}, expected {want:?}"));
+        }
+    }
+    Ok(out)
+}
+
+/// The store id a shard records, if any.
+pub fn store_id(conn: &Connection) -> Result<Option<String>> {
+    Ok(conn.query_row(sql::META_GET, [META_STORE_ID], |r| r.get(0)).optional()?)
+}
 
 /// Clears the creation mark once every shard file exists.
 pub fn finish_creating(conn: &Connection) -> Result<()> {

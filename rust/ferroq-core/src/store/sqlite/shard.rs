@@ -9,11 +9,12 @@
 
 use super::enqueue::group::Group;
 use super::tx::WriteTx;
-use super::SqliteStore;
+use super::{sql, SqliteStore};
 use crate::error::{Error, Result};
 use crate::store::rules;
 use parking_lot::Mutex;
 use rusqlite::Connection;
+use std::time::Duration;
 
 /// One shard: a writer connection, and (on disk) a second connection used
 /// only to watch `PRAGMA data_version` for other processes' commits.
@@ -22,12 +23,60 @@ pub(super) struct Shard {
     pub(super) watch: Option<Mutex<Connection>>,
     /// Enqueues waiting to share a transaction (group commit).
     pub(super) group: Group,
+    /// The shard file's path (`memory://` in memory), for messages.
+    pub(super) label: String,
+    /// Set once SQLite reported the file damaged: the error later sends
+    /// into this shard fail with (see [`SqliteStore::shard_err`]).
+    unhealthy: Mutex<Option<Error>>,
 }
 
 impl Shard {
     /// A shard over an open writer connection (and, on disk, its watcher).
-    pub(super) fn new(conn: Connection, watch: Option<Connection>) -> Self {
-        Shard { conn: Mutex::new(conn), watch: watch.map(Mutex::new), group: Group::default() }
+    pub(super) fn new(conn: Connection, watch: Option<Connection>, label: String) -> Self {
+        Shard {
+            conn: Mutex::new(conn),
+            watch: watch.map(Mutex::new),
+            group: Group::default(),
+            label,
+            unhealthy: Mutex::new(None),
+        }
+    }
+
+    /// The error this shard was marked unhealthy with, if it was.
+    pub(super) fn unhealthy(&self) -> Option<Error> {
+        self.unhealthy.lock().clone()
+    }
+}
+
+/// Names the shard file in a corruption error that does not name it yet
+/// (SQLite's own "database disk image is malformed" names nothing).
+pub(super) fn name_file(e: Error, label: &str) -> Error {
+    match e {
+        Error::Corrupt(m) if !m.contains(label) => rules::damaged_file(label, &m),
+        Error::NotAStore(m) if !m.contains(label) => Error::NotAStore(format!("{label}: {m}")),
+        other => other,
+    }
+}
+
+/// How long a closing shard waits for other processes to let it checkpoint.
+const CLOSE_CHECKPOINT_WAIT: Duration = Duration::from_millis(250);
+
+impl Drop for Shard {
+    /// Leaves every commit in the shard file itself. SQLite checkpoints on
+    /// closing only the last connection to a file, and only a writable one
+    /// can: the read-only watcher closed last after a waiter had used it,
+    /// so the newest commits stayed in `-wal` and a copy of the `.db` files
+    /// silently lost them. The watcher closes first, then the writer
+    /// checkpoints. Failure (another process reading or writing) leaves the
+    /// log to that process's close; a drop must not panic or report.
+    fn drop(&mut self) {
+        if self.watch.take().is_some() {
+            let conn = self.conn.get_mut();
+            // Waiting out another process's long transaction would stall
+            // the close; that process checkpoints when it closes.
+            let _ = conn.busy_timeout(CLOSE_CHECKPOINT_WAIT);
+            let _ = conn.query_row(sql::CHECKPOINT_TRUNCATE, [], |_| Ok(()));
+        }
     }
 }
 
@@ -80,10 +129,58 @@ impl SqliteStore {
     /// Runs `f` in one IMMEDIATE transaction on a shard.
     pub(super) fn write<T>(&self, shard: usize, f: impl FnOnce(&WriteTx) -> Result<T>) -> Result<T> {
         let conn = self.shards[shard].conn.lock();
-        let tx = WriteTx::begin(&conn)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        let run = || -> Result<T> {
+            let tx = WriteTx::begin(&conn)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        run().map_err(|e| self.shard_err(shard, e))
+    }
+
+    /// Runs `f` on a shard's connection, outside any transaction (reads).
+    pub(super) fn read<T>(&self, shard: usize, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.shards[shard].conn.lock();
+        f(&conn).map_err(|e| self.shard_err(shard, e))
+    }
+
+    /// Every error out of a shard passes here. A corruption error is made
+    /// to name the shard file. One that SQLite raised about the file itself
+    /// (a malformed page: everything in the file is suspect) marks the
+    /// shard unhealthy, so that later sends into it fail at once instead of
+    /// adding work a worker can never finish. Damage confined to one task
+    /// row (a checksum or text that does not decode) is reported already
+    /// naming the file and the task (`rules::damaged_task`) and does not
+    /// mark the shard: the rest of the file is sound.
+    pub(super) fn shard_err(&self, shard: usize, e: Error) -> Error {
+        let sh = &self.shards[shard];
+        let raised_by_sqlite = match &e {
+            Error::Corrupt(m) | Error::NotAStore(m) => !m.contains(&sh.label),
+            _ => false,
+        };
+        let e = name_file(e, &sh.label);
+        if raised_by_sqlite {
+            let mut unhealthy = sh.unhealthy.lock();
+            if unhealthy.is_none() {
+                let why = match &e {
+                    Error::Corrupt(m) | Error::NotAStore(m) => m.clone(),
+                    other => other.to_string(),
+                };
+                *unhealthy = Some(Error::Corrupt(format!(
+                    "{why} (the shard was found damaged earlier; sends into it are refused until the store is \
+                     repaired: run `ferroq check --url <store>` to see what is wrong)"
+                )));
+            }
+        }
+        e
+    }
+
+    /// Refuses work for a shard marked unhealthy (see [`Self::shard_err`]).
+    pub(super) fn check_healthy(&self, shard: usize) -> Result<()> {
+        match self.shards[shard].unhealthy() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Applies `f` to each item in one transaction per shard. The outer

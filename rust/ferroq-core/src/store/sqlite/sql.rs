@@ -10,7 +10,10 @@
 /// `application_id` stamped on every ferroq shard ("FRQ1").
 pub const APPLICATION_ID: i64 = 0x4652_5131;
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the store identity (`meta.store_id`, see
+/// `schema::prepare`) and the payload and result checksums
+/// ([`MIGRATE_V2`]); a version-1 shard is migrated when it is opened.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The columns of both task tables, in the order `read::read_task` reads
 /// them (the positions of `rules::TaskCol`).
@@ -26,6 +29,15 @@ macro_rules! task_columns {
 /// The task columns as one list (checked against `rules::TaskCol`).
 #[allow(dead_code)] // Read by the column-order test in `store/rules.rs`.
 pub const TASK_COLUMNS: &str = task_columns!();
+
+/// What every statement that reads a task returns: the shared task columns,
+/// then the checksums of payload and result (`read::PAYLOAD_SUM`,
+/// `read::RESULT_SUM`), which only this backend stores.
+macro_rules! task_row {
+    () => {
+        concat!(task_columns!(), ", payload_sum, result_sum")
+    };
+}
 
 /// Begins a write transaction, taking the shard's write lock at once (a
 /// deferred BEGIN would take it at the first write, and could then fail
@@ -55,6 +67,16 @@ pub fn set_synchronous(level: i64) -> String {
 /// cache of 8,000 small pages cost a worker draining 100,000 tasks an eighth
 /// of its speed (27k -> 31k/s with 2 MiB, measured).
 pub const CACHE_SETTINGS: &str = "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -2048;";
+/// Copies every committed page of the write-ahead log into the database
+/// file and truncates the log to zero bytes (run as a shard closes, so that
+/// the `.db` files alone hold every commit; see `Shard`'s `Drop`).
+pub const CHECKPOINT_TRUNCATE: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
+/// Begins a read transaction (deferred: its snapshot is taken by the
+/// first read, [`BACKUP_SNAPSHOT`]).
+pub const BEGIN_READ: &str = "BEGIN";
+/// The first read of a backup's source transaction, which fixes the
+/// snapshot the backup copies.
+pub const BACKUP_SNAPSHOT: &str = "SELECT count(*) FROM meta";
 /// Reads the journal mode.
 pub const JOURNAL_MODE: &str = "PRAGMA journal_mode";
 /// Reads `synchronous`.
@@ -174,6 +196,25 @@ CREATE TABLE function_limit (
 ) WITHOUT ROWID;
 ";
 
+/// Schema version 2: CRC-32C checksums (`rules::checksum`) of each
+/// task's payload and result, written by the store and checked on every
+/// read. NULL (rows written by version 1, or no result) is not checked.
+/// Appended columns: adding them rewrites no row.
+pub const MIGRATE_V2: &str = "
+ALTER TABLE task ADD COLUMN payload_sum INTEGER;
+ALTER TABLE task ADD COLUMN result_sum INTEGER;
+ALTER TABLE task_done ADD COLUMN payload_sum INTEGER;
+ALTER TABLE task_done ADD COLUMN result_sum INTEGER;
+";
+
+/// SQLite's own check of a shard file's structure: one row `ok`, or one
+/// row per problem found (at most 100).
+pub const INTEGRITY_CHECK: &str = "PRAGMA integrity_check(100)";
+
+/// Every stored payload and result with its checksum, for the store check.
+pub const CHECKSUMS: &str = "SELECT id, payload, payload_sum, result, result_sum FROM task
+    UNION ALL SELECT id, payload, payload_sum, result, result_sum FROM task_done";
+
 /// Reads one meta value.
 pub const META_GET: &str = "SELECT value FROM meta WHERE name = ?1";
 /// Writes one meta value.
@@ -194,18 +235,20 @@ macro_rules! insert_task_columns {
     () => {
         "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
     attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
-    requires)"
+    requires, payload_sum)"
     };
 }
 
 /// Inserts a queued task with local id ?14. The store picks ids from one
 /// counter for all its shards (so that id order follows enqueue order
 /// across shards), never at or below the shard's `LAST_LOCAL_ID`.
-pub const INSERT_TASK: &str =
-    concat!(insert_task_columns!(), " VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15)");
+pub const INSERT_TASK: &str = concat!(
+    insert_task_columns!(),
+    " VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16)"
+);
 
-/// How many values `INSERT_TASK` binds per row.
-pub const INSERT_TASK_PARAMS: usize = 15;
+/// How many values `INSERT_TASK` binds per row (?16: the payload's checksum).
+pub const INSERT_TASK_PARAMS: usize = 16;
 
 /// `INSERT_TASK` for `rows` rows in one statement: row `r` binds its values
 /// at `r * INSERT_TASK_PARAMS` + the single-row positions.
@@ -219,7 +262,7 @@ pub fn insert_task_rows(rows: usize) -> String {
             out.push(',');
         }
         out.push_str(&format!(
-            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{}, 0, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{}, 0, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
             p(14),
             p(1),
             p(2),
@@ -234,7 +277,8 @@ pub fn insert_task_rows(rows: usize) -> String {
             p(11),
             p(12),
             p(13),
-            p(15)
+            p(15),
+            p(16)
         ));
     }
     out
@@ -260,12 +304,10 @@ pub const LAST_LOCAL_ID: &str = concat!("SELECT ", last_local_id!());
 /// write lock. One statement instead of four (begin, read the sequence,
 /// insert, commit).
 pub const INSERT_TASK_ALONE: &str = concat!(
-    "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
-    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
-    requires)
-    VALUES (max(?14, 1 + ",
+    insert_task_columns!(),
+    " VALUES (max(?14, 1 + ",
     last_local_id!(),
-    "), ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15)"
+    "), ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16)"
 );
 /// Records the id high-water mark before a purge deletes rows.
 pub const SET_HIGH_ID: &str = "INSERT OR REPLACE INTO meta (name, value) VALUES ('high_id', ?1)";
@@ -308,7 +350,7 @@ pub const CLAIM: &str = concat!(
     requirements_met!("?6"),
     " ORDER BY priority DESC, run_at, id LIMIT ?3)
     RETURNING ",
-    task_columns!()
+    task_row!()
 );
 
 /// Gives back a task a limited claim took beyond its allowance (the attempt
@@ -385,14 +427,15 @@ pub const FLAG_CANCEL: &str = "UPDATE task SET cancel_requested = 1 WHERE id = ?
 
 /// Moves task ?1 from `task` to `task_done` with final status ?2, if it is
 /// in status ?7 (and held by worker ?8 when given). ?3 result, ?4 error
-/// (kept when NULL), ?5 finish time, ?6 default retention.
+/// (kept when NULL), ?5 finish time, ?6 default retention, ?9 the
+/// result's checksum.
 pub const MOVE_TO_DONE: &str = concat!(
     "INSERT INTO task_done (",
-    task_columns!(),
+    task_row!(),
     ") SELECT id, queue, name, payload, priority, ?2, run_at, attempts, max_attempts,
         NULL, worker, key, batch, progress, ?3, coalesce(?4, error), created_at, started_at,
         ?5, expires_at, metadata, cancel_requested, backoff, result_ttl,
-        ?5 + coalesce(result_ttl, ?6), requires
+        ?5 + coalesce(result_ttl, ?6), requires, payload_sum, ?9
     FROM task WHERE id = ?1 AND status = ?7 AND (?8 IS NULL OR worker = ?8)"
 );
 /// Second half of a move: drop the row from `task`.
@@ -401,10 +444,10 @@ pub const DELETE_ACTIVE: &str = "DELETE FROM task WHERE id = ?1";
 /// Moves a finished task back to the queue with fresh attempts (retry).
 pub const RETRY_FROM_DONE: &str = concat!(
     "INSERT INTO task (",
-    task_columns!(),
+    task_row!(),
     ") SELECT id, queue, name, payload, priority, 0, ?2, 0, max_attempts,
         NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
-        NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires
+        NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires, payload_sum, NULL
     FROM task_done WHERE id = ?1 AND status IN (3, 4, 5)"
 );
 /// Second half of a retry: drop the row from `task_done`.
@@ -420,18 +463,18 @@ pub const PAST_DEADLINE: &str = "SELECT id FROM task WHERE expires_at IS NOT NUL
 /// One task by local id, from either table.
 pub const GET: &str = concat!(
     "SELECT ",
-    task_columns!(),
+    task_row!(),
     " FROM task WHERE id = ?1 UNION ALL SELECT ",
-    task_columns!(),
+    task_row!(),
     " FROM task_done WHERE id = ?1"
 );
 
 /// One task by key, from either table.
 pub const GET_BY_KEY: &str = concat!(
     "SELECT ",
-    task_columns!(),
+    task_row!(),
     " FROM task WHERE queue = ?1 AND key = ?2 UNION ALL SELECT ",
-    task_columns!(),
+    task_row!(),
     " FROM task_done WHERE queue = ?1 AND key = ?2"
 );
 
@@ -444,11 +487,11 @@ pub const STATUS_OF: &str = "SELECT status, worker FROM task WHERE id = ?1
 /// from local id ?4 on, at most ?5. ?6 / ?7 pick the tables to read.
 pub const LIST: &str = concat!(
     "SELECT * FROM (SELECT ",
-    task_columns!(),
+    task_row!(),
     " FROM task WHERE ?6 AND id >= ?4 AND (?1 IS NULL OR queue = ?1)
         AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR batch = ?3)
     UNION ALL SELECT ",
-    task_columns!(),
+    task_row!(),
     " FROM task_done WHERE ?7 AND id >= ?4 AND (?1 IS NULL OR queue = ?1)
         AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR batch = ?3))
     ORDER BY id LIMIT ?5"

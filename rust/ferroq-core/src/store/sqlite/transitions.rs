@@ -37,7 +37,7 @@ impl SqliteStore {
     /// Moves a task to `task_done` if it is in status `from` (and held by
     /// `worker` when given). True when it moved.
     #[allow(clippy::too_many_arguments)]
-    fn move_to_done(
+    pub(super) fn move_to_done(
         &self,
         tx: &WriteTx,
         local: i64,
@@ -56,7 +56,8 @@ impl SqliteStore {
             now,
             self.config.retention_ms,
             from.code(),
-            worker
+            worker,
+            result.map(rules::checksum)
         ])?;
         if moved == 1 {
             tx.prepare_cached(sql::DELETE_ACTIVE)?.execute([local])?;

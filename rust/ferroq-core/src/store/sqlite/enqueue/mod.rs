@@ -7,7 +7,7 @@ pub(super) mod group;
 use super::tx::WriteTx;
 use super::{read, schema, sql, SqliteStore};
 use crate::error::{Error, Result};
-use crate::store::Enqueued;
+use crate::store::{rules, Enqueued};
 use crate::task::NewTask;
 use rusqlite::{Connection, OptionalExtension, ToSql};
 use std::sync::atomic::Ordering;
@@ -30,9 +30,23 @@ fn insert_rows_sql() -> &'static str {
     SQL.get_or_init(|| sql::insert_task_rows(INSERT_ROWS))
 }
 
+/// What each row insert binds beside the task itself: its local id, its
+/// backoff as text, and its payload's checksum (`rules::checksum`).
+struct RowExtras {
+    local: i64,
+    backoff: Option<String>,
+    sum: i64,
+}
+
+impl RowExtras {
+    fn new(t: &NewTask, local: i64) -> Self {
+        RowExtras { local, backoff: t.backoff.map(|b| b.encode()), sum: rules::checksum(&t.payload) }
+    }
+}
+
 /// The values of `sql::INSERT_TASK` (and `INSERT_TASK_ALONE`) for task `t`
-/// with local id `local`, enqueued at `now`.
-fn insert_values<'a>(t: &'a NewTask, now: &'a i64, backoff: &'a Option<String>, local: &'a i64) -> [&'a dyn ToSql; 15] {
+/// enqueued at `now`.
+fn insert_values<'a>(t: &'a NewTask, now: &'a i64, x: &'a RowExtras) -> [&'a dyn ToSql; sql::INSERT_TASK_PARAMS] {
     [
         &t.queue,
         &t.name,
@@ -45,10 +59,11 @@ fn insert_values<'a>(t: &'a NewTask, now: &'a i64, backoff: &'a Option<String>, 
         now,
         &t.expires_at,
         &t.metadata,
-        backoff,
+        &x.backoff,
         &t.result_ttl_ms,
-        local,
+        &x.local,
         &t.requires,
+        &x.sum,
     ]
 }
 
@@ -72,6 +87,9 @@ pub(super) fn enqueue(store: &SqliteStore, tasks: &[NewTask]) -> Result<Vec<Enqu
     // thread's batch committed first) continues from there instead.
     let first_local = store.last_local.fetch_add(tasks.len() as i64, Ordering::Relaxed) + 1;
     let busy: Vec<usize> = (0..groups.len()).filter(|s| !groups[*s].is_empty()).collect();
+    for &s in &busy {
+        store.check_healthy(s)?;
+    }
     let bytes: usize = tasks.iter().map(|t| t.payload.len()).sum();
     if let [s] = busy[..] {
         if bytes <= group::GROUP_MAX_BYTES {
@@ -123,8 +141,8 @@ impl SqliteStore {
     ) -> Result<Vec<Enqueued>> {
         let mut last = schema::last_local_id(tx)?;
         let mut out = Vec::with_capacity(idxs.len());
-        // Unkeyed rows waiting for a full multi-row statement: (task, local id, backoff text).
-        let mut rows: Vec<(&NewTask, i64, Option<String>)> = Vec::with_capacity(INSERT_ROWS);
+        // Unkeyed rows waiting for a full multi-row statement.
+        let mut rows: Vec<(&NewTask, RowExtras)> = Vec::with_capacity(INSERT_ROWS);
         for &i in idxs {
             let t = &tasks[i];
             if let Some(k) = &t.key {
@@ -138,21 +156,20 @@ impl SqliteStore {
             let local = (first_local + i as i64).max(last + 1);
             last = local;
             out.push(Enqueued { id: self.global(s, local), inserted: true });
-            let backoff = t.backoff.map(|b| b.encode());
+            let extras = RowExtras::new(t, local);
             if t.key.is_some() {
-                tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, &backoff, &local)[..])?;
+                tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, &extras)[..])?;
                 continue;
             }
-            rows.push((t, local, backoff));
+            rows.push((t, extras));
             if rows.len() == INSERT_ROWS {
-                let values: Vec<&dyn ToSql> =
-                    rows.iter().flat_map(|(t, local, backoff)| insert_values(t, &now, backoff, local)).collect();
+                let values: Vec<&dyn ToSql> = rows.iter().flat_map(|(t, x)| insert_values(t, &now, x)).collect();
                 tx.prepare_cached(insert_rows_sql())?.execute(&values[..])?;
                 rows.clear();
             }
         }
-        for (t, local, backoff) in &rows {
-            tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, backoff, local)[..])?;
+        for (t, x) in &rows {
+            tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, x)[..])?;
         }
         self.last_local.fetch_max(last, Ordering::Relaxed);
         Ok(out)
@@ -162,8 +179,8 @@ impl SqliteStore {
     /// `sql::INSERT_TASK_ALONE`): the common single send, at the cost of
     /// one statement.
     fn insert_alone(&self, conn: &Connection, s: usize, t: &NewTask, first_local: i64, now: i64) -> Result<Enqueued> {
-        let backoff = t.backoff.map(|b| b.encode());
-        conn.prepare_cached(sql::INSERT_TASK_ALONE)?.execute(&insert_values(t, &now, &backoff, &first_local)[..])?;
+        let extras = RowExtras::new(t, first_local);
+        conn.prepare_cached(sql::INSERT_TASK_ALONE)?.execute(&insert_values(t, &now, &extras)[..])?;
         let local = conn.last_insert_rowid();
         self.last_local.fetch_max(local, Ordering::Relaxed);
         Ok(Enqueued { id: self.global(s, local), inserted: true })
@@ -175,7 +192,7 @@ impl SqliteStore {
         shard.group.push(req.clone());
         loop {
             if let Some(r) = req.take() {
-                return r;
+                return r.map_err(|e| self.shard_err(s, e));
             }
             if let Some(conn) = shard.conn.try_lock() {
                 // Lead one batch: every request queued now, ours included
@@ -191,7 +208,7 @@ impl SqliteStore {
                 continue;
             }
             if let Some(r) = req.wait() {
-                return r;
+                return r.map_err(|e| self.shard_err(s, e));
             }
         }
     }
@@ -247,8 +264,8 @@ impl SqliteStore {
                 Some((false, at)) if now.duration_since(at) < CAPACITY_RECHECK => return Ok(()),
                 Some((true, at)) if now.duration_since(at) < CAPACITY_RECHECK => {}
                 _ => {
-                    let conn = self.shards[0].conn.lock();
-                    let any: i64 = conn.prepare_cached(sql::CAPACITY_ANY)?.query_row([], |r| r.get(0))?;
+                    let any: i64 = self
+                        .read(0, |conn| Ok(conn.prepare_cached(sql::CAPACITY_ANY)?.query_row([], |r| r.get(0))?))?;
                     *cached = Some((any > 0, now));
                     if any == 0 {
                         return Ok(());
@@ -256,8 +273,7 @@ impl SqliteStore {
                 }
             }
         }
-        let caps: Vec<(String, u64)> = {
-            let conn = self.shards[0].conn.lock();
+        let caps: Vec<(String, u64)> = self.read(0, |conn| {
             let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
             queues.sort_unstable();
             queues.dedup();
@@ -269,8 +285,8 @@ impl SqliteStore {
                     caps.push((q.to_string(), cap.max(0) as u64));
                 }
             }
-            caps
-        };
+            Ok(caps)
+        })?;
         for (queue, cap) in caps {
             let mut new = 0u64;
             for t in tasks.iter().filter(|t| t.queue == queue) {

@@ -1,0 +1,202 @@
+//! A shard is known by its store: every shard file records the store's id
+//! (random, made at creation), its own index and the shard count. A shard
+//! file that is empty (truncated to zero bytes, or a database without the
+//! schema), belongs to another store, or sits at another shard's place is
+//! refused as corrupt at open, with a message naming the file and how to
+//! recover, and is left as it was. Stores written by the previous schema
+//! version are given an identity on first open and keep their tasks.
+
+use crate::harness::*;
+use ferroq_core::store::sqlite::shard_file;
+use ferroq_core::store::CompleteParams;
+use ferroq_core::{Error, ManualClock, Status, Store};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn open(dir: &Path) -> Result<Arc<dyn Store>, Error> {
+    ferroq_core::open_with_clock(&format!("sqlite://{}", dir.display()), Arc::new(ManualClock::new(T0)))
+}
+
+/// A closed store of `shards` shards at `dir` holding `n` queued tasks;
+/// returns their ids. Every shard's WAL is folded into its file.
+pub fn make_store(dir: &Path, shards: u32, n: usize) -> Vec<i64> {
+    let url = format!("sqlite://{}?shards={shards}", dir.display());
+    let s = ferroq_core::open_with_clock(&url, Arc::new(ManualClock::new(T0))).unwrap();
+    let ids = (0..n).map(|_| s.enqueue(&[task("q")]).unwrap()[0].id).collect();
+    drop(s);
+    checkpoint(dir, shards);
+    ids
+}
+
+/// Folds every shard's WAL into its file (so the bytes on disk are the data).
+pub fn checkpoint(dir: &Path, shards: u32) {
+    for i in 0..shards {
+        let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    }
+}
+
+/// Removes a shard's WAL companions (what a copy or truncation leaves behind).
+fn drop_wal(path: &Path) {
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// Opening `dir` is refused as corrupt, naming `file` and the way back.
+fn assert_refused(dir: &Path, file: &Path, what: &str) {
+    match open(dir) {
+        Err(Error::Corrupt(msg)) => {
+            assert!(msg.contains(&file.display().to_string()), "{what}: the message does not name the file: {msg}");
+            assert!(msg.contains("backup"), "{what}: the message does not say how to recover: {msg}");
+        }
+        Err(other) => panic!("{what}: expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("{what}: the store opened"),
+    }
+}
+
+#[test]
+fn truncated_shard_is_refused_not_recreated() {
+    for shards in [1u32, 4] {
+        for victim in [0, shards - 1] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("store");
+            make_store(&dir, shards, 12);
+            let path = dir.join(shard_file(victim));
+            std::fs::write(&path, b"").unwrap();
+            drop_wal(&path);
+            let what = format!("shard {victim} of {shards} truncated");
+            assert_refused(&dir, &path, &what);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "{what}: the file was rewritten");
+        }
+    }
+}
+
+#[test]
+fn shard_without_the_schema_is_refused() {
+    // A valid SQLite file with nothing in it (a header, no tables).
+    for shards in [1u32, 4] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        make_store(&dir, shards, 4);
+        let path = dir.join(shard_file(shards - 1));
+        std::fs::remove_file(&path).unwrap();
+        drop_wal(&path);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE x (a); DROP TABLE x;").unwrap();
+        drop(c);
+        assert_refused(&dir, &path, &format!("schema-less shard of {shards}"));
+    }
+}
+
+#[test]
+fn shard_of_another_store_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    make_store(&a, 4, 8);
+    make_store(&b, 4, 8);
+    let path = a.join(shard_file(2));
+    std::fs::copy(b.join(shard_file(2)), &path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    assert_refused(&a, &path, "a shard copied from another store");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the foreign shard was modified");
+}
+
+#[test]
+fn swapped_shards_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    make_store(&dir, 4, 8);
+    let (one, two) = (dir.join(shard_file(1)), dir.join(shard_file(2)));
+    let aside = dir.join("aside");
+    std::fs::rename(&one, &aside).unwrap();
+    std::fs::rename(&two, &one).unwrap();
+    std::fs::rename(&aside, &two).unwrap();
+    assert_refused(&dir, &one, "shards 1 and 2 swapped");
+}
+
+/// Turns a store back into one written by schema version 1: no store id,
+/// no checksum columns, user_version 1.
+fn make_old_format(dir: &Path, shards: u32) {
+    for i in 0..shards {
+        let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
+        c.execute_batch(
+            "DELETE FROM meta WHERE name = 'store_id';
+             ALTER TABLE task DROP COLUMN payload_sum; ALTER TABLE task DROP COLUMN result_sum;
+             ALTER TABLE task_done DROP COLUMN payload_sum; ALTER TABLE task_done DROP COLUMN result_sum;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+}
+
+fn store_ids(dir: &Path, shards: u32) -> Vec<(i64, Option<String>)> {
+    (0..shards)
+        .map(|i| {
+            let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
+            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+            let id = c.query_row("SELECT value FROM meta WHERE name = 'store_id'", [], |r| r.get(0)).ok();
+            (version, id)
+        })
+        .collect()
+}
+
+#[test]
+fn store_of_the_previous_schema_opens_and_keeps_its_tasks() {
+    for shards in [1u32, 4] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir: PathBuf = tmp.path().join("store");
+        let ids = make_store(&dir, shards, 10);
+        // One of them done with a result, before the downgrade.
+        {
+            let s = open(&dir).unwrap();
+            let env_claim = ferroq_core::store::ClaimParams {
+                queue: "q".into(),
+                worker: "w".into(),
+                limit: 1,
+                lease_ms: 60_000,
+                resources: None,
+            };
+            let t = s.claim(&env_claim).unwrap().pop().unwrap();
+            s.complete(&[CompleteParams { id: t.id, worker: "w".into(), result: b"old result".to_vec() }]).unwrap();
+        }
+        checkpoint(&dir, shards);
+        make_old_format(&dir, shards);
+        let s = open(&dir).unwrap();
+        let got = s.get(&ids).unwrap();
+        assert!(got.iter().all(Option::is_some), "{shards} shard(s): every task is still there");
+        let done: Vec<_> = got.iter().flatten().filter(|t| t.status == Status::Done).collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].result.as_deref(), Some(&b"old result"[..]));
+        // New work goes on as before.
+        let new = s.enqueue(&[task("q")]).unwrap()[0].id;
+        assert!(ids.iter().all(|id| *id != new));
+        drop(s);
+        let stamped = store_ids(&dir, shards);
+        assert!(stamped.iter().all(|(v, id)| *v == 2 && id.is_some()), "{stamped:?}");
+        assert!(stamped.iter().all(|(_, id)| *id == stamped[0].1), "one store id in every shard: {stamped:?}");
+        // And it opens again as a store of the new version.
+        assert!(open(&dir).unwrap().get(&[new]).unwrap()[0].is_some());
+    }
+}
+
+#[test]
+fn brand_new_store_gets_one_id_in_every_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    make_store(&dir, 4, 0);
+    let stamped = store_ids(&dir, 4);
+    assert!(stamped[0].1.as_ref().is_some_and(|id| id.len() >= 16), "{stamped:?}");
+    assert!(stamped.iter().all(|s| *s == stamped[0]), "{stamped:?}");
+    let other = tmp.path().join("other");
+    make_store(&other, 4, 0);
+    assert_ne!(store_ids(&other, 4)[0], stamped[0], "two stores, two ids");
+    // Only the shard files are left in the directory (no creation leftovers).
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm"))
+        .collect();
+    names.sort();
+    assert_eq!(names, (0..4).map(shard_file).collect::<Vec<_>>());
+}
