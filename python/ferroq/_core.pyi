@@ -5,6 +5,7 @@ from typing import Any, Optional, Union, final
 
 __all__ = [
     "LeaseKeeper",
+    "ManualClock",
     "Store",
     "Task",
     "TokenBucket",
@@ -82,10 +83,19 @@ class TokenBucket:
     def acquire(self, n: float = 1.0, timeout: Optional[float] = None) -> bool: ...
 
 @final
+class ManualClock:
+    """A clock that stands still until ``advance(seconds)`` moves it."""
+
+    def __new__(cls, now_ms: Optional[int] = None) -> ManualClock: ...
+    @property
+    def now_ms(self) -> int: ...
+    def advance(self, seconds: float) -> None: ...
+
+@final
 class Store:
     """A ferroq store opened from a URL."""
 
-    def __new__(cls, url: str) -> Store: ...
+    def __new__(cls, url: str, clock: Optional[ManualClock] = None) -> Store: ...
     @property
     def url(self) -> str: ...
     @property

@@ -2,6 +2,7 @@
 //! values, releases the GIL around every store call and wait, and maps core
 //! errors onto ferroq's exception classes. No queue logic lives here.
 
+mod clock;
 mod errors;
 mod lease;
 mod store;
@@ -14,6 +15,7 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::PyStore>()?;
+    m.add_class::<clock::PyManualClock>()?;
     m.add_class::<lease::PyLeaseKeeper>()?;
     m.add_class::<task::PyTask>()?;
     m.add_class::<tokenbucket::PyTokenBucket>()?;

@@ -1,6 +1,7 @@
 //! `Store` for Python: each method extracts its arguments, releases the GIL
 //! for the core call, and converts the answer back.
 
+use crate::clock::PyManualClock;
 use crate::errors::{invalid, seconds, to_py, Int, IntoPyResult, Text};
 use crate::task::PyTask;
 use ferroq_core::columns::{first_page, read_page, ResultColumns, ResultQuery, TextColumn};
@@ -211,10 +212,19 @@ pub(crate) fn sliced<T: Send>(
 
 #[pymethods]
 impl PyStore {
+    /// Opens (creating if needed) the store at `url`. With `clock` (a
+    /// `ManualClock`), the store reads its time from that clock.
     #[new]
-    fn new(py: Python<'_>, url: Text) -> PyResult<Self> {
+    #[pyo3(signature = (url, clock=None))]
+    fn new(py: Python<'_>, url: Text, clock: Option<PyRef<'_, PyManualClock>>) -> PyResult<Self> {
         let url: String = url.0;
-        let store = py.detach(|| ferroq_core::open(&url)).py(py)?;
+        let clock = clock.map(|c| c.inner.clone());
+        let store = py
+            .detach(|| match clock {
+                Some(c) => ferroq_core::open_with_clock(&url, c),
+                None => ferroq_core::open(&url),
+            })
+            .py(py)?;
         Ok(PyStore { inner: RwLock::new(Some(store)), url })
     }
 
