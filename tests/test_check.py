@@ -83,3 +83,35 @@ def test_backup_of_a_live_store_opens_with_every_task(tmp_path: Path) -> None:
         assert len(copy.list(limit=1000)) == 50
     bad = _ferroq("backup", str(tmp_path / "copy2"), "--url", str(src))
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_a_backup_inside_the_store_is_refused(tmp_path: Path) -> None:
+    with Queue(str(tmp_path / "s")) as q:
+        _fill(q, 3)
+        for dest in (tmp_path / "s" / "copy", tmp_path / "s" / ".." / "s" / "x" / "y"):
+            with pytest.raises(ferroq.InvalidArgumentError, match="inside the store"):
+                q.backup(dest)
+        assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == []
+
+
+def test_a_damaged_row_does_not_condemn_its_shard(tmp_path: Path) -> None:
+    """A worker row with bad JSON (written by something else) is one bad
+    row: reading it fails, naming the file, but sends go on and the shard
+    is not marked damaged (it was, for good, before)."""
+    import sqlite3
+
+    store = tmp_path / "s"
+    with Queue(str(store)) as q:
+        q._store.register_worker("w1", "h", 1, ["default"])
+        shard = next(store.glob("shard-*.db"))
+        other = sqlite3.connect(shard)
+        other.execute("UPDATE worker SET queues = '{not json' WHERE id = 'w1'")
+        other.commit()
+        with pytest.raises(ferroq.CorruptStoreError):
+            q._store.workers()
+        _fill(q, 2)  # sends still go in
+        other.execute("DELETE FROM worker WHERE id = 'w1'")
+        other.commit()
+        other.close()
+        assert q._store.workers() == []
+        assert all(s.ok for s in q.check())

@@ -156,3 +156,65 @@ def test_lone_surrogates_are_invalid_argument(store: _core.Store, bad: str) -> N
     with pytest.raises(ferroq.InvalidArgumentError):
         noop.options(queue=bad).send()
     assert q.stats() == {}
+
+
+def test_out_of_range_ids_and_tokens_are_invalid_argument(store: _core.Store) -> None:
+    for call in (
+        lambda: store.get(2**70),
+        lambda: store.get_many([1, 2**70]),
+        lambda: store.wait_for_change(2**70, 0.0),
+        lambda: store.register_worker("w", "h", -1, []),
+        lambda: store.list_tasks(after_id=2**64),
+        lambda: _core.ManualClock(2**70),
+    ):
+        with pytest.raises(ferroq.InvalidArgumentError):
+            call()
+
+
+def test_a_manual_clock_refuses_to_overflow() -> None:
+    clock = _core.ManualClock(2**63 - 10)
+    with pytest.raises(ferroq.InvalidArgumentError):
+        clock.advance(1.0)
+    assert clock.now_ms == 2**63 - 10  # unchanged
+    clock = _core.ManualClock(0)
+    clock.advance(5e15)  # 5e18 ms: fits
+    with pytest.raises(ferroq.InvalidArgumentError):
+        clock.advance(5e15)  # 1e19 ms: does not
+
+
+def test_close_ends_waits_in_other_threads(tmp_path: object) -> None:
+    store = _core.Store("memory://")
+    (tid, _) = store.enqueue("q", "t", b"J[[],{}]")
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            store.wait_finished(tid, math.inf)
+        except BaseException as e:  # noqa: B036 - recorded for the assertion
+            errors.append(e)
+
+    waiters = [threading.Thread(target=wait) for _ in range(3)]
+    for w in waiters:
+        w.start()
+    deadline = time.monotonic() + 5
+    while store.waiting < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.waiting == 3
+    store.close()
+    for w in waiters:
+        w.join(timeout=2)
+    assert not any(w.is_alive() for w in waiters)
+    assert len(errors) == 3 and all(isinstance(e, ferroq.StoreUnavailableError) for e in errors)
+    assert store.waiting == 0
+
+
+def test_lease_keeper_rejects_bad_text_and_ids() -> None:
+    store = _core.Store("memory://")
+    with pytest.raises(ferroq.InvalidArgumentError):
+        _core.LeaseKeeper(store, "w\udc80", 1000, 0.1)
+    keeper = _core.LeaseKeeper(store, "w", 1000, 0.1)
+    with pytest.raises(ferroq.InvalidArgumentError):
+        keeper.add([2**70])
+    with pytest.raises(ferroq.InvalidArgumentError):
+        _core.LeaseKeeper(store, "w", 1000, 1e-300)
+    keeper.close()

@@ -46,12 +46,16 @@ def _raise(exc: BaseException) -> Callable[[], None]:
     [SystemExit(3), KeyboardInterrupt(), asyncio.CancelledError(), GeneratorExit()],
     ids=lambda e: type(e).__name__,
 )
-@pytest.mark.parametrize("mode", ["thread", "asyncio"])
+@pytest.mark.parametrize("mode", ["thread", "asyncio", "asyncio-plain-def"])
 def test_a_base_exception_fails_the_attempt_and_the_worker_carries_on(
     q: Queue, exc: BaseException, mode: str
 ) -> None:
     name = f"{type(exc).__name__}_{mode}"
-    if mode == "asyncio":
+    if mode == "asyncio-plain-def":
+        # A plain function in asyncio mode runs on the loop's thread pool.
+        bad = q.task(name=f"bad_{name}")(_raise(exc))
+        mode = "asyncio"
+    elif mode == "asyncio":
 
         async def raiser() -> None:
             raise exc
@@ -368,4 +372,19 @@ def test_a_task_holding_the_gil_past_its_lease_keeps_it(tmp_path: Path) -> None:
     assert out.strip() == "0", "the sweeper took over a lease of a running task"
     t = q.get(h.id)
     assert t is not None and t.attempts == 1
+    q.close()
+
+
+def test_a_child_that_cannot_start_fails_the_attempt(tmp_path: Path) -> None:
+    """Process mode: the task's module exits when the child imports it. The
+    attempt fails with the cause; the task does not stay running."""
+    from app.child_exit import never_runs
+
+    q = Queue(str(tmp_path / "store"))
+    h = never_runs.options().send_to(q)  # type: ignore[attr-defined]
+    with QueueScheduler(q, concurrency=1, mode="process", queues=["default"]):
+        with pytest.raises(ferroq.FerroqError):
+            h.result(timeout=60)
+    t = q.get(h.id)
+    assert t is not None and t.status == "failed" and t.attempts == 1
     q.close()

@@ -10,7 +10,7 @@ import json
 import logging
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Optional, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Union
 
 from .._errors import SerializationError, TaskCancelledError, TaskTimeoutError
 from ..context import Retry, TaskContext, _current
@@ -121,6 +121,18 @@ async def _guarded(coro: Any) -> Any:
         raise _Escaped(e) from e
 
 
+def _guarded_call(call: Callable[[], Any]) -> Any:
+    """:func:`_guarded` for a plain function on the loop's thread pool: an
+    exception that is not an ``Exception`` must not cross the future (a
+    ``GeneratorExit`` there escapes every handler of the awaiting task)."""
+    try:
+        return call()
+    except Exception:
+        raise
+    except BaseException as e:
+        raise _Escaped(e) from e
+
+
 def execute_sync(fn: TaskFunction[Any, Any], payload: bytes, ctx: TaskContext) -> Outcome:
     """Runs ``fn`` on the payload in this thread (``async def`` on a private loop)."""
     token = _current.set(ctx)
@@ -154,7 +166,7 @@ async def execute_async(
         if fn.is_async:
             work = _guarded(fn.fn(*args, **kwargs))
         else:
-            call = functools.partial(fn.fn, *args, **kwargs)
+            call = functools.partial(_guarded_call, functools.partial(fn.fn, *args, **kwargs))
             run = contextvars.copy_context().run
             work = asyncio.get_running_loop().run_in_executor(None, run, call)
         value = await asyncio.wait_for(work, timeout)
@@ -168,4 +180,6 @@ async def execute_async(
     except _Escaped as e:
         return _failed(e.inner, ctx)
     except Exception as e:
+        return _failed(e, ctx)
+    except BaseException as e:  # noqa: B036 - a plain function's SystemExit from the pool
         return _failed(e, ctx)

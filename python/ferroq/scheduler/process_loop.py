@@ -29,7 +29,9 @@ from .task_loop import WAIT_SLICE_S, ClaimingLoop
 
 if TYPE_CHECKING:
     from .. import _core
+    from ..task_function import TaskFunction
     from ._state import WorkerState
+    from .inflight import InFlight
 
 __all__ = ["ProcessTaskLoop", "child_main"]
 
@@ -145,7 +147,19 @@ class ProcessTaskLoop(ClaimingLoop):
             if not parent.poll(_START_TIMEOUT_S):
                 self._kill()
                 raise FerroqError(f"worker process did not start within {_START_TIMEOUT_S:.0f}s")
-            parent.recv()  # ("ready",)
+            try:
+                parent.recv()  # ("ready",)
+            except (EOFError, OSError):
+                proc = self._proc
+                if proc is not None:
+                    proc.join(timeout=5)
+                code = proc.exitcode if proc is not None else None
+                self._kill()
+                raise FerroqError(
+                    f"worker process exited while starting (exit code {code}): a task module "
+                    f"({', '.join(self._modules()) or 'none'}) may exit or fail when imported "
+                    "in a child process"
+                ) from None
         return self._conn
 
     def _kill(self) -> None:
@@ -182,10 +196,20 @@ class ProcessTaskLoop(ClaimingLoop):
         item, fn = begun
         item.ctx = None
         try:
-            conn = self._child()
-        except (FerroqError, OSError) as e:
-            self.record(t, item, Outcome(error=error_text(e, ""), retry="backoff"))
-            return
+            outcome = self._run_in_child(t, item, fn)
+        except Exception as e:
+            # A child that cannot start (its modules exit at import, a
+            # script without a __main__ guard) or a broken pipe: the attempt
+            # fails with the cause, instead of the task staying claimed here
+            # (its lease renewed) forever.
+            self._kill()
+            log.warning("task %s could not run in a worker process: %s", t.id, e)
+            outcome = Outcome(error=error_text(e, ""), retry="backoff")
+        self.observe(time.monotonic() - (item.started or time.monotonic()))
+        self.record(t, item, outcome)
+
+    def _run_in_child(self, t: _core.Task, item: InFlight, fn: TaskFunction[Any, Any]) -> Outcome:
+        conn = self._child()
         fields = (t.id, t.name, t.queue, t.attempts, t.max_attempts, t.key, t.batch)
         conn.send((fields, t.payload, self.state.worker_id))
         timeout = fn.defaults.timeout
@@ -221,8 +245,7 @@ class ProcessTaskLoop(ClaimingLoop):
                 self._kill()
                 err = FerroqError(f"worker process died running task {t.id} (exit {code})")
                 outcome = Outcome(error=error_text(err, ""), retry="backoff")
-        self.observe(time.monotonic() - (item.started or time.monotonic()))
-        self.record(t, item, outcome)
+        return outcome
 
     def abort(self) -> None:
         """Kills the child (the grace period ran out)."""

@@ -58,11 +58,27 @@ impl ManualClock {
     pub fn new(now_ms: i64) -> Self {
         ManualClock { state: Mutex::new((now_ms, Duration::ZERO)) }
     }
-    /// Moves both the wall and the monotonic clock forward.
+    /// Moves both the wall and the monotonic clock forward, saturating at
+    /// the largest time either can hold (a test clock never wraps).
     pub fn advance(&self, d: Duration) {
         let mut s = self.state.lock();
-        s.0 += d.as_millis() as i64;
-        s.1 += d;
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        s.0 = s.0.saturating_add(ms);
+        s.1 = s.1.saturating_add(d);
+    }
+
+    /// Moves both clocks forward by `d`, or refuses (changing nothing) when
+    /// either would pass the largest time it can hold.
+    pub fn try_advance(&self, d: Duration) -> crate::Result<()> {
+        let mut s = self.state.lock();
+        let wall = i64::try_from(d.as_millis()).ok().and_then(|ms| s.0.checked_add(ms));
+        match (wall, s.1.checked_add(d)) {
+            (Some(wall), Some(mono)) => {
+                *s = (wall, mono);
+                Ok(())
+            }
+            _ => Err(crate::Error::InvalidArgument(format!("the clock cannot move {d:?} past {} ms", s.0))),
+        }
     }
 }
 

@@ -95,6 +95,11 @@ pub enum Error {
     Storage(String),
 }
 
+/// Starts the message of damage SQLite itself reported about a file (as
+/// opposed to one row that does not decode), so a store can tell the two
+/// apart: the first makes the whole file suspect.
+pub(crate) const SQLITE_DAMAGE: &str = "SQLite reports the file damaged: ";
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode as C;
@@ -102,8 +107,8 @@ impl From<rusqlite::Error> for Error {
             rusqlite::Error::SqliteFailure(f, msg) => {
                 let text = msg.clone().unwrap_or_else(|| f.to_string());
                 match f.code {
-                    C::NotADatabase => Error::NotAStore(format!("not a SQLite database ({text})")),
-                    C::DatabaseCorrupt => Error::Corrupt(text),
+                    C::NotADatabase => Error::NotAStore(format!("{SQLITE_DAMAGE}not a SQLite database ({text})")),
+                    C::DatabaseCorrupt => Error::Corrupt(format!("{SQLITE_DAMAGE}{text}")),
                     C::CannotOpen => Error::Unavailable(text),
                     C::PermissionDenied | C::ReadOnly => Error::PermissionDenied(text),
                     C::DatabaseBusy | C::DatabaseLocked => Error::Unavailable(format!("database is busy ({text})")),

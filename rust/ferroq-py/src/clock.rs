@@ -2,7 +2,7 @@
 //! delays, leases, retries, deadlines and retention) from this clock, which
 //! moves only when told to. For tests of code that uses ferroq.
 
-use crate::errors::{invalid, seconds as span};
+use crate::errors::{invalid, seconds as span, Int, IntoPyResult};
 use ferroq_core::clock::Clock;
 use pyo3::prelude::*;
 use std::sync::Arc;
@@ -19,8 +19,9 @@ impl PyManualClock {
     /// A clock reading `now_ms` (ms since the epoch; default: the real time now).
     #[new]
     #[pyo3(signature = (now_ms=None))]
-    fn new(now_ms: Option<i64>) -> Self {
+    fn new(now_ms: Option<Int<i64>>) -> Self {
         let now = now_ms
+            .map(|n| n.0)
             .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
         PyManualClock { inner: Arc::new(ferroq_core::ManualClock::new(now)) }
     }
@@ -37,9 +38,8 @@ impl PyManualClock {
             return Err(invalid(py, format!("advance() needs a finite number of seconds >= 0, got {seconds}")));
         }
         match span(py, seconds, "advance")? {
-            Some(d) => self.inner.advance(d),
-            None => return Err(invalid(py, "advance() by a span no clock can hold")),
+            Some(d) => self.inner.try_advance(d).py(py),
+            None => Err(invalid(py, "advance() by a span no clock can hold")),
         }
-        Ok(())
     }
 }

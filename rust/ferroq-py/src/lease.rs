@@ -6,12 +6,12 @@
 //! renews leases from a Rust thread that never takes the GIL; Python only
 //! tells it which tasks to keep and reads what it saw.
 
-use crate::errors::{invalid, to_py, Int, IntoPyResult};
+use crate::errors::{invalid, to_py, Int, IntoPyResult, Text};
 use crate::store::PyStore;
 use ferroq_core::store::HeartbeatParams;
 use ferroq_core::{Error, Store};
 use pyo3::prelude::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,8 +30,11 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Tasks whose leases are renewed.
-    ids: BTreeSet<i64>,
+    /// Tasks whose leases are renewed, each with the generation of its
+    /// last `add` (a task claimed again is a new generation).
+    ids: BTreeMap<i64, u64>,
+    /// The last generation handed out.
+    generation: u64,
     /// Kept tasks someone asked to cancel.
     cancel: BTreeSet<i64>,
     /// Tasks whose lease was found lost (no longer renewed).
@@ -70,17 +73,19 @@ impl Shared {
                 }
             }
             next = Instant::now() + self.interval;
-            let ids: Vec<i64> = self.state().ids.iter().copied().collect();
-            if ids.is_empty() {
-                continue;
-            }
-            // Held only for the call: closing the store closes it.
+            let snapshot: Vec<(i64, u64)> = self.state().ids.iter().map(|(id, g)| (*id, *g)).collect();
+            // Held only for the call: closing the store closes it (and
+            // stops the keeper, kept tasks or not).
             let Some(store) = store.upgrade() else {
                 let mut st = self.state();
                 st.errors.push(Error::Unavailable("the store was closed; the keeper stopped".into()).to_string());
                 st.stop = true;
                 return;
             };
+            if snapshot.is_empty() {
+                continue;
+            }
+            let ids = snapshot.iter().map(|(id, _)| *id).collect();
             let p = HeartbeatParams { ids, worker: self.worker.clone(), lease_ms: self.lease_ms };
             let out = store.heartbeat(&p);
             drop(store);
@@ -88,8 +93,11 @@ impl Shared {
             match out {
                 Ok(beats) => {
                     for b in beats {
-                        // Removed while the beat was on its way: not ours to report.
-                        if !st.ids.contains(&b.id) {
+                        // Removed, or removed and added again (claimed anew),
+                        // while the beat was on its way: what it saw is of an
+                        // earlier attempt, not ours to report.
+                        let then = snapshot.iter().find(|(id, _)| *id == b.id).map(|(_, g)| *g);
+                        if st.ids.get(&b.id).copied() != then {
                             continue;
                         }
                         if !b.held {
@@ -132,9 +140,10 @@ fn sorted(set: &BTreeSet<i64>) -> Vec<i64> {
 #[pymethods]
 impl PyLeaseKeeper {
     #[new]
-    fn new(py: Python<'_>, store: &PyStore, worker: String, lease_ms: Int<i64>, interval_s: f64) -> PyResult<Self> {
-        if !(interval_s.is_finite() && interval_s > 0.0) {
-            return Err(invalid(py, format!("interval_s must be a positive number of seconds, got {interval_s}")));
+    fn new(py: Python<'_>, store: &PyStore, worker: Text, lease_ms: Int<i64>, interval_s: f64) -> PyResult<Self> {
+        let worker = worker.0;
+        if !(interval_s.is_finite() && interval_s >= 0.001) {
+            return Err(invalid(py, format!("interval_s must be a number of seconds >= 0.001, got {interval_s}")));
         }
         let interval = Duration::try_from_secs_f64(interval_s)
             .map_err(|e| invalid(py, format!("interval_s {interval_s}: {e}")))?;
@@ -161,18 +170,21 @@ impl PyLeaseKeeper {
     }
 
     /// Starts renewing the leases of `ids` (from the next beat).
-    fn add(&self, ids: Vec<i64>) {
+    fn add(&self, ids: Vec<Int<i64>>) {
         let mut st = self.shared.state();
-        for id in ids {
-            st.ids.insert(id);
+        for Int(id) in ids {
+            st.generation += 1;
+            let g = st.generation;
+            st.ids.insert(id, g);
             st.lost.remove(&id);
+            st.cancel.remove(&id);
         }
     }
 
     /// Stops renewing `ids`, and forgets what was seen of them.
-    fn remove(&self, ids: Vec<i64>) {
+    fn remove(&self, ids: Vec<Int<i64>>) {
         let mut st = self.shared.state();
-        for id in ids {
+        for Int(id) in ids {
             st.ids.remove(&id);
             st.cancel.remove(&id);
             st.lost.remove(&id);
@@ -181,7 +193,7 @@ impl PyLeaseKeeper {
 
     /// The tasks whose leases are being renewed, in id order.
     fn ids(&self) -> Vec<i64> {
-        sorted(&self.shared.state().ids)
+        self.shared.state().ids.keys().copied().collect()
     }
 
     /// Kept tasks whose cancellation was requested, in id order (until removed).

@@ -14,6 +14,7 @@ use ferroq_core::{Backoff, BackoffStrategy, Error, NewTask, Status, Store};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,24 @@ const SLICE: Duration = Duration::from_millis(100);
 pub struct PyStore {
     inner: RwLock<Option<Arc<dyn Store>>>,
     url: String,
+    /// Threads now inside a wait (see `waiting`).
+    waits: AtomicUsize,
+}
+
+/// Counts a thread in a wait for as long as it lives.
+struct InWait<'a>(&'a AtomicUsize);
+
+impl<'a> InWait<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        InWait(n)
+    }
+}
+
+impl Drop for InWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Bytes from Python. `bytes` and `bytearray` are copied in one piece;
@@ -184,6 +203,28 @@ impl PyStore {
         let store = self.store(py)?;
         py.detach(|| f(store.as_ref())).py(py)
     }
+
+    /// A wait of up to `total` (`None`: no end) in slices of at most SLICE,
+    /// each with the GIL released, Ctrl+C checked between them. The store
+    /// is taken anew for every slice, so `close()` ends the wait (with
+    /// `StoreUnavailableError`) within one slice and frees the store.
+    fn wait<T: Send>(
+        &self,
+        py: Python<'_>,
+        total: Option<Duration>,
+        mut f: impl FnMut(&dyn Store, Duration) -> ferroq_core::Result<Option<T>> + Send,
+    ) -> PyResult<Option<T>> {
+        let _counted = InWait::enter(&self.waits);
+        sliced(py, total, |slice| {
+            // Taken without the GIL: the lock is a plain RwLock.
+            let store = match self.inner.read() {
+                Ok(guard) => guard.clone(),
+                Err(_) => return Err(Error::Storage("store lock poisoned".into())),
+            };
+            let store = store.ok_or_else(|| Error::Unavailable(format!("store {} is closed", self.url)))?;
+            f(store.as_ref(), slice)
+        })
+    }
 }
 
 /// Runs `f` in slices of at most SLICE with the GIL released, checking
@@ -225,7 +266,7 @@ impl PyStore {
                 None => ferroq_core::open(&url),
             })
             .py(py)?;
-        Ok(PyStore { inner: RwLock::new(Some(store)), url })
+        Ok(PyStore { inner: RwLock::new(Some(store)), url, waits: AtomicUsize::new(0) })
     }
 
     /// The URL the store was opened with.
@@ -400,8 +441,7 @@ impl PyStore {
         let tasks = if wait == Some(Duration::ZERO) {
             self.call(py, |store| store.claim(&p))?
         } else {
-            let store = self.store(py)?;
-            sliced(py, wait, |slice| {
+            self.wait(py, wait, |store, slice| {
                 let got = store.claim_wait(&p, slice)?;
                 Ok(if got.is_empty() { None } else { Some(got) })
             })?
@@ -414,10 +454,11 @@ impl PyStore {
     fn heartbeat(
         &self,
         py: Python<'_>,
-        ids: Vec<i64>,
+        ids: Vec<Int<i64>>,
         worker: Text,
         lease_ms: Int<i64>,
     ) -> PyResult<Vec<(i64, bool, bool)>> {
+        let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
         let worker: String = worker.0;
         let p = HeartbeatParams { ids, worker, lease_ms: lease_ms.0 };
         let out = self.call(py, |store| store.heartbeat(&p))?;
@@ -425,7 +466,8 @@ impl PyStore {
     }
 
     /// Records progress (0..=1) of a running task.
-    fn progress(&self, py: Python<'_>, id: i64, worker: Text, progress: f64) -> PyResult<()> {
+    fn progress(&self, py: Python<'_>, id: Int<i64>, worker: Text, progress: f64) -> PyResult<()> {
+        let id: i64 = id.0;
         let worker: String = worker.0;
         let p = [ProgressParams { id, worker, progress }];
         let out = self.call(py, |store| store.progress(&p))?;
@@ -433,7 +475,8 @@ impl PyStore {
     }
 
     /// Finishes a running task with its serialised result.
-    fn complete(&self, py: Python<'_>, id: i64, worker: Text, result: Blob) -> PyResult<()> {
+    fn complete(&self, py: Python<'_>, id: Int<i64>, worker: Text, result: Blob) -> PyResult<()> {
+        let id: i64 = id.0;
         let worker: String = worker.0;
         let p = [CompleteParams { id, worker, result: result.0 }];
         let out = self.call(py, |store| store.complete(&p))?;
@@ -445,10 +488,11 @@ impl PyStore {
     fn complete_many(
         &self,
         py: Python<'_>,
-        ids: Vec<i64>,
+        ids: Vec<Int<i64>>,
         worker: Text,
         results: Vec<Blob>,
     ) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
         let worker: String = worker.0;
         if ids.len() != results.len() {
             return Err(invalid(py, format!("{} ids but {} results", ids.len(), results.len())));
@@ -468,11 +512,12 @@ impl PyStore {
     fn fail(
         &self,
         py: Python<'_>,
-        id: i64,
+        id: Int<i64>,
         worker: Text,
         error: Text,
         retry: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<&'static str> {
+        let id: i64 = id.0;
         let worker: String = worker.0;
         let error: String = error.0;
         let p = [FailParams { id, worker, error, retry: parse_retry(py, retry)? }];
@@ -484,7 +529,8 @@ impl PyStore {
     /// flagged ('running'). With `worker`, the holder acknowledges a
     /// cancellation of its running task.
     #[pyo3(signature = (id, worker=None))]
-    fn cancel(&self, py: Python<'_>, id: i64, worker: Option<Text>) -> PyResult<&'static str> {
+    fn cancel(&self, py: Python<'_>, id: Int<i64>, worker: Option<Text>) -> PyResult<&'static str> {
+        let id: i64 = id.0;
         let worker: Option<String> = worker.map(String::from);
         let p = [CancelParams { id, worker }];
         let out = self.call(py, |store| store.cancel(&p))?;
@@ -493,7 +539,8 @@ impl PyStore {
 
     /// Gives claimed tasks back without counting the attempt; returns one
     /// exception (or None) per task.
-    fn release(&self, py: Python<'_>, ids: Vec<i64>, worker: Text) -> PyResult<Vec<Option<Py<PyAny>>>> {
+    fn release(&self, py: Python<'_>, ids: Vec<Int<i64>>, worker: Text) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
         let worker: String = worker.0;
         let p: Vec<ReleaseParams> = ids.into_iter().map(|id| ReleaseParams { id, worker: worker.clone() }).collect();
         let out = self.call(py, |store| store.release(&p))?;
@@ -501,7 +548,8 @@ impl PyStore {
     }
 
     /// Requeues a failed, cancelled or expired task with fresh attempts.
-    fn retry(&self, py: Python<'_>, id: i64) -> PyResult<()> {
+    fn retry(&self, py: Python<'_>, id: Int<i64>) -> PyResult<()> {
+        let id: i64 = id.0;
         let out = self.call(py, |store| store.retry(&[RetryParams { id }]))?;
         one(py, out, "retry")?.py(py)
     }
@@ -522,13 +570,15 @@ impl PyStore {
     }
 
     /// One task by id, or None.
-    fn get(&self, py: Python<'_>, id: i64) -> PyResult<Option<PyTask>> {
+    fn get(&self, py: Python<'_>, id: Int<i64>) -> PyResult<Option<PyTask>> {
+        let id: i64 = id.0;
         let out = self.call(py, |store| store.get(&[id]))?;
         Ok(one(py, out, "get")?.map(PyTask::from))
     }
 
     /// Tasks by id (None where missing).
-    fn get_many(&self, py: Python<'_>, ids: Vec<i64>) -> PyResult<Vec<Option<PyTask>>> {
+    fn get_many(&self, py: Python<'_>, ids: Vec<Int<i64>>) -> PyResult<Vec<Option<PyTask>>> {
+        let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
         let out = self.call(py, |store| store.get(&ids))?;
         Ok(out.into_iter().map(|t| t.map(PyTask::from)).collect())
     }
@@ -544,11 +594,11 @@ impl PyStore {
 
     /// Waits up to `timeout` seconds (`inf`: until it finishes) for a task
     /// to finish; returns it as last seen.
-    fn wait_finished(&self, py: Python<'_>, id: i64, timeout: f64) -> PyResult<PyTask> {
+    fn wait_finished(&self, py: Python<'_>, id: Int<i64>, timeout: f64) -> PyResult<PyTask> {
+        let id: i64 = id.0;
         let total = seconds(py, timeout, "timeout")?;
-        let store = self.store(py)?;
         let mut last = None;
-        let done = sliced(py, total, |slice| {
+        let done = self.wait(py, total, |store, slice| {
             let t = store.wait_finished(id, slice)?;
             if t.status.is_finished() {
                 return Ok(Some(t));
@@ -571,9 +621,10 @@ impl PyStore {
         queue: Option<Text>,
         status: Option<Text>,
         batch: Option<Text>,
-        after_id: Option<i64>,
+        after_id: Option<Int<i64>>,
         limit: Int<u32>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let after_id: Option<i64> = after_id.map(|i| i.0);
         let queue: Option<String> = queue.map(String::from);
         let status: Option<String> = status.map(String::from);
         let batch: Option<String> = batch.map(String::from);
@@ -661,7 +712,8 @@ impl PyStore {
 
     /// Listen changes after `since`: [(version, key, value, at_ms)].
     #[pyo3(signature = (since, limit=Int(1000)), text_signature = "($self, since, limit=1000)")]
-    fn listen_changes<'py>(&self, py: Python<'py>, since: i64, limit: Int<u32>) -> PyResult<Vec<ListenRow<'py>>> {
+    fn listen_changes<'py>(&self, py: Python<'py>, since: Int<i64>, limit: Int<u32>) -> PyResult<Vec<ListenRow<'py>>> {
+        let since: i64 = since.0;
         let out = self.call(py, |store| store.listen_changes(&ListenChangesParams { since, limit: limit.0 }))?;
         Ok(out.into_iter().map(|c| (c.version, c.key, PyBytes::new(py, &c.value), c.at)).collect())
     }
@@ -679,7 +731,8 @@ impl PyStore {
     }
 
     /// Records (or refreshes) a worker: (id, host, pid, queues).
-    fn register_worker(&self, py: Python<'_>, id: Text, host: Text, pid: u32, queues: Vec<Text>) -> PyResult<()> {
+    fn register_worker(&self, py: Python<'_>, id: Text, host: Text, pid: Int<u32>, queues: Vec<Text>) -> PyResult<()> {
+        let pid: u32 = pid.0;
         let id: String = id.0;
         let host: String = host.0;
         let queues: Vec<String> = queues.into_iter().map(String::from).collect();
@@ -759,11 +812,18 @@ impl PyStore {
 
     /// Waits up to `timeout` seconds (`inf`: until it does) for the change
     /// token to move; true if it did.
-    fn wait_for_change(&self, py: Python<'_>, token: u64, timeout: f64) -> PyResult<bool> {
+    fn wait_for_change(&self, py: Python<'_>, token: Int<u64>, timeout: f64) -> PyResult<bool> {
+        let token: u64 = token.0;
         let total = seconds(py, timeout, "timeout")?;
-        let store = self.store(py)?;
-        let changed = sliced(py, total, |slice| Ok(store.wait_for_change(token, slice)?.then_some(())))?;
+        let changed = self.wait(py, total, |store, slice| Ok(store.wait_for_change(token, slice)?.then_some(())))?;
         Ok(changed.is_some())
+    }
+
+    /// How many threads are inside a wait on this store right now
+    /// (`claim(wait=...)`, `wait_finished`, `wait_for_change`).
+    #[getter]
+    fn waiting(&self) -> usize {
+        self.waits.load(Ordering::SeqCst)
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

@@ -23,6 +23,15 @@ const BUSY_PAUSE: Duration = Duration::from_millis(5);
 
 /// [`Store::backup`](crate::store::Store::backup).
 pub(super) fn backup(store: &SqliteStore, p: &BackupParams) -> Result<()> {
+    if let Some(src) = &store.config.path {
+        if within(&p.dest, src) {
+            return Err(Error::InvalidArgument(format!(
+                "backup destination {} is inside the store it copies ({})",
+                p.dest.display(),
+                src.display()
+            )));
+        }
+    }
     prepare_dest(&p.dest)?;
     let mut written = Vec::new();
     let out = copy_shards(store, &p.dest, &mut written);
@@ -33,6 +42,28 @@ pub(super) fn backup(store: &SqliteStore, p: &BackupParams) -> Result<()> {
         }
     }
     out
+}
+
+/// True when `path` (which may not exist yet) lies in or at `dir`, links
+/// and `..` resolved.
+fn within(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else { return false };
+    // The nearest existing ancestor, resolved, plus the rest as written.
+    let mut rest = Vec::new();
+    let mut at = path.to_path_buf();
+    loop {
+        if let Ok(real) = at.canonicalize() {
+            let full = rest.iter().rev().fold(real, |p: PathBuf, c: &std::ffi::OsString| p.join(c));
+            return full.starts_with(&dir);
+        }
+        match (at.file_name().map(|n| n.to_os_string()), at.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                at = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
+            }
+            _ => return false,
+        }
+    }
 }
 
 /// Creates `dest`, or accepts an existing empty directory.

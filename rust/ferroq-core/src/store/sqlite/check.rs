@@ -22,19 +22,39 @@ pub(super) fn check(store: &SqliteStore) -> Result<Vec<ShardCheck>> {
         .enumerate()
         .map(|(i, shard)| {
             let mut messages = Vec::new();
-            if let Some(e) = shard.unhealthy() {
-                messages.push(format!("this handle found the shard damaged: {e}"));
-            }
-            let conn = shard.conn.lock();
-            let found = check_shard(store, &conn, i, n, store_id.as_deref());
-            drop(conn);
+            // A file is checked on a read-only connection of its own, so a
+            // long check never holds the writer (sends, claims and lease
+            // renewals go on); an in-memory shard has only its writer.
+            let found = match store.config.path.as_ref().map(|_| reader(&shard.label)) {
+                Some(Ok(conn)) => check_shard(store, &conn, i, n, store_id.as_deref()),
+                Some(Err(e)) => Err(e),
+                None => check_shard(store, &shard.conn.lock(), i, n, store_id.as_deref()),
+            };
             match found {
-                Ok(found) => messages.extend(found),
+                Ok(found) if found.is_empty() => {
+                    // Sound now (repaired, or the damage was passing): sends
+                    // into it are accepted again.
+                    shard.unhealthy.lock().take();
+                }
+                Ok(found) => {
+                    if let Some(e) = shard.unhealthy() {
+                        messages.push(format!("this handle found the shard damaged: {e}"));
+                    }
+                    messages.extend(found)
+                }
                 Err(e) => messages.push(format!("the check could not finish: {e}")),
             }
             ShardCheck { path: shard.label.clone(), ok: messages.is_empty(), messages }
         })
         .collect())
+}
+
+/// A read-only connection to a shard file.
+fn reader(path: &str) -> Result<Connection> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
 }
 
 /// The problems found in one shard.

@@ -27,7 +27,7 @@ pub(super) struct Shard {
     pub(super) label: String,
     /// Set once SQLite reported the file damaged: the error later sends
     /// into this shard fail with (see [`SqliteStore::shard_err`]).
-    unhealthy: Mutex<Option<Error>>,
+    pub(super) unhealthy: Mutex<Option<Error>>,
 }
 
 impl Shard {
@@ -155,7 +155,7 @@ impl SqliteStore {
     pub(super) fn shard_err(&self, shard: usize, e: Error) -> Error {
         let sh = &self.shards[shard];
         let raised_by_sqlite = match &e {
-            Error::Corrupt(m) | Error::NotAStore(m) => !m.contains(&sh.label),
+            Error::Corrupt(m) | Error::NotAStore(m) => m.contains(crate::error::SQLITE_DAMAGE),
             _ => false,
         };
         let e = name_file(e, &sh.label);
