@@ -340,16 +340,40 @@ def test_host_key_names_the_pid_namespace() -> None:
 # -- 12. leases renewed without the GIL ------------------------------------
 
 
+def _gil_hog_length(at_least: float) -> int:
+    """A run of a's whose match against ``(a+)+b`` takes ``at_least``
+    seconds here: ``re`` holds the GIL for the whole C call, and each extra
+    character doubles its time."""
+    import re
+
+    n = 18
+    while True:
+        started = time.perf_counter()
+        re.fullmatch(r"(a+)+b", "a" * n)
+        took = time.perf_counter() - started
+        if took * 2 >= at_least / 4 or n > 40:
+            break
+        n += 1
+    while took < at_least and n <= 40:
+        n += 1
+        took *= 2
+    return n
+
+
 def test_a_task_holding_the_gil_past_its_lease_keeps_it(tmp_path: Path) -> None:
     import re
 
     url = str(tmp_path / "store")
     q = Queue(url)
+    length = _gil_hog_length(1.5)
+    held: list[float] = []
 
     @q.task
     def hog() -> str:
         # One C call that holds the GIL for well over the 0.5 s lease.
-        re.fullmatch(r"(a+)+b", "a" * 26)
+        started = time.perf_counter()
+        re.fullmatch(r"(a+)+b", "a" * length)
+        held.append(time.perf_counter() - started)
         return "done"
 
     # Another process sweeps for expired leases the whole time, as another
@@ -369,6 +393,7 @@ def test_a_task_holding_the_gil_past_its_lease_keeps_it(tmp_path: Path) -> None:
         h = hog.send()
         assert h.result(timeout=60) == "done"
     out, _ = sweeper.communicate(timeout=30)
+    assert held and held[0] > 1.0, f"the GIL was held {held} s, not past the 0.5 s lease"
     assert out.strip() == "0", "the sweeper took over a lease of a running task"
     t = q.get(h.id)
     assert t is not None and t.attempts == 1
