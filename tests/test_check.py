@@ -115,3 +115,22 @@ def test_a_damaged_row_does_not_condemn_its_shard(tmp_path: Path) -> None:
         other.close()
         assert q._store.workers() == []
         assert all(s.ok for s in q.check())
+
+
+@pytest.mark.parametrize("command", [["stats"], ["check"], ["backup", "dest"]])
+def test_read_only_commands_refuse_a_path_with_no_store(tmp_path: Path, command: list[str]) -> None:
+    typo = tmp_path / "stroe"
+    args = [c if c != "dest" else str(tmp_path / "copy") for c in command]
+    out = _ferroq(*args, "--url", str(typo))
+    assert out.returncode == 1
+    assert out.stderr.startswith("ferroq: no ferroq store at") and "Traceback" not in out.stderr
+    assert not typo.exists()  # nothing created
+
+
+def test_version_is_one_figure_everywhere() -> None:
+    from ferroq import _core
+
+    out = _ferroq("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"ferroq {ferroq.__version__}"
+    assert ferroq.__version__ == _core.__version__

@@ -237,7 +237,7 @@ def test_non_finite_rate_limits_are_refused_at_decoration(q: Queue, rate: Any) -
         q.task(rate_limit=rate)(lambda: None)
 
 
-@pytest.mark.parametrize("value", [10**12, -(10**12), 2**64])
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**64])
 def test_out_of_range_priorities_are_invalid_argument(q: Queue, value: int) -> None:
     @q.task
     def noop() -> None:
@@ -400,9 +400,17 @@ def test_a_task_holding_the_gil_past_its_lease_keeps_it(tmp_path: Path) -> None:
     q.close()
 
 
-def test_a_child_that_cannot_start_fails_the_attempt(tmp_path: Path) -> None:
+def test_a_child_that_cannot_start_fails_the_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Process mode: the task's module exits when the child imports it. The
     attempt fails with the cause; the task does not stay running."""
+    from ferroq import registry
+
+    # The module's task is registered for this test only: children of later
+    # process-mode schedulers import every registered task's module.
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+    sys.modules.pop("app.child_exit", None)
     from app.child_exit import never_runs
 
     q = Queue(str(tmp_path / "store"))
@@ -413,3 +421,80 @@ def test_a_child_that_cannot_start_fails_the_attempt(tmp_path: Path) -> None:
     t = q.get(h.id)
     assert t is not None and t.status == "failed" and t.attempts == 1
     q.close()
+
+
+# -- review findings: restart, exit without stop() --------------------------
+
+
+def test_a_scheduler_started_again_has_its_monitor_and_cleanup(q: Queue) -> None:
+    """stop() then start(): the support loops run again (before, they ended
+    at once, so soft timeouts, cancels and the worker record stopped)."""
+
+    @q.task(timeout=0.3)
+    def slow() -> int:
+        ctx = ferroq.current_task()
+        for _ in range(300):
+            if ctx.is_cancelled():
+                break
+            time.sleep(0.01)
+        return 1
+
+    s = QueueScheduler(q, concurrency=1)
+    s.start()
+    s.stop()
+    s.start()
+    try:
+        names = {th.name for th in s._support if th.is_alive()}
+        assert {"ferroq-monitor", "ferroq-cleanup", "ferroq-listen"} <= names
+        with pytest.raises(ferroq.TaskTimeoutError):
+            slow.send().result(timeout=10)
+    finally:
+        s.stop()
+
+
+EXIT_SCRIPTS = {
+    "scheduler left running": """
+import sys, time
+from ferroq import Queue, QueueScheduler
+q = Queue(sys.argv[1])
+
+@q.task
+def one() -> int:
+    return 1
+
+s = QueueScheduler(q, concurrency=2).start()
+assert one.send().result(timeout=10) == 1
+time.sleep(0.5)  # the loops are back in their native waits
+""",
+    "daemon thread waiting forever": """
+import sys, threading, time
+from ferroq import Queue
+q = Queue(sys.argv[1])
+
+@q.task
+def never() -> None:
+    return None
+
+h = never.send()
+threading.Thread(target=lambda: h.result(timeout=float("inf")), daemon=True).start()
+time.sleep(0.3)
+""",
+}
+
+
+@pytest.mark.parametrize("script", EXIT_SCRIPTS, ids=list(EXIT_SCRIPTS))
+def test_exiting_without_stop_or_close_is_clean(tmp_path: Path, script: str) -> None:
+    """Interpreter exit while ferroq threads sit in native waits: the
+    process used to abort (SIGABRT, "FATAL: exception not rethrown")."""
+    path = tmp_path / "s.py"
+    path.write_text(EXIT_SCRIPTS[script])
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, str(path), str(tmp_path / "store")],
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "FATAL" not in out.stderr

@@ -450,7 +450,8 @@ def resume(tmp_path: Path, url: str) -> None:
     assert f"finished {ROWS}" in out
     q = Queue(url)
     try:
-        res = q.results_frame("__main__:work")
+        # Named after the module the script's file is (run.py), not __main__.
+        res = q.results_frame("run:work")
     finally:
         q.close()
     assert res.height == ROWS and res["n"].n_unique() == ROWS

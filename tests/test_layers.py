@@ -49,6 +49,7 @@ LAYERS: list[list[str]] = [
         "ferroq.scheduler._state",
         "ferroq.scheduler.execute",
         "ferroq.scheduler.task_loop",
+        "ferroq.scheduler.eager",
         "ferroq.scheduler.async_loop",
         "ferroq.scheduler.process_loop",
         "ferroq.scheduler.monitor",
@@ -62,6 +63,8 @@ LAYERS: list[list[str]] = [
     ["ferroq.queue"],
     # L7: entry points.
     ["ferroq", "ferroq.cli"],
+    # L8: for testing code that uses ferroq (the pytest plugin on top).
+    ["ferroq.testing", "ferroq.testing.plugin"],
 ]
 
 RANK = {m: (layer, pos) for layer, mods in enumerate(LAYERS) for pos, m in enumerate(mods)}

@@ -17,6 +17,7 @@ and run on worker threads::
 
 from ._core import Task as TaskRecord
 from ._core import TokenBucket
+from ._core import __version__ as __version__
 from ._errors import (
     AlreadyFinishedError,
     CorruptStoreError,
@@ -44,7 +45,14 @@ from .context import Retry, TaskContext, current_task
 from .frames import FrameSummary
 from .handle import TaskHandle
 from .listen import listener
-from .queue import ExternalTask, Queue, ShardCheck, default_queue, set_default_queue
+from .queue import (
+    ExternalTask,
+    Queue,
+    ShardCheck,
+    WorkerRecord,
+    default_queue,
+    set_default_queue,
+)
 from .resilience import RateLimit, with_resilience
 from .resources import default_probe, gpu_probe
 from .scheduler import CleanupIntervals, QueueScheduler
@@ -85,6 +93,7 @@ __all__ = [
     "TaskTimeoutError",
     "TokenBucket",
     "UnknownTaskError",
+    "WorkerRecord",
     "current_task",
     "default_probe",
     "default_queue",

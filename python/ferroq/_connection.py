@@ -9,28 +9,62 @@ private ``_store`` directly; users go through the ``Queue`` verbs.
 
 from __future__ import annotations
 
+import atexit
 import threading
-from typing import Any, Callable, Optional
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from typing_extensions import Self
 
 from . import _core
+from ._errors import FerroqError
 from .receive import ReceiveLoop
 from .serialization import decode, encode, serializer_name
 
-__all__ = ["Connection", "redact"]
+if TYPE_CHECKING:
+    from ._types import HasId
+
+__all__ = ["Connection", "StatusHook", "eager_everywhere", "redact"]
+
+H = TypeVar("H", bound="HasId")
+
+#: ``hook(task_id, old_status, new_status)``.
+StatusHook = Callable[[int, str, str], None]
+
+#: How many ``ferroq.testing.eager()`` blocks without a queue are open: while
+#: any is, every send in the process runs at once (see :meth:`Connection.run_eager`).
+eager_everywhere = 0
+#: The status hooks of those blocks.
+eager_hooks: list[StatusHook] = []
 
 
 class Connection:
     """A store opened from a URL, with the serializer values are stored in.
 
-    ``url`` and ``serializer`` are as for :class:`~ferroq.Queue`.
+    ``url``, ``serializer``, ``clock`` and ``eager`` are as for
+    :class:`~ferroq.Queue`.
     """
 
-    def __init__(self, url: str = "memory://", *, serializer: str = "json") -> None:
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        serializer: str = "json",
+        clock: Optional[_core.ManualClock] = None,
+        eager: bool = False,
+    ) -> None:
         self.url = url
         self.serializer = serializer_name(serializer)
-        self._store = _core.Store(url)
+        #: The manual clock the store reads its time from, if any.
+        self.clock = clock
+        #: True when sends run at once in the sender (see :meth:`run_eager`).
+        self.eager = bool(eager)
+        #: Status hooks called for the moves eager runs make.
+        self.eager_hooks: list[StatusHook] = []
+        # The binding takes a clock only when one is given.
+        self._store = _core.Store(url) if clock is None else _core.Store(url, clock=clock)
+        _open.add(self)
         self._receiver: Optional[ReceiveLoop] = None
         self._receiver_lock = threading.Lock()
         # ``@queue.listener`` functions: (registration order, key, function).
@@ -50,6 +84,13 @@ class Connection:
     def decode(self, data: bytes) -> Any:
         """A value this queue stored (pickle only when its serializer is pickle)."""
         return decode(data, allow_pickle=self.allow_pickle)
+
+    def run_eager(
+        self, handle: H, callback: Optional[Callable[[Any], None]]
+    ) -> H:
+        """Runs a task just sent, here and now, as a worker would; returns
+        ``handle``. :class:`~ferroq.Queue` implements it."""
+        raise FerroqError(f"eager mode needs a ferroq.Queue, not {type(self).__name__}")
 
     def _receive_loop(self) -> ReceiveLoop:
         """The loop that calls send-time callbacks, started on first use."""
@@ -78,6 +119,32 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact(self.url)!r}>"
+
+
+# Connections not yet closed, closed at interpreter exit (see _close_all).
+_open: weakref.WeakSet[Connection] = weakref.WeakSet()
+# How long exit waits for threads still inside a native wait to leave it.
+_EXIT_WAIT_S = 1.0
+
+
+@atexit.register
+def _close_all() -> None:
+    """At interpreter exit, closes every open store: the write-ahead log is
+    checkpointed into the store files, and threads still waiting in the
+    native core (a daemon thread in ``handle.result()``, say) are ended
+    with ``StoreUnavailableError`` and given a moment to leave it. A thread
+    that came back from native code only after the interpreter began to
+    shut down would abort the process."""
+    stores = []
+    for conn in list(_open):
+        try:
+            conn.close()
+        except Exception:  # exit goes on whatever one store says
+            continue
+        stores.append(conn._store)
+    deadline = time.monotonic() + _EXIT_WAIT_S
+    while any(s.waiting for s in stores) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def redact(url: str) -> str:

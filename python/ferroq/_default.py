@@ -13,7 +13,7 @@ from typing import Optional
 from ._connection import Connection
 from ._errors import FerroqError
 
-__all__ = ["forget", "get_default", "set_class", "set_default"]
+__all__ = ["forget", "get_default", "peek", "set_class", "set_default"]
 
 _default: Optional[Connection] = None
 _lock = threading.Lock()
@@ -31,6 +31,11 @@ def set_default(conn: Optional[Connection]) -> None:
     global _default
     with _lock:
         _default = conn
+
+
+def peek() -> Optional[Connection]:
+    """The default connection if one is set (never opens one)."""
+    return _default
 
 
 def forget(conn: Connection) -> None:

@@ -7,9 +7,31 @@ import argparse
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    from .queue import Queue
 
 __all__ = ["main"]
+
+
+class _CliError(Exception):
+    """An error reported as one line on stderr with exit code 1."""
+
+
+def _existing(url: str) -> Queue:
+    """Opens the store at ``url`` for a command that only reads or copies
+    it: a path where no store exists is an error (opening it would create
+    an empty store, and a typo would report an empty queue)."""
+    from .queue import Queue
+
+    base = url.strip().split("?", 1)[0]
+    if not base.startswith(("memory:", "postgres://", "postgresql://")):
+        path = unquote(base[len("sqlite://"):] if base.startswith("sqlite://") else base)
+        if not os.path.isfile(os.path.join(path, "shard-000.db")):
+            raise _CliError(f"no ferroq store at {path!r} (check --url or $FERROQ_URL)")
+    return Queue(url)
 
 
 def _url(arg: Optional[str]) -> str:
@@ -21,7 +43,10 @@ def _url(arg: Optional[str]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``ferroq`` command."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="ferroq", description="ferroq task queue")
+    parser.add_argument("--version", action="version", version=f"ferroq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="run a scheduler until Ctrl+C / SIGTERM")
     w.add_argument("modules", nargs="+", help="modules or packages holding @task functions")
@@ -49,16 +74,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--url", help="store URL (default: $FERROQ_URL)")
     args = parser.parse_args(argv)
 
-    from . import FerroqError, Queue, QueueScheduler, discover, set_default_queue
+    from . import FerroqError
+
+    try:
+        return _run(args)
+    except (FerroqError, _CliError) as e:
+        print(f"ferroq: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import Queue, QueueScheduler, discover, set_default_queue
     from ._types import STATUSES
 
     if args.command == "check":
-        try:
-            with Queue(_url(args.url)) as q:
-                report = q.check()
-        except FerroqError as e:
-            print(f"ferroq: {e}", file=sys.stderr)
-            return 1
+        with _existing(_url(args.url)) as q:
+            report = q.check()
         for shard in report:
             print(f"{'ok' if shard.ok else 'DAMAGED':<8} {shard.path}")
             for m in shard.messages:
@@ -66,21 +97,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if all(s.ok for s in report) else 1
 
     if args.command == "backup":
-        try:
-            with Queue(_url(args.url)) as q:
-                q.backup(args.dest)
-        except FerroqError as e:
-            print(f"ferroq: {e}", file=sys.stderr)
-            return 1
+        with _existing(_url(args.url)) as q:
+            q.backup(args.dest)
         print(f"backed up to {args.dest}")
         return 0
 
     if args.command == "stats":
-        with Queue(_url(args.url)) as q:
+        with _existing(_url(args.url)) as q:
             stats = q.stats()
-        print(f"{'queue':<20}" + "".join(f"{s:>10}" for s in STATUSES))
+            workers = q.workers()
+        serving: dict[str, int] = {}
+        for worker in workers:
+            for name in worker.queues:
+                serving[name] = serving.get(name, 0) + 1
+        print(f"{'queue':<20}" + "".join(f"{s:>10}" for s in STATUSES) + f"{'workers':>10}")
         for name, counts in sorted(stats.items()):
-            print(f"{name:<20}" + "".join(f"{counts[s]:>10}" for s in STATUSES))
+            print(
+                f"{name:<20}"
+                + "".join(f"{counts[s]:>10}" for s in STATUSES)
+                + f"{serving.get(name, 0):>10}"
+            )
+        unserved = {n: c["queued"] for n, c in sorted(stats.items()) if c["queued"]}
+        unserved = {n: c for n, c in unserved.items() if n not in serving}
+        for name, count in unserved.items():
+            print(
+                f"warning: queue {name!r} has {count} queued task(s) and no worker serving it "
+                f"(start one: ferroq worker <modules> --queue {name!r})",
+                file=sys.stderr,
+            )
         return 0
 
     logging.basicConfig(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Callable, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from ._checks import seconds
-from ._errors import TaskCancelledError
+from ._errors import InvalidArgumentError, TaskCancelledError
 
 if TYPE_CHECKING:
     from . import _core
 
-__all__ = ["Retry", "TaskContext", "current_task"]
+__all__ = ["DetachedTask", "Retry", "TaskContext", "current_task"]
 
 _current: ContextVar[Optional[TaskContext]] = ContextVar("ferroq_current_task", default=None)
 
@@ -31,13 +32,32 @@ class Retry(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class DetachedTask:
+    """What a task function called directly (``fn(...)``, not sent) sees of
+    itself: no stored record behind it, so id 0 and the first attempt."""
+
+    name: str
+    queue: str
+    max_attempts: int
+    id: int = 0
+    attempts: int = 1
+    key: Optional[str] = None
+    batch: Optional[str] = None
+
+
 class TaskContext:
-    """The running task's own view: id, attempt, progress and cancellation."""
+    """The running task's own view: id, attempt, progress and cancellation.
+
+    A task function called directly (``fn(...)``) gets one too, with no
+    store behind it: ``id`` is 0, ``attempt`` 1, :meth:`progress` is kept in
+    :attr:`last_progress` only and :meth:`is_cancelled` is False.
+    """
 
     def __init__(
         self,
         store: Optional[_core.Store],
-        task: _core.Task,
+        task: Union[_core.Task, DetachedTask],
         worker: str,
         report_progress: Optional[Callable[[float], None]] = None,
     ) -> None:
@@ -46,8 +66,20 @@ class TaskContext:
         self._task = task
         self.id: int = task.id
         self.worker = worker
+        #: The last progress reported in this attempt (None before any).
+        self.last_progress: Optional[float] = None
         self._cancelled = False
         self._checked = time.monotonic()
+
+    @classmethod
+    def detached(cls, name: str, queue: str, max_attempts: int) -> TaskContext:
+        """The context of a task function called directly, not by a worker."""
+        return cls(None, DetachedTask(name, queue, max_attempts), "")
+
+    @property
+    def detached_call(self) -> bool:
+        """True when the function was called directly (nothing is stored)."""
+        return isinstance(self._task, DetachedTask)
 
     # Read from the task record on first use: most tasks never look.
     @property
@@ -81,11 +113,17 @@ class TaskContext:
         return self._task.batch
 
     def progress(self, value: float) -> None:
-        """Records progress (0..1), readable through ``handle.progress()``."""
+        """Records progress (0..1), readable through ``handle.progress()``
+        (and here as :attr:`last_progress`)."""
+        value = float(value)
         if self._report_progress is not None:
-            self._report_progress(float(value))
+            self._report_progress(value)
         elif self._store is not None:
-            self._store.progress(self.id, self.worker, float(value))
+            self._store.progress(self.id, self.worker, value)
+        elif not 0.0 <= value <= 1.0:
+            # What the store would say, so a direct call fails where a sent one would.
+            raise InvalidArgumentError(f"progress must be between 0 and 1, got {value}")
+        self.last_progress = value
 
     def is_cancelled(self) -> bool:
         """True once someone asked this task to stop. Long tasks should check
@@ -113,7 +151,9 @@ class TaskContext:
 
 
 def current_task() -> TaskContext:
-    """The context of the task running in this thread (or coroutine).
+    """The context of the task running in this thread (or coroutine),
+    including a task function called directly (``fn(...)``: a context with
+    no store behind it, see :class:`TaskContext`).
 
     Raises ``RuntimeError`` when called outside a task.
     """

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from ._polars import pl
+from ._polars import from_text, pl, read_as_text
 
 __all__ = ["polars_dtype", "validate_results"]
 
@@ -125,12 +125,17 @@ def validate_results(texts: pl.Series, model: type[Any]) -> pl.DataFrame:
         raise RuntimeError("results kept failing validation")
 
     known = {n: t for n, t in types_.items() if t is not None}
+    as_text = {n: t for n, t in known.items() if read_as_text(t)}
     if models:
-        typed = pl.read_json(
-            io.BytesIO(adapter.dump_json(models)),
-            schema_overrides=known,
-            infer_schema_length=None,
-        ).select(list(types_))
+        typed = (
+            pl.read_json(
+                io.BytesIO(adapter.dump_json(models)),
+                schema_overrides={**known, **dict.fromkeys(as_text, pl.String)},
+                infer_schema_length=None,
+            )
+            .select(list(types_))
+            .with_columns(from_text(pl.col(n), t) for n, t in as_text.items())
+        )
     else:
         typed = pl.DataFrame(schema={n: t or pl.String for n, t in types_.items()})
     typed = _datetimes(typed, model).with_columns(good[_POS].alias(_POS))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from ._errors import InvalidArgumentError, SerializationError
-from ._polars import pl
+from ._polars import from_text, pl, read_as_text
 from ._types import FINISHED
 from .backoff import Backoff
 from .options import TaskOptions, check_retries
@@ -298,11 +298,8 @@ def _decode_keys(
     if manifest is None:
         return pl.DataFrame({"key": key}) if key.null_count() < key.len() else pl.DataFrame()
     cols, quoted, schema = manifest
-    # Types JSON cannot name come back as text and are cast afterwards.
-    as_json = {
-        c: pl.String if t == pl.Categorical or isinstance(t, pl.Enum) else t
-        for c, t in schema.items()
-    }
+    # Types JSON cannot name, dates and times come back as text, converted after.
+    as_json = {c: pl.String if read_as_text(t) else t for c, t in schema.items()}
     if len(cols) == 1:
         (c,) = cols
         if as_json[c] == pl.String:
@@ -316,7 +313,7 @@ def _decode_keys(
             out = pl.DataFrame({c: decoded.struct.field("k")})
     else:
         out = key.str.json_decode(pl.Struct(as_json)).struct.unnest()
-    return out.with_columns(pl.col(c).cast(t) for c, t in schema.items() if as_json[c] != t)
+    return out.with_columns(from_text(pl.col(c), t) for c, t in schema.items() if as_json[c] != t)
 
 
 def _error_text() -> pl.Expr:

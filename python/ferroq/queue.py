@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
@@ -26,12 +25,14 @@ from . import _core, _default
 from ._checks import seconds, seconds_to_ms
 from ._connection import Connection, redact
 from ._errors import InvalidArgumentError
-from ._types import STATUSES
+from ._types import STATUSES, HasId
 from .backoff import Backoff
 from .handle import TaskHandle
 from .listen import listener
 from .options import NO_OVERRIDES, SendOptions, TaskOptions, parse_rate
+from .receive import deliver
 from .registry import lookup
+from .scheduler.eager import EagerRunner
 from .task import make_task
 from .task_function import TaskCall, TaskFunction
 
@@ -45,6 +46,7 @@ __all__ = [
     "ExternalTask",
     "Queue",
     "ShardCheck",
+    "WorkerRecord",
     "default_queue",
     "redact",
     "set_default_queue",
@@ -53,6 +55,7 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[[Any], Any])
+H = TypeVar("H", bound=HasId)
 
 
 class Queue(Connection):
@@ -63,12 +66,26 @@ class Queue(Connection):
     ``retention_s``), or ``memory://`` for tests. ``serializer`` is the
     default for tasks that do not choose one (``"json"``; ``"pickle"`` to
     opt in everywhere).
+
+    For tests: ``eager=True`` runs every task sent here at once, in the
+    sending thread, as a worker would (see :meth:`run_eager`); ``clock``
+    (a :class:`ferroq.testing.ManualClock`) makes the store read its time
+    from that clock, so delays, leases, retries and deadlines move only
+    when the test advances it.
     """
 
-    def __init__(self, url: str = "memory://", *, serializer: str = "json") -> None:
-        super().__init__(url, serializer=serializer)
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        serializer: str = "json",
+        eager: bool = False,
+        clock: Optional[_core.ManualClock] = None,
+    ) -> None:
+        super().__init__(url, serializer=serializer, clock=clock, eager=eager)
         #: The worker name :meth:`claim` uses when none is given.
         self.external_worker = f"external:{socket.gethostname()}:{os.getpid()}"
+        self._eager_runner: Optional[EagerRunner] = None
 
     # -- tasks ---------------------------------------------------------------
 
@@ -147,6 +164,39 @@ class Queue(Connection):
         opts = NO_OVERRIDES if callback is None else SendOptions(callback=callback)
         return TaskCall(fn, opts).send_to(self, *args, **kwargs)
 
+    def run_eager(
+        self, handle: H, callback: Optional[Callable[[Any], None]]
+    ) -> H:
+        """What a send does in eager mode (``Queue(eager=True)`` or
+        ``ferroq.testing.eager()``): the task is stored as usual, then run
+        here, in the sending thread, through the steps a worker takes —
+        claimed, run with :func:`~ferroq.current_task` set, its result or
+        error stored as a worker stores it, status hooks called — so
+        ``handle.result()``, ``handle.status()`` and :meth:`get` read what
+        they would after a real worker. Retries run at once (on a store
+        with a manual clock they wait for their backoff on that clock).
+        A task scheduled for later stays queued (run it with
+        ``ferroq.testing.run_until_empty`` once due). ``callback`` is
+        called before the send returns when the task has finished.
+        Returns ``handle``."""
+        record = self._store.get(handle.id)
+        if record is not None:
+            self.eager_runner().run_task(handle.id, record.queue)
+        if callback is not None:
+            done = self._store.get(handle.id)
+            if done is not None and done.status not in ("queued", "running"):
+                deliver(handle, callback)
+            else:
+                self._receive_loop().watch(handle, callback)
+        return handle
+
+    def eager_runner(self) -> EagerRunner:
+        """The runner eager sends and ``ferroq.testing.run_until_empty`` use
+        on this queue (created on first use)."""
+        if self._eager_runner is None:
+            self._eager_runner = EagerRunner(self)
+        return self._eager_runner
+
     def handle(self, id: int, task: Optional[TaskFunction[Any, R]] = None) -> TaskHandle[R]:
         """A handle for an existing task id (typed by ``task`` when given)."""
         return TaskHandle(self, id, task)
@@ -190,6 +240,26 @@ class Queue(Connection):
             out.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = count
         return out
 
+    def workers(self) -> List[WorkerRecord]:
+        """The schedulers registered in this store (``ferroq worker`` and
+        every :class:`~ferroq.QueueScheduler`), with the queues they serve."""
+        return [
+            WorkerRecord(wid, host, pid, started, beat, list(queues))
+            for wid, host, pid, started, beat, queues in self._store.workers()
+        ]
+
+    def unserved(self) -> dict[str, int]:
+        """Queues with tasks waiting that no registered worker serves:
+        ``{queue: queued tasks}``. ``ferroq stats`` prints them. (A worker
+        started without a queue list takes on a queue once it sees a task
+        there it can run, within ``CleanupIntervals.queues`` seconds.)"""
+        served = {q for w in self.workers() for q in w.queues}
+        return {
+            queue: counts["queued"]
+            for queue, counts in sorted(self.stats().items())
+            if counts["queued"] and queue not in served
+        }
+
     def check(self) -> List[ShardCheck]:
         """Checks the store, shard by shard: the database's own integrity
         check, that each file belongs to this store at its place, every
@@ -211,7 +281,11 @@ class Queue(Connection):
         than that; returns how many."""
         before = None
         if older_than is not None:
-            before = int((time.time() - seconds(older_than, "older_than")) * 1000)
+            # Store time (a manual clock's, if any); +1 ms: the store purges
+            # strictly before, and a task finished this very millisecond
+            # finished no later than "now".
+            age_ms = int(seconds(older_than, "older_than") * 1000)
+            before = self._store.now_ms() - age_ms + 1
         return self._store.purge(before)
 
     # -- frames ----------------------------------------------------------------
@@ -393,6 +467,24 @@ class Queue(Connection):
 
 def _external_error(message: str) -> str:
     return json.dumps({"type": "ferroq.ExternalError", "message": message, "traceback": ""})
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """One scheduler registered in a store (:meth:`Queue.workers`)."""
+
+    #: Its name (``host:pid:random``).
+    id: str
+    #: The host it runs on (with boot and PID namespace where known).
+    host: str
+    #: Its process id on that host.
+    pid: int
+    #: When it started (ms since the epoch, store time).
+    started_ms: int
+    #: Its last heartbeat (ms since the epoch, store time).
+    heartbeat_ms: int
+    #: The queues it serves.
+    queues: list[str]
 
 
 @dataclass(frozen=True)

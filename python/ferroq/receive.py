@@ -7,16 +7,24 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._loops import run_on_changes
+from ._loops import run_on_changes, wake_waiters
 
 if TYPE_CHECKING:
     from . import _core
     from ._types import HasId
 
-__all__ = ["ReceiveLoop"]
+__all__ = ["ReceiveLoop", "deliver"]
 
 log = logging.getLogger("ferroq.receive")
 
+
+def deliver(handle: HasId, callback: Callable[[Any], None]) -> None:
+    """Calls ``callback(handle)``; an exception it raises is logged, not
+    propagated (the sender's code is not the place to fail)."""
+    try:
+        callback(handle)
+    except Exception:
+        log.exception("callback for task %s raised", handle.id)
 
 
 class ReceiveLoop:
@@ -49,10 +57,7 @@ class ReceiveLoop:
                 waiting = self._pending.pop(task.id, [])
             for handle, callback in waiting:
                 ran += 1
-                try:
-                    callback(handle)
-                except Exception:
-                    log.exception("callback for task %s raised", task.id)
+                deliver(handle, callback)
         return ran
 
     def run(self) -> None:
@@ -72,4 +77,5 @@ class ReceiveLoop:
             pass
         self._stopped.set()
         if self._thread is not None:
+            wake_waiters(self.store)
             self._thread.join(timeout=2.0)

@@ -42,13 +42,37 @@ def registered() -> dict[str, TaskFunction[Any, Any]]:
 
 
 def find(name: str) -> Optional[TaskFunction[Any, Any]]:
-    """The registered function for a stored task name, or None (a task sent
-    from a script's ``__main__`` is found under ``__mp_main__`` in spawned
-    children)."""
+    """The registered function for a stored task name, or None.
+
+    Besides the exact name: a task sent from a script's ``__main__`` is
+    found under ``__mp_main__`` in spawned children; and a module imported
+    under a longer or shorter dotted path than the sender's (``jobs`` from
+    the script's directory, ``app.jobs`` from the project's) matches when
+    exactly one registered task has the same function name and a module
+    path that ends the other's."""
     fn = _registry.get(name)
     if fn is None and name.startswith("__main__:"):
         fn = _registry.get("__mp_main__:" + name[len("__main__:") :])
+    if fn is None and ":" in name:
+        fn = _by_module_suffix(name)
     return fn
+
+
+def _by_module_suffix(name: str) -> Optional[TaskFunction[Any, Any]]:
+    module, _, qualname = name.partition(":")
+    with _registry_lock:
+        found = [
+            fn
+            for other, fn in _registry.items()
+            if other.endswith(":" + qualname)
+            and _dotted_suffix(module, other.partition(":")[0])
+        ]
+    return found[0] if len(found) == 1 else None
+
+
+def _dotted_suffix(a: str, b: str) -> bool:
+    """True when one dotted module path ends the other (``jobs``, ``app.jobs``)."""
+    return a != b and (a.endswith("." + b) or b.endswith("." + a))
 
 
 class Overlay:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+import sys
+from types import ModuleType
 from typing import TYPE_CHECKING, Callable, Optional, TypeVar, Union, overload
 
 from typing_extensions import ParamSpec
@@ -15,7 +19,17 @@ from .task_function import TaskCall, TaskFunction
 if TYPE_CHECKING:
     from ._connection import Connection
 
-__all__ = ["TaskCall", "TaskFunction", "TaskOptions", "discover", "lookup", "registered", "task"]
+__all__ = [
+    "TaskCall",
+    "TaskFunction",
+    "TaskOptions",
+    "default_name",
+    "discover",
+    "lookup",
+    "main_module_name",
+    "registered",
+    "task",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -29,13 +43,77 @@ def make_task(
         raise InvalidArgumentError(f"@task needs a function, got {fn!r}")
     if isinstance(fn, TaskFunction):
         fn = fn.fn
-    task_name = name or f"{fn.__module__}:{fn.__qualname__}"
-    if "<locals>" in task_name and name is None:
-        # Still usable in-process; a worker in another process could not import it.
-        pass
+    task_name = name or default_name(fn, bound=queue is not None)
     tf = TaskFunction(fn, task_name, check_options(options), queue)
     register(tf)
     return tf
+
+
+def default_name(fn: Callable[..., object], *, bound: bool) -> str:
+    """The name a task is registered and stored under: ``module:qualname``.
+
+    A function of a script run as ``__main__`` is named after the module
+    the same file is imported as (:func:`main_module_name`), so a worker
+    that imports that module finds it. Refused, with
+    :class:`InvalidArgumentError`: bound methods (their instance cannot be
+    sent), lambdas (every one is ``<lambda>``; give ``name=``), and nested
+    functions (``<locals>``) under the module-level ``@task``, whose sends
+    go to a store other processes serve and whose workers could never
+    import them. ``@queue.task`` takes nested functions: they run in this
+    process's schedulers and eager runs (tests define tasks that way).
+    """
+    if inspect.ismethod(fn):
+        raise InvalidArgumentError(
+            f"@task cannot register the bound method {fn.__qualname__!r}: a worker could not "
+            "rebuild its instance; register a module-level function (or a staticmethod) instead"
+        )
+    qualname = getattr(fn, "__qualname__", None)
+    module = getattr(fn, "__module__", None)
+    if not isinstance(qualname, str) or not isinstance(module, str):
+        raise InvalidArgumentError(
+            f"@task needs a function with a module and a name, got {fn!r} (give name=...)"
+        )
+    if getattr(fn, "__name__", None) == "<lambda>":
+        raise InvalidArgumentError(
+            "@task cannot register a lambda: every lambda is named '<lambda>', so a worker "
+            "could not tell them apart; use a def, or give the task a name= of its own"
+        )
+    if "<locals>" in qualname and not bound:
+        raise InvalidArgumentError(
+            f"@task cannot register {qualname!r}, a function defined inside another: a "
+            "worker in another process could never import it. Define it at module level, "
+            "or bind it to a queue served in this process with @queue.task"
+        )
+    if module in ("__main__", "__mp_main__"):
+        module = main_module_name(sys.modules.get(module)) or module
+    return f"{module}:{qualname}"
+
+
+def main_module_name(main: Optional[ModuleType]) -> Optional[str]:
+    """The name a worker imports the script running as ``__main__`` under:
+    its ``-m`` name when run with ``python -m pkg.mod``, else its file's
+    path relative to the first ``sys.path`` entry that holds it (the
+    script's own directory when run as ``python dir/script.py``), dotted.
+    None when there is no file (an interactive session, ``python -c``)."""
+    if main is None:
+        return None
+    spec = getattr(main, "__spec__", None)
+    spec_name = getattr(spec, "name", None)
+    if isinstance(spec_name, str) and spec_name not in ("__main__", "__mp_main__"):
+        return spec_name
+    file = getattr(main, "__file__", None)
+    if not isinstance(file, str) or not file.endswith(".py"):
+        return None
+    path = os.path.realpath(file)
+    for entry in sys.path:
+        root = os.path.realpath(entry or os.getcwd())
+        if os.path.dirname(path) == root or path.startswith(root + os.sep):
+            parts = os.path.relpath(path, root)[: -len(".py")].split(os.sep)
+            if parts[-1] == "__init__":
+                parts.pop()
+            if parts and all(p.isidentifier() for p in parts):
+                return ".".join(parts)
+    return None
 
 
 @overload

@@ -22,9 +22,10 @@ from typing import (
 
 from typing_extensions import ParamSpec
 
-from . import _default
+from . import _connection, _default
 from ._checks import seconds
 from ._errors import InvalidArgumentError, QueueFullError
+from .context import TaskContext, _current
 from .handle import TaskHandle
 from .options import NO_OVERRIDES, SendOptions, TaskOptions, check_retries
 from .serialization import ArgBinder, decode, encode
@@ -63,8 +64,28 @@ class TaskFunction(Generic[P, R]):
         self.__wrapped__ = fn
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Runs the function directly, in this process."""
-        return self.fn(*args, **kwargs)
+        """Runs the function directly, in this process. Inside, a
+        :func:`~ferroq.current_task` that is not already set (by a running
+        task) is a context with no store behind it: id 0, attempt 1,
+        progress kept in memory, never cancelled."""
+        if _current.get() is not None:
+            return self.fn(*args, **kwargs)
+        if self.is_async:
+            # The body runs when awaited: set the context there, not here.
+            return cast(R, self._call_async(args, kwargs))
+        token = _current.set(self._detached_context())
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            _current.reset(token)
+
+    def _detached_context(self) -> TaskContext:
+        d = self.defaults
+        return TaskContext.detached(self.name, d.queue, d.retries + 1)
+
+    async def _call_async(self, args: Any, kwargs: Any) -> Any:
+        _current.set(self._detached_context())  # this coroutine's own context
+        return await cast(Any, self.fn)(*args, **kwargs)
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Enqueues a call; returns its handle once the task is durable.
@@ -180,8 +201,11 @@ class TaskCall(Generic[P, R]):
         if o is NO_OVERRIDES and d.expires is None:
             # The everyday send: only the task's own defaults, computed once.
             task_id, _ = store.enqueue(d.queue, fn.name, payload, **fn.enqueue_defaults())
+            if conn.eager or _connection.eager_everywhere:
+                return conn.run_eager(TaskHandle(conn, task_id, fn), None)
             return TaskHandle(conn, task_id, fn)
-        now = time.time()
+        # The store's time, not ours: a store on a manual clock schedules by it.
+        now = store.now_ms() / 1000
         run_at: Optional[int] = None
         if o.run_at is not None:
             run_at = int(o.run_at.timestamp() * 1000)
@@ -224,6 +248,8 @@ class TaskCall(Generic[P, R]):
                 # the short slice covers a finish between the two calls.
                 store.wait_for_change(store.change_token(), min(left, 0.05))
         handle: TaskHandle[R] = TaskHandle(conn, task_id, fn)
+        if conn.eager or _connection.eager_everywhere:
+            return conn.run_eager(handle, o.callback)
         if o.callback is not None:
             conn._receive_loop().watch(handle, o.callback)
         return handle

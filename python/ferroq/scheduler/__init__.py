@@ -16,6 +16,7 @@ loop.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -23,11 +24,13 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from types import FrameType
 from typing import TYPE_CHECKING, Literal, Mapping, Optional, Sequence, Union
 
 from .._checks import seconds
 from .._errors import InvalidArgumentError
+from .._loops import wake_waiters
 from ..registry import registered
 from ..resources import ResourceProbe, default_probe
 from ._state import StatusHook, WorkerState
@@ -47,6 +50,8 @@ log = logging.getLogger("ferroq.scheduler")
 
 Mode = Literal["thread", "process", "asyncio"]
 _MODES = ("thread", "process", "asyncio")
+# Schedulers started and not yet stopped (stopped at interpreter exit).
+_running: weakref.WeakSet[QueueScheduler] = weakref.WeakSet()
 
 
 class QueueScheduler:
@@ -54,8 +59,10 @@ class QueueScheduler:
 
     * ``concurrency``: worker threads (thread mode), child processes
       (process mode), or tasks in flight (asyncio mode);
-    * ``queues``: queue names to serve (default: ``"default"`` and every
-      queue a registered task uses);
+    * ``queues``: queue names to serve (default: ``"default"``, every
+      queue a registered task uses, and — looked for every
+      ``cleanup.queues`` seconds — every queue whose next task is one
+      registered here: frame batches, sends with ``options(queue=...)``);
     * ``mode``: ``"thread"`` (default), ``"process"`` (CPU-bound work; a
       task past its timeout has its process killed), or ``"asyncio"``
       (``async def`` tasks, hundreds in flight on one thread); ``modes``
@@ -127,11 +134,13 @@ class QueueScheduler:
         self._threads: list[threading.Thread] = []
         self._support: list[threading.Thread] = []
         self.loops: list[ClaimingLoop] = []
+        self._intervals = cleanup or CleanupIntervals()
         self.monitor = MonitorLoop(self.state)
-        self.cleanup = CleanupLoop(self.state, cleanup or CleanupIntervals())
+        self.cleanup = CleanupLoop(self.state, self._intervals)
         self.listen: Optional[ListenLoop] = None
         self._replay_listen = replay_listen
         self._started = False
+        self._by_mode: dict[str, list[str]] = {}
 
     @property
     def worker_id(self) -> str:
@@ -155,10 +164,20 @@ class QueueScheduler:
             if d.concurrency is not None or d.rate_limit is not None:
                 self.state.store.set_function_limit(t.name, d.concurrency, d.rate_limit, None)
 
+    def _serve(self, queue: str) -> None:
+        """Adds a queue found in the store to the loops of its mode (they
+        share one list per mode and read it at every claim)."""
+        served = self._by_mode.get(self.modes.get(queue, self.mode))
+        if served is None:
+            log.warning("queue %r has tasks to run, but no loop of its mode runs here", queue)
+        elif queue not in served:
+            served.append(queue)
+
     def _build_loops(self) -> list[ClaimingLoop]:
         by_mode: dict[str, list[str]] = {}
         for q in self.queues:
             by_mode.setdefault(self.modes.get(q, self.mode), []).append(q)
+        self._by_mode = by_mode
         loops: list[ClaimingLoop] = []
         for mode, qs in sorted(by_mode.items()):
             if mode == "asyncio":
@@ -186,10 +205,15 @@ class QueueScheduler:
 
     def _start(self) -> None:
         self.state.stopping.clear()
+        # Fresh support loops: those of an earlier run were told to stop.
+        self.monitor = MonitorLoop(self.state)
+        self.cleanup = CleanupLoop(self.state, self._intervals)
+        _running.add(self)
         self.state.start_keeper()
         self._publish_limits()
         self.cleanup.tick(time.monotonic())  # register, and recover dead workers' tasks now
         self.loops = self._build_loops()
+        self.state.on_new_queue = self._serve
         self.listen = ListenLoop(self.state, self._replay_listen)
         self._threads = [
             threading.Thread(target=loop.run, name=f"ferroq-task-{i}", daemon=True)
@@ -214,6 +238,13 @@ class QueueScheduler:
             return
         state = self.state
         state.stopping.set()
+        # Every loop waits for a store change between ticks: end those waits
+        # now, so an idle scheduler stops at once.
+        self.monitor.signal_stop()
+        self.cleanup.signal_stop()
+        if self.listen is not None:
+            self.listen.signal_stop()
+        wake_waiters(state.store)
         deadline = time.monotonic() + max(0.0, grace)
         for th in self._threads:
             th.join(max(0.0, deadline - time.monotonic()))
@@ -242,6 +273,19 @@ class QueueScheduler:
         for th in self._support:
             th.join(timeout=5.0)
         self._started = False
+        _running.discard(self)
+
+    @staticmethod
+    def _stop_all_at_exit() -> None:
+        """At interpreter exit, stops schedulers still running (a script
+        that ends without ``stop()``): their claimed tasks go back to the
+        queue and no thread is left inside native code while the
+        interpreter shuts down, which would abort the process."""
+        for s in list(_running):
+            try:
+                s.stop(grace=0.0)
+            except Exception as e:  # exit goes on
+                log.debug("could not stop %r at exit: %s", s, e)
 
     def run_forever(self, grace: float = 10.0) -> None:
         """Runs until SIGINT or SIGTERM, then stops gracefully."""
@@ -271,3 +315,8 @@ class QueueScheduler:
 
     def __repr__(self) -> str:
         return f"<QueueScheduler {self.worker_id} mode={self.mode} concurrency={self.concurrency}>"
+
+
+# Registered after ``_connection``'s handler, so it runs before it (atexit
+# is last in, first out): schedulers stop before their stores close.
+atexit.register(QueueScheduler._stop_all_at_exit)

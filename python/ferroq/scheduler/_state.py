@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .. import _core
+from .._connection import StatusHook
 from ..registry import Overlay, registered
 
 if TYPE_CHECKING:
@@ -23,8 +24,6 @@ __all__ = ["StatusHook", "WorkerState"]
 
 log = logging.getLogger("ferroq.scheduler")
 
-#: ``hook(task_id, old_status, new_status)``.
-StatusHook = Callable[[int, str, str], None]
 # How long a resource probe's answer is reused.
 _PROBE_TTL_S = 5.0
 
@@ -61,6 +60,11 @@ class WorkerState:
         #: Where the loops find the function for a stored task name.
         self.tasks = Overlay()
         self._queues = queues
+        #: Queues found in the store holding tasks this worker can run
+        #: (only when ``queues`` was not given; see :meth:`find_queues`).
+        self.found_queues: list[str] = []
+        #: Called with each queue :meth:`find_queues` adds.
+        self.on_new_queue: Optional[Callable[[str], None]] = None
         self._probe = probe
         self._resources_json: Optional[str] = None
         self._probed_at = -_PROBE_TTL_S
@@ -83,12 +87,37 @@ class WorkerState:
 
     @property
     def queues(self) -> list[str]:
-        """The queue names served (default: ``"default"`` and every queue a
-        registered task uses)."""
+        """The queue names served (default: ``"default"``, every queue a
+        registered task uses, and every queue found holding tasks this
+        worker can run)."""
         if self._queues is None:
             names = {"default"} | {t.defaults.queue for t in registered().values()}
-            return sorted(names)
+            return sorted(names) + [q for q in self.found_queues if q not in names]
         return list(self._queues)
+
+    def find_queues(self) -> list[str]:
+        """Looks in the store for queues with tasks waiting that this worker
+        can run but does not serve yet — frame batches (``batch:<name>``),
+        sends with ``options(queue=...)`` — and serves them from now on.
+        Only when no queue list was given: a worker told its queues serves
+        those alone. A queue is judged by the task at its head, so a queue of
+        another pool's tasks is left to that pool. Returns the queues added."""
+        if self._queues is not None:
+            return []
+        served = set(self.queues)
+        added = []
+        for queue, status, count in self.store.counts():
+            if status != "queued" or count <= 0 or queue in served:
+                continue
+            head = self.store.list_tasks(queue=queue, status="queued", limit=1)
+            if head and self.tasks.find(head[0].name) is not None:
+                served.add(queue)
+                self.found_queues.append(queue)
+                added.append(queue)
+                log.info("serving queue %r: it holds tasks this worker runs", queue)
+                if self.on_new_queue is not None:
+                    self.on_new_queue(queue)
+        return added
 
     def resources_json(self) -> str:
         """What this host offers, as JSON, from the probe (cached briefly)."""

@@ -60,6 +60,10 @@ class CleanupIntervals:
     deadlines: float = 1.0
     #: Delete finished tasks past their retention.
     purge: float = 60.0
+    #: Look for queues holding tasks this worker can run that it does not
+    #: serve yet (frame batches, ``options(queue=...)``), when the
+    #: scheduler was given no queue list.
+    queues: float = 2.0
 
 
 def pid_alive(pid: int) -> bool:
@@ -105,6 +109,9 @@ class CleanupLoop:
                 log.info("%d task(s) expired before they started", len(expired))
         if self._is_due("purge", now, iv.purge):
             store.purge()
+        if self._is_due("queues", now, iv.queues) and self.state.find_queues():
+            # Other workers see the queues this one now serves.
+            store.register_worker(self.state.worker_id, HOST, os.getpid(), self.state.queues)
 
     def recover_dead_workers(self) -> list[str]:
         """Recovers every task of workers that are gone; returns their ids."""
@@ -138,6 +145,18 @@ class CleanupLoop:
                     return
                 log.exception("cleanup error; retrying")
             self._stopped.wait(0.1)
+
+    def signal_stop(self) -> None:
+        """Tells the loop to stop (it ends its current wait at once), and
+        refreshes this worker's record: a real write, which wakes this
+        process's loops waiting on a watched store directory (an in-memory
+        change signal alone reaches them only after their poll slice)."""
+        self._stopped.set()
+        s = self.state
+        try:
+            s.store.register_worker(s.worker_id, HOST, os.getpid(), s.queues)
+        except Exception as e:
+            log.debug("could not refresh worker record: %s", e)
 
     def stop(self) -> None:
         """Stops the loop and removes this worker's record."""

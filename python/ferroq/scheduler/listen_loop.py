@@ -54,6 +54,10 @@ class ListenLoop:
         """Ticks until stopped, waking when the store changes."""
         run_on_changes(self.state.store, self._stopped, self.tick, log, "listen loop")
 
+    def signal_stop(self) -> None:
+        """Tells the loop to stop (the scheduler then wakes its wait)."""
+        self._stopped.set()
+
     def stop(self) -> None:
         """Stops the loop."""
         self._stopped.set()

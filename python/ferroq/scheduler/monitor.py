@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from .. import _core
 from .execute import timeout_outcome
@@ -41,10 +41,14 @@ class MonitorLoop:
         self._next_heartbeat = 0.0
         self._next_cancel_poll = 0.0
 
-    def _sync_keeper(self) -> _core.LeaseKeeper:
+    def _sync_keeper(self) -> Optional[_core.LeaseKeeper]:
         """Makes the keeper hold exactly the claimed tasks (loops add new
-        claims themselves, at once; finished ones are taken out here)."""
+        claims themselves, at once; finished ones are taken out here). None
+        once this monitor was stopped: a tick racing ``stop()`` must not
+        start a keeper nobody will close."""
         s = self.state
+        if self._stopped.is_set():
+            return None
         keeper = s.start_keeper()
         kept = set(keeper.ids())
         with s.lock:
@@ -94,6 +98,8 @@ class MonitorLoop:
         cancel are told so."""
         s = self.state
         keeper = self._sync_keeper()
+        if keeper is None:
+            return
         for err in keeper.errors():
             log.warning("lease renewal failed: %s", err)
         lost, cancel = keeper.lost(), keeper.cancel_requested()
@@ -102,6 +108,10 @@ class MonitorLoop:
             if item is not None and not item.abandoned:
                 log.warning("lease of task %s lost; its outcome will be dropped", task_id)
                 item.abandoned = True
+        if lost:
+            # Seen and acted on: the keeper forgets them (a task that ended
+            # just before a beat would otherwise stay listed for good).
+            keeper.remove(lost)
         for task_id in cancel:
             item = s.claimed.get(task_id)
             if item is not None and not item.cancel_requested:
@@ -135,6 +145,10 @@ class MonitorLoop:
                 if self.state.store.closed:
                     return
                 log.exception("monitor error; retrying")
+
+    def signal_stop(self) -> None:
+        """Tells the loop to stop (it ends its current wait at once)."""
+        self._stopped.set()
 
     def stop(self) -> None:
         """Stops the loop and the lease keeper's thread."""

@@ -62,20 +62,21 @@ class ClaimingLoop:
         store = s.store
         limit = limit or self.batch_limit()
         resources = s.resources_json()
-        if len(self.queues) == 1:
-            tasks = store.claim(self.queues[0], s.worker_id, limit, s.lease_ms, wait, resources)
-        else:
-            token = store.change_token()
-            tasks = []
-            for i in range(len(self.queues)):
-                q = self.queues[(self._next_queue + i) % len(self.queues)]
-                tasks = store.claim(q, s.worker_id, limit, s.lease_ms, 0.0, resources)
-                if tasks:
-                    self._next_queue = (self._next_queue + i + 1) % len(self.queues)
-                    break
-            if not tasks and wait > 0:
-                # Delayed tasks become ready without a commit: look again soon.
-                store.wait_for_change(token, min(wait, 0.05))
+        # The wait is ours, not the store's (a claim with a wait runs until
+        # it ends): a scheduler that stops wakes it (wake_waiters), so an
+        # idle loop ends at once instead of after its slice.
+        token = store.change_token() if wait > 0 else 0
+        tasks = []
+        for i in range(len(self.queues)):
+            q = self.queues[(self._next_queue + i) % len(self.queues)]
+            tasks = store.claim(q, s.worker_id, limit, s.lease_ms, 0.0, resources)
+            if tasks:
+                self._next_queue = (self._next_queue + i + 1) % len(self.queues)
+                break
+        if not tasks and wait > 0 and not s.stopping.is_set():
+            # Delayed tasks become ready without a commit: with several
+            # queues look again soon; with one, within the slice.
+            store.wait_for_change(token, wait if len(self.queues) == 1 else min(wait, 0.05))
         if tasks:
             with s.lock:
                 for t in tasks:
