@@ -39,8 +39,13 @@ fn configure<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTim
 
 /// A fresh store of `shards` shards in a temp dir (kept alive by the caller).
 fn fresh_store(shards: u32) -> (TempDir, Arc<dyn Store>) {
+    fresh_store_with(shards, "")
+}
+
+/// A fresh store with extra URL options (`"&events=off"`).
+fn fresh_store_with(shards: u32, options: &str) -> (TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}?shards={shards}", dir.path().join("store").display());
+    let url = format!("sqlite://{}?shards={shards}{options}", dir.path().join("store").display());
     let store = ferroq_core::open(&url).expect("open store");
     (dir, store)
 }
@@ -132,8 +137,11 @@ fn enqueue_batch(c: &mut Criterion) {
 fn claim_complete(c: &mut Criterion) {
     let mut g = configure(c, "claim_complete_100");
     g.throughput(Throughput::Elements(CLAIM_BATCH as u64));
-    for shards in [1, 4] {
-        let (_dir, store) = fresh_store(shards);
+    // The event feed on (the default) and off, in the same run: the
+    // feed's cost is the difference.
+    for (shards, events) in [(1, true), (1, false), (4, true), (4, false)] {
+        let (_dir, store) = fresh_store_with(shards, if events { "" } else { "&events=off" });
+        let label = if events { shards_label(shards) } else { format!("{}_events_off", shards_label(shards)) };
         let done = Cell::new(0u64);
         let params = ClaimParams {
             queue: "bench".into(),
@@ -143,7 +151,7 @@ fn claim_complete(c: &mut Criterion) {
             resources: None,
         };
         let fill: Vec<NewTask> = (0..BATCH).map(|_| task()).collect();
-        g.bench_function(shards_label(shards), |b| {
+        g.bench_function(label, |b| {
             b.iter_custom(|iters| {
                 // Ready work for every iteration, enqueued outside the timing.
                 let mut need = iters * CLAIM_BATCH as u64;
@@ -158,7 +166,7 @@ fn claim_complete(c: &mut Criterion) {
                     assert_eq!(claimed.len(), CLAIM_BATCH as usize, "a full batch was ready");
                     let results: Vec<CompleteParams> = claimed
                         .iter()
-                        .map(|t| CompleteParams { id: t.id, worker: "w".into(), result: b"ok".to_vec() })
+                        .map(|t| CompleteParams { id: t.id, worker: "w".into(), result: b"ok".to_vec(), force: false })
                         .collect();
                     let out = store.complete(&results).expect("complete");
                     assert!(out.iter().all(Result::is_ok));
@@ -170,6 +178,11 @@ fn claim_complete(c: &mut Criterion) {
         });
         assert_eq!(count(&*store, Status::Done), done.get(), "tasks completed");
         assert_eq!(store.unfinished("bench").expect("unfinished"), 0, "nothing left queued or running");
+        // Every task was sent, claimed and completed: three events each
+        // (a shard's positions count from 1 and nothing was pruned).
+        let head = store.events_head().expect("events head");
+        let recorded: i64 = head.trim_start_matches("s:").split('.').map(|p| p.parse::<i64>().expect("position")).sum();
+        assert_eq!(recorded as u64, if events { 3 * done.get() } else { 0 }, "events recorded");
     }
     g.finish();
 }

@@ -29,6 +29,7 @@ LAYERS: list[list[str]] = [
         "ferroq.options",
         "ferroq.resilience",
         "ferroq.receive",
+        "ferroq.events",
         "ferroq.progress",
         "ferroq.resources",
     ],
@@ -37,6 +38,7 @@ LAYERS: list[list[str]] = [
     # L3: tasks and what is sent or read back in bulk.
     [
         "ferroq.handle",
+        "ferroq.steer",
         "ferroq.task_function",
         "ferroq.registry",
         "ferroq.task",

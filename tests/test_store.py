@@ -270,7 +270,7 @@ def test_out_of_range_arguments(queue: Queue) -> None:
     with pytest.raises(ferroq.InvalidArgumentError):
         s.enqueue("", "f", b"x")
     with pytest.raises(ferroq.InvalidArgumentError):
-        s.enqueue("q", "f", b"x", priority=10**7)
+        s.enqueue("q", "f", b"x", priority=2**63)
     with pytest.raises(ferroq.InvalidArgumentError):
         s.enqueue("q", "f", b"x", max_attempts=0)
     with pytest.raises(ferroq.InvalidArgumentError):

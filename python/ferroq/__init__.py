@@ -21,6 +21,7 @@ from ._core import __version__ as __version__
 from ._errors import (
     AlreadyFinishedError,
     CorruptStoreError,
+    DuplicateKeyError,
     FerroqError,
     InvalidArgumentError,
     InvalidTransitionError,
@@ -42,12 +43,14 @@ from ._errors import (
 )
 from .backoff import Backoff
 from .context import Retry, TaskContext, current_task
+from .events import Event, EventFollower
 from .frames import FrameSummary
 from .handle import TaskHandle
 from .listen import listener
 from .queue import (
     ExternalTask,
     Queue,
+    QueueOptions,
     ShardCheck,
     WorkerRecord,
     default_queue,
@@ -63,6 +66,9 @@ __all__ = [
     "Backoff",
     "CleanupIntervals",
     "CorruptStoreError",
+    "DuplicateKeyError",
+    "Event",
+    "EventFollower",
     "ExternalTask",
     "FerroqError",
     "FrameSummary",
@@ -73,6 +79,7 @@ __all__ = [
     "PayloadTooLargeError",
     "Queue",
     "QueueFullError",
+    "QueueOptions",
     "QueueScheduler",
     "RateLimit",
     "Retry",

@@ -10,6 +10,7 @@ from typing import Optional
 __all__ = [
     "AlreadyFinishedError",
     "CorruptStoreError",
+    "DuplicateKeyError",
     "FerroqError",
     "InvalidArgumentError",
     "InvalidTransitionError",
@@ -69,6 +70,17 @@ class PayloadTooLargeError(FerroqError, ValueError):
 
 class QueueFullError(FerroqError):
     """The queue holds its maximum number of unfinished tasks."""
+
+
+class DuplicateKeyError(FerroqError):
+    """A task with this key already exists in the queue (or the batch names
+    it twice), and the send asked for that to be an error
+    (``on_duplicate="error"``). Nothing of the batch was stored.
+    ``queue`` and ``key`` name it; ``task_id`` is the existing task's id
+    (None when the batch itself repeats the key)."""
+
+    queue: Optional[str] = None
+    key: Optional[str] = None
 
 
 class StoreUnavailableError(FerroqError, OSError):

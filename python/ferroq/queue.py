@@ -6,11 +6,13 @@ import json
 import os
 import socket
 from dataclasses import dataclass
+from datetime import datetime
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
     List,
+    Literal,
     Optional,
     Sequence,
     TypeVar,
@@ -21,18 +23,20 @@ from typing import (
 
 from typing_extensions import ParamSpec
 
-from . import _core, _default
+from . import _core, _default, steer
 from ._checks import seconds, seconds_to_ms
 from ._connection import Connection, redact
 from ._errors import InvalidArgumentError
 from ._types import STATUSES, HasId
 from .backoff import Backoff
+from .events import Event, EventFollower, read_events
 from .handle import TaskHandle
 from .listen import listener
 from .options import NO_OVERRIDES, SendOptions, TaskOptions, parse_rate
 from .receive import deliver
 from .registry import lookup
 from .scheduler.eager import EagerRunner
+from .steer import ExternalTask, QueueOptions
 from .task import make_task
 from .task_function import TaskCall, TaskFunction
 
@@ -45,6 +49,7 @@ __all__ = [
     "STATUSES",
     "ExternalTask",
     "Queue",
+    "QueueOptions",
     "ShardCheck",
     "WorkerRecord",
     "default_queue",
@@ -417,7 +422,31 @@ class Queue(Connection):
         """The cap on unfinished tasks of ``queue``, if any."""
         return self._store.capacity(queue)
 
-    # -- tasks finished from outside ----------------------------------------
+    # -- tasks steered from outside -----------------------------------------
+
+    def put(
+        self,
+        queue: str,
+        payload: Any = None,
+        *,
+        key: Optional[str] = None,
+        priority: int = 0,
+        delay: Optional[float] = None,
+        run_at: Optional[datetime] = None,
+        metadata: Optional[Any] = None,
+        on_duplicate: Literal["existing", "error"] = "existing",
+    ) -> TaskHandle[Any]:
+        """Puts a record into ``queue``: a task with a payload and no
+        function, for a person or another service to finish (hand it out
+        with :meth:`claim`, :meth:`active` or :meth:`start`). A ``key`` is
+        unique in the queue: a second put returns the existing task, or
+        raises :class:`DuplicateKeyError` with ``on_duplicate="error"``.
+        Priorities are any 64-bit integer (higher first; then earlier
+        ``run_at``; then lower id), so timestamps work."""
+        return steer.put(
+            self, queue, payload, key=key, priority=priority, delay=delay, run_at=run_at,
+            metadata=metadata, on_duplicate=on_duplicate,
+        )
 
     def claim(
         self, queue: str = "default", *, worker: Optional[str] = None, lease: float = 300.0
@@ -433,29 +462,154 @@ class Queue(Connection):
     def active(
         self, queue: str = "default", *, worker: Optional[str] = None, lease: float = 300.0
     ) -> Optional[ExternalTask]:
-        """The one task currently handed out in a queue served one at a
-        time; when none is, the next one is handed out (None if the queue is
-        empty)."""
+        """The task handed out in ``queue`` now; when none is, the next one
+        is handed out to ``worker`` (None if the queue is empty). Atomic
+        store-wide: callers in any thread or process never see two."""
         who = worker or self.external_worker
-        running = self._store.list_tasks(queue=queue, status="running", limit=1)
-        if running:
-            t = running[0]
-            return ExternalTask(self, t, t.worker or who)
-        return self.claim(queue, worker=who, lease=lease)
+        t = self._store.active(queue, who, lease_ms=seconds_to_ms(lease, "lease", minimum=0.001))
+        return None if t is None else ExternalTask(self, t, t.worker or who)
 
-    def complete(self, id: int, result: Any = None, *, worker: Optional[str] = None) -> None:
-        """Finishes a task handed out by :meth:`claim` with ``result``."""
-        self._store.complete(id, worker or self.external_worker, self.encode(result))
+    def start(
+        self, id: int, *, worker: Optional[str] = None, lease: float = 300.0
+    ) -> ExternalTask:
+        """Hands out the chosen queued task ``id`` (out of turn). On a
+        serial queue the task handed out until now goes back to the queue
+        (its attempt not counted): a switch to another prompt."""
+        who = worker or self.external_worker
+        t = self._store.start(id, who, lease_ms=seconds_to_ms(lease, "lease", minimum=0.001))
+        return ExternalTask(self, t, who)
+
+    def complete(
+        self, id: int, result: Any = None, *, worker: Optional[str] = None, force: bool = False
+    ) -> None:
+        """Finishes a handed-out task with ``result``. Only the holder of its
+        lease (``worker``) may, unless ``force`` (an operator's override)."""
+        self._store.complete(id, worker or self.external_worker, self.encode(result), force=force)
 
     def fail(
-        self, id: int, error: str, *, worker: Optional[str] = None, retry: bool = False
+        self,
+        id: int,
+        error: str,
+        *,
+        worker: Optional[str] = None,
+        retry: bool = False,
+        force: bool = False,
     ) -> str:
-        """Fails a task handed out by :meth:`claim`; with ``retry`` it goes
-        back to the queue while attempts remain. Returns its new status."""
+        """Fails a handed-out task; with ``retry`` it goes back to the queue
+        while attempts remain. Returns its new status."""
         return self._store.fail(
-            id, worker or self.external_worker, _external_error(error),
-            "backoff" if retry else "never",
+            id, worker or self.external_worker, steer.external_error(error),
+            "backoff" if retry else "never", force=force,
         )
+
+    def progress(
+        self, id: int, fraction: float, *, worker: Optional[str] = None, force: bool = False
+    ) -> None:
+        """Records progress (0..1) of a running task from outside it."""
+        self._store.progress(id, worker or self.external_worker, float(fraction), force=force)
+
+    def heartbeat(
+        self, id: int, *, lease: float = 300.0, worker: Optional[str] = None, force: bool = False
+    ) -> bool:
+        """Extends a handed-out task's lease (and answer deadline) to
+        ``lease`` seconds from now; returns whether it was held."""
+        ((_, held, _),) = self._store.heartbeat(
+            [id], worker or self.external_worker, seconds_to_ms(lease, "lease", minimum=0.001),
+            force=force,
+        )
+        return held
+
+    def release(self, id: int, *, worker: Optional[str] = None, force: bool = False) -> None:
+        """Gives a handed-out task back to its queue (attempt not counted)."""
+        (err,) = self._store.release([id], worker or self.external_worker, force=force)
+        if err is not None:
+            raise err
+
+    def requeue(self, id: int) -> None:
+        """Puts a finished task (done, failed, cancelled or expired) back in
+        its queue with fresh attempts."""
+        self._store.requeue(id)
+
+    def set_priority(self, id: int, priority: int) -> None:
+        """Changes the priority of a queued task."""
+        self._store.set_priority(id, priority)
+
+    def set_run_at(self, id: int, when: Union[datetime, float]) -> None:
+        """Moves a queued task to run at ``when`` (a datetime, or seconds
+        from now)."""
+        if isinstance(when, datetime):
+            at = steer.when_ms(self, None, when)
+        else:
+            at = steer.when_ms(self, when, None)
+        assert at is not None
+        self._store.set_run_at(id, at)
+
+    def set_metadata(self, id: int, metadata: Any) -> None:
+        """Attaches (or replaces; None removes) user metadata, any JSON value."""
+        try:
+            text = None if metadata is None else json.dumps(metadata)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
+        self._store.set_metadata(id, text)
+
+    def set_queue_options(
+        self,
+        queue: str,
+        *,
+        serial: bool = False,
+        answer_timeout: Optional[float] = None,
+        on_timeout: Literal["requeue", "expire"] = "requeue",
+        retention: Optional[float] = None,
+    ) -> None:
+        """Sets ``queue``'s store-wide options: ``serial`` hands out at most
+        one task at a time (the next when it finishes or is cancelled);
+        ``answer_timeout`` gives each handed-out task that many seconds to
+        be answered, after which it goes back to the queue or ends
+        ``expired`` (``on_timeout``); ``retention`` keeps finished tasks of
+        the queue that many seconds (instead of the store's default)."""
+        self._store.set_queue_options(
+            queue,
+            serial=serial,
+            answer_timeout_ms=None if answer_timeout is None
+            else seconds_to_ms(answer_timeout, "answer_timeout", minimum=0.001),
+            on_timeout=on_timeout,
+            retention_ms=None if retention is None else seconds_to_ms(retention, "retention"),
+        )
+
+    def queue_options(self, queue: str) -> QueueOptions:
+        """``queue``'s options (defaults when none were set)."""
+        return QueueOptions._from_row(self._store.queue_options(queue))
+
+    def all_queue_options(self) -> List[QueueOptions]:
+        """The options of every queue that has some."""
+        return [QueueOptions._from_row(r) for r in self._store.all_queue_options()]
+
+    # -- the event feed ------------------------------------------------------
+
+    def events(
+        self, after: Optional[str] = None, *, limit: int = 1000, queue: Optional[str] = None
+    ) -> tuple[List[Event], str]:
+        """One page of the event feed (every status change, from every
+        process, in order) after the cursor ``after`` (None: the oldest
+        kept), and the cursor to pass next. ``queue`` keeps that queue's."""
+        return read_events(self._store, after, limit, queue)
+
+    def follow(
+        self,
+        consumer: str,
+        handler: Callable[[Event], None],
+        *,
+        queue: Optional[str] = None,
+        start_at: Literal["oldest", "now"] = "oldest",
+    ) -> EventFollower:
+        """An :class:`EventFollower` calling ``handler(event)`` for every
+        event, its place saved in the store under ``consumer`` (call
+        ``start()`` or use it as a context manager)."""
+        return EventFollower(self._store, consumer, handler, queue=queue, start_at=start_at)
+
+    def listen_data_all(self) -> dict[str, Any]:
+        """Every listen key with its latest value."""
+        return {key: self.decode(value) for _v, key, value, _at in self._store.listen_keys()}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -463,10 +617,6 @@ class Queue(Connection):
         """Stops this queue's callback thread and closes the store."""
         super().close()
         _default.forget(self)
-
-
-def _external_error(message: str) -> str:
-    return json.dumps({"type": "ferroq.ExternalError", "message": message, "traceback": ""})
 
 
 @dataclass(frozen=True)
@@ -497,39 +647,6 @@ class ShardCheck:
     ok: bool
     #: What is wrong, and how to recover.
     messages: list[str]
-
-
-@dataclass
-class ExternalTask:
-    """A task handed out by :meth:`Queue.claim` to be finished from outside."""
-
-    queue: Queue
-    record: _core.Task
-    worker: str
-
-    @property
-    def id(self) -> int:
-        """The task id."""
-        return self.record.id
-
-    @property
-    def name(self) -> str:
-        """The task name it was sent under."""
-        return self.record.name
-
-    @property
-    def args(self) -> tuple[list[Any], dict[str, Any]]:
-        """The decoded (positional, keyword) arguments it was sent with."""
-        args, kwargs = self.queue.decode(self.record.payload)
-        return list(args), dict(kwargs)
-
-    def complete(self, result: Any = None) -> None:
-        """Finishes the task with ``result``."""
-        self.queue.complete(self.id, result, worker=self.worker)
-
-    def fail(self, error: str, *, retry: bool = False) -> str:
-        """Fails the task (see :meth:`Queue.fail`)."""
-        return self.queue.fail(self.id, error, worker=self.worker, retry=retry)
 
 
 # Module-level tasks open a Queue, not a bare Connection, from $FERROQ_URL.

@@ -50,6 +50,7 @@ class ReceiveLoop:
         if not ids:
             return 0
         ran = 0
+        delivered: list[int] = []
         for task in self.store.get_many(ids):
             if task is None or task.status in ("queued", "running"):
                 continue
@@ -58,6 +59,15 @@ class ReceiveLoop:
             for handle, callback in waiting:
                 ran += 1
                 deliver(handle, callback)
+            if waiting:
+                delivered.append(task.id)
+        if delivered:
+            # Recorded in the store's event feed ("delivered"): the
+            # callback of these tasks ran.
+            try:
+                self.store.ack_callbacks(delivered)
+            except Exception as e:
+                log.warning("callback delivery of %d task(s) not recorded: %s", len(delivered), e)
         return ran
 
     def run(self) -> None:

@@ -74,7 +74,11 @@ class QueueScheduler:
     * ``resources``: what this host offers to tasks with ``requires=``: a
       dict, a probe function, or None for :func:`ferroq.resources.default_probe`;
     * ``cleanup``: :class:`CleanupIntervals`; ``replay_listen``: run
-      listeners for listen data set before the scheduler started.
+      listeners for listen data set before the scheduler started;
+    * ``listen_consumer``: a name under which the last listen change
+      handled is saved in the store, so a scheduler restarted under the same
+      name runs listeners for changes made while it was down, and never
+      again for those it handled.
 
     Use ``start()`` / ``stop(grace)``, a ``with`` block, or
     ``run_forever()``, which stops gracefully on SIGINT or SIGTERM.
@@ -94,6 +98,7 @@ class QueueScheduler:
         resources: Union[None, Mapping[str, float], ResourceProbe] = None,
         cleanup: Optional[CleanupIntervals] = None,
         replay_listen: bool = False,
+        listen_consumer: Optional[str] = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidArgumentError(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -139,6 +144,7 @@ class QueueScheduler:
         self.cleanup = CleanupLoop(self.state, self._intervals)
         self.listen: Optional[ListenLoop] = None
         self._replay_listen = replay_listen
+        self._listen_consumer = listen_consumer
         self._started = False
         self._by_mode: dict[str, list[str]] = {}
 
@@ -214,7 +220,7 @@ class QueueScheduler:
         self.cleanup.tick(time.monotonic())  # register, and recover dead workers' tasks now
         self.loops = self._build_loops()
         self.state.on_new_queue = self._serve
-        self.listen = ListenLoop(self.state, self._replay_listen)
+        self.listen = ListenLoop(self.state, self._replay_listen, self._listen_consumer)
         self._threads = [
             threading.Thread(target=loop.run, name=f"ferroq-task-{i}", daemon=True)
             for i, loop in enumerate(self.loops)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from .._loops import run_on_changes
 from ..listen import listeners_for
@@ -23,15 +23,26 @@ log = logging.getLogger("ferroq.listen")
 class ListenLoop:
     """Follows the store's listen data and dispatches changes to listeners."""
 
-    def __init__(self, state: WorkerState, replay: bool = False) -> None:
+    def __init__(
+        self, state: WorkerState, replay: bool = False, consumer: Optional[str] = None
+    ) -> None:
         self.state = state
         self._stopped = threading.Event()
-        # Listeners see changes made after the scheduler started, unless asked to replay.
-        self.since = 0 if replay else state.store.listen_head()
+        #: Saves the last handled version in the store under this name.
+        self.consumer = consumer
+        saved = None if consumer is None else state.store.listen_cursor_get(consumer)
+        # A named consumer resumes after the last change it handled (seeing
+        # changes made while it was down); otherwise listeners see changes
+        # made after the scheduler started, unless asked to replay.
+        if saved is not None:
+            self.since = saved
+        else:
+            self.since = 0 if replay else state.store.listen_head()
 
     def tick(self) -> int:
         """One step: dispatches every change after ``since``; returns how many ran."""
         ran = 0
+        start = self.since
         for version, key, value, _at in self.state.store.listen_changes(self.since, 1000):
             self.since = version
             fns = listeners_for(key, self.state.conn)
@@ -48,6 +59,8 @@ class ListenLoop:
                     fn(decoded)
                 except Exception:
                     log.exception("listener %r for %r raised", fn, key)
+        if self.consumer is not None and self.since != start:
+            self.state.store.listen_cursor_set(self.consumer, self.since)
         return ran
 
     def run(self) -> None:

@@ -170,12 +170,20 @@ mod tests {
         let mut result = b"J\"".to_vec();
         result.extend(vec![b'x'; result_bytes]);
         result.push(b'"');
-        let c: Vec<_> =
-            done.iter().map(|t| CompleteParams { id: t.id, worker: "w".into(), result: result.clone() }).collect();
+        let c: Vec<_> = done
+            .iter()
+            .map(|t| CompleteParams { id: t.id, worker: "w".into(), result: result.clone(), force: false })
+            .collect();
         store.complete(&c).unwrap().into_iter().collect::<crate::Result<Vec<()>>>().unwrap();
         let f: Vec<_> = fail
             .iter()
-            .map(|t| FailParams { id: t.id, worker: "w".into(), error: "boom".into(), retry: Retry::Never })
+            .map(|t| FailParams {
+                id: t.id,
+                worker: "w".into(),
+                error: "boom".into(),
+                retry: Retry::Never,
+                force: false,
+            })
             .collect();
         store.fail(&f).unwrap().into_iter().collect::<crate::Result<Vec<_>>>().unwrap();
         store

@@ -68,6 +68,19 @@ pub enum Error {
         /// Its capacity.
         limit: u64,
     },
+    /// A task with this key already exists in the queue (or the batch names
+    /// the key twice), and the caller asked for that to be an error
+    /// ([`OnDuplicate::Error`](crate::store::OnDuplicate::Error)). Nothing
+    /// of the batch was stored.
+    #[error("queue {queue:?} already has a task with key {key:?}{}", id.map(|i| format!(" (task {i})")).unwrap_or_else(|| " (twice in this batch)".into()))]
+    DuplicateKey {
+        /// The queue name.
+        queue: String,
+        /// The key.
+        key: String,
+        /// The existing task's id; None when the batch itself names the key twice.
+        id: Option<i64>,
+    },
     /// The store cannot be opened, created or reached.
     #[error("store unavailable: {0}")]
     Unavailable(String),

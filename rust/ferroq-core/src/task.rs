@@ -8,12 +8,12 @@ use std::fmt;
 ///
 /// | status      | entered by                                      | left by |
 /// |-------------|-------------------------------------------------|---------|
-/// | `Queued`    | enqueue; fail with attempts left; release; recover; retry | claim, cancel, expire |
-/// | `Running`   | claim (sets a lease and counts the attempt)      | complete, fail, release, recover, cancel by its worker |
-/// | `Done`      | complete                                         | purge |
-/// | `Failed`    | fail or recover with attempts exhausted (dead letters) | retry, purge |
-/// | `Cancelled` | cancel                                           | retry, purge |
-/// | `Expired`   | expire (deadline passed before it ran)           | retry, purge |
+/// | `Queued`    | enqueue; fail with attempts left; release; recover; retry; requeue; a serial queue's switch | claim, start, active, cancel, expire |
+/// | `Running`   | claim, start, active (set a lease and count the attempt) | complete, fail, release, recover, cancel by its worker, a serial queue's switch |
+/// | `Done`      | complete                                         | requeue, purge |
+/// | `Failed`    | fail or recover with attempts exhausted (dead letters) | retry, requeue, purge |
+/// | `Cancelled` | cancel; any end of a running task whose cancel was asked | retry, requeue, purge |
+/// | `Expired`   | expire (deadline passed before it ran); an answer deadline with the `expire` policy | retry, requeue, purge |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Status {
@@ -94,8 +94,8 @@ pub struct Task {
     pub name: String,
     /// Serialised arguments.
     pub payload: Vec<u8>,
-    /// Higher runs first.
-    pub priority: i32,
+    /// Higher runs first (any 64-bit integer; see [`NewTask::priority`]).
+    pub priority: i64,
     /// Where it is in its life.
     pub status: Status,
     /// Not claimed before this time (ms since the epoch).
@@ -148,8 +148,10 @@ pub struct NewTask {
     pub name: String,
     /// Serialised arguments.
     pub payload: Vec<u8>,
-    /// Higher runs first; within `PRIORITY_RANGE`.
-    pub priority: i32,
+    /// Higher runs first. Any 64-bit integer (a millisecond timestamp
+    /// works): claims hand out the highest priority first, then the
+    /// earliest `run_at`, then the lowest id.
+    pub priority: i64,
     /// Earliest start (ms); None means now.
     pub run_at: Option<i64>,
     /// Claims allowed (1..=1000); retries + 1.
@@ -170,8 +172,8 @@ pub struct NewTask {
     pub requires: Option<String>,
 }
 
-/// Priorities a task may have.
-pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1_000_000..=1_000_000;
+/// Priorities a task may have: every 64-bit integer.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = i64::MIN..=i64::MAX;
 /// Attempts a task may be given.
 pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000;
 
@@ -202,14 +204,6 @@ impl NewTask {
         if self.payload.len() > max_payload {
             return Err(Error::PayloadTooLarge { what: "payload", size: self.payload.len(), limit: max_payload });
         }
-        if !PRIORITY_RANGE.contains(&self.priority) {
-            return Err(Error::InvalidArgument(format!(
-                "priority {} is outside {}..={}",
-                self.priority,
-                PRIORITY_RANGE.start(),
-                PRIORITY_RANGE.end()
-            )));
-        }
         if !MAX_ATTEMPTS_RANGE.contains(&self.max_attempts) {
             return Err(Error::InvalidArgument(format!(
                 "max_attempts {} is outside {}..={}",
@@ -225,9 +219,7 @@ impl NewTask {
             check_name("batch", b, 1_000)?;
         }
         if let Some(m) = &self.metadata {
-            if m.len() > 65_536 {
-                return Err(Error::PayloadTooLarge { what: "metadata", size: m.len(), limit: 65_536 });
-            }
+            check_metadata_size(m)?;
         }
         if let Some(ttl) = self.result_ttl_ms {
             if ttl < 0 {
@@ -242,6 +234,26 @@ impl NewTask {
         }
         Ok(())
     }
+}
+
+/// The largest metadata a task may carry, in bytes.
+pub const MAX_METADATA: usize = 65_536;
+
+/// Checks metadata's size (at most [`MAX_METADATA`] bytes).
+pub fn check_metadata_size(metadata: &str) -> Result<()> {
+    if metadata.len() > MAX_METADATA {
+        return Err(Error::PayloadTooLarge { what: "metadata", size: metadata.len(), limit: MAX_METADATA });
+    }
+    Ok(())
+}
+
+/// Checks metadata set on an existing task: its size, and that it is JSON
+/// (what every ferroq layer writes there).
+pub fn check_metadata(metadata: &str) -> Result<()> {
+    check_metadata_size(metadata)?;
+    serde_json::from_str::<serde_json::Value>(metadata)
+        .map_err(|e| Error::InvalidArgument(format!("metadata must be JSON text: {e}")))?;
+    Ok(())
 }
 
 /// Checks a resource map: a JSON object whose values are numbers >= 0.

@@ -24,6 +24,7 @@ fn class_name(e: &Error) -> &'static str {
         Error::InvalidArgument(_) => "InvalidArgumentError",
         Error::PayloadTooLarge { .. } => "PayloadTooLargeError",
         Error::QueueFull { .. } => "QueueFullError",
+        Error::DuplicateKey { .. } => "DuplicateKeyError",
         Error::Unavailable(_) => "StoreUnavailableError",
         Error::PermissionDenied(_) => "StorePermissionError",
         Error::NotAStore(_) => "NotAStoreError",
@@ -53,6 +54,13 @@ pub fn to_py(py: Python<'_>, e: Error) -> PyErr {
         }
         if let Some(status) = status {
             exc.setattr("status", status)?;
+        }
+        if let Error::DuplicateKey { queue, key, id } = &e {
+            exc.setattr("queue", queue)?;
+            exc.setattr("key", key)?;
+            if let Some(id) = id {
+                exc.setattr("task_id", *id)?;
+            }
         }
         Ok(PyErr::from_value(exc))
     };
@@ -137,6 +145,7 @@ fn samples() -> Vec<(&'static str, Error)> {
         ("InvalidArgument", Error::InvalidArgument("bad".into())),
         ("PayloadTooLarge", Error::PayloadTooLarge { what: "payload", size: 2, limit: 1 }),
         ("QueueFull", Error::QueueFull { queue: "q".into(), limit: 1 }),
+        ("DuplicateKey", Error::DuplicateKey { queue: "q".into(), key: "k".into(), id: Some(7) }),
         ("Unavailable", Error::Unavailable("down".into())),
         ("PermissionDenied", Error::PermissionDenied("no".into())),
         ("NotAStore", Error::NotAStore("file".into())),

@@ -86,7 +86,7 @@ impl Shared {
                 continue;
             }
             let ids = snapshot.iter().map(|(id, _)| *id).collect();
-            let p = HeartbeatParams { ids, worker: self.worker.clone(), lease_ms: self.lease_ms };
+            let p = HeartbeatParams { ids, worker: self.worker.clone(), lease_ms: self.lease_ms, force: false };
             let out = store.heartbeat(&p);
             drop(store);
             let mut st = self.state();
@@ -150,7 +150,7 @@ impl PyLeaseKeeper {
         let handle = store.store(py)?;
         // An empty beat checks the lease length (and the worker) now
         // rather than in the thread, where it could only be recorded.
-        let check = HeartbeatParams { ids: Vec::new(), worker: worker.clone(), lease_ms: lease_ms.0 };
+        let check = HeartbeatParams { ids: Vec::new(), worker: worker.clone(), lease_ms: lease_ms.0, force: false };
         py.detach(|| handle.heartbeat(&check)).py(py)?;
         let weak = Arc::downgrade(&handle);
         drop(handle);

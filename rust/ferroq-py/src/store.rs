@@ -6,6 +6,10 @@ use crate::errors::{invalid, seconds, to_py, Int, IntoPyResult, Text};
 use crate::task::PyTask;
 use ferroq_core::columns::{first_page, read_page, ResultColumns, ResultQuery, TextColumn};
 use ferroq_core::store::{
+    ActiveParams, EnqueueParams, OnDuplicate, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams,
+    SetPriorityParams, SetRunAtParams, StartParams,
+};
+use ferroq_core::store::{
     BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, GetByKeyParams,
     HeartbeatParams, ListParams, ListenChangesParams, ListenSetParams, ProgressParams, PurgeParams, RecoverParams,
     ReleaseParams, Retry, RetryParams, WorkerInfo,
@@ -20,11 +24,57 @@ use std::time::{Duration, Instant};
 
 /// One listen change as Python sees it: (version, key, value, at_ms).
 type ListenRow<'py> = (i64, String, Bound<'py, PyBytes>, i64);
+/// An event as Python sees it: (cursor, at, task_id, queue, name, kind,
+/// from_status, to_status, worker, error_type).
+type EventTuple = (
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<String>,
+    Option<String>,
+);
+
+fn event_tuple(e: ferroq_core::store::Event) -> EventTuple {
+    (
+        e.cursor,
+        e.at,
+        e.task_id,
+        e.queue,
+        e.name,
+        e.kind.as_str(),
+        e.from.map(|s| s.as_str()),
+        e.to.map(|s| s.as_str()),
+        e.worker,
+        e.error_type,
+    )
+}
 
 /// A worker as Python sees it: (id, host, pid, started_at, heartbeat_at, queues).
 type WorkerRow = (String, String, u32, i64, i64, Vec<String>);
 /// A function limit as Python sees it: (name, max_running, rate_per_s, burst).
 type LimitRow = (String, Option<u32>, Option<f64>, Option<f64>);
+/// A queue's options as Python sees them:
+/// (queue, serial, answer_timeout_ms, on_timeout, retention_ms).
+type OptionsRow = (String, bool, Option<i64>, &'static str, Option<i64>);
+
+fn options_row(o: QueueOptions) -> OptionsRow {
+    (o.queue, o.serial, o.answer_timeout_ms, o.on_timeout.as_str(), o.retention_ms)
+}
+
+/// What an enqueue does with a taken key: 'existing' (return the existing
+/// task, the default) or 'error' (raise `DuplicateKeyError`, store nothing).
+fn parse_on_duplicate(py: Python<'_>, on_duplicate: Option<&str>) -> PyResult<OnDuplicate> {
+    match on_duplicate {
+        None | Some("existing") => Ok(OnDuplicate::Existing),
+        Some("error") => Ok(OnDuplicate::Error),
+        Some(other) => Err(invalid(py, format!("on_duplicate must be 'existing' or 'error', got {other:?}"))),
+    }
+}
 
 /// How long one GIL-free wait slice lasts before Ctrl+C is checked.
 const SLICE: Duration = Duration::from_millis(100);
@@ -296,9 +346,11 @@ impl PyStore {
 
     /// Enqueues one task; returns (id, inserted).
     #[pyo3(signature = (queue, name, payload, *, priority=Int(0), run_at=None, max_attempts=Int(1), key=None,
-        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None, requires=None),
+        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None, requires=None,
+        on_duplicate=None),
         text_signature = "($self, queue, name, payload, *, priority=0, run_at=None, max_attempts=1, key=None, \
-        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None, requires=None)")]
+        batch=None, expires_at=None, metadata=None, backoff=None, result_ttl_ms=None, requires=None, \
+        on_duplicate=None)")]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -306,7 +358,7 @@ impl PyStore {
         queue: Text,
         name: Text,
         payload: Blob,
-        priority: Int<i32>,
+        priority: Int<i64>,
         run_at: Option<Int<i64>>,
         max_attempts: Int<u32>,
         key: Option<Text>,
@@ -316,7 +368,9 @@ impl PyStore {
         backoff: Option<Text>,
         result_ttl_ms: Option<Int<i64>>,
         requires: Option<Text>,
+        on_duplicate: Option<Text>,
     ) -> PyResult<(i64, bool)> {
+        let on_duplicate = parse_on_duplicate(py, on_duplicate.as_ref().map(|t| t.0.as_str()))?;
         let queue: String = queue.0;
         let name: String = name.0;
         let key: Option<String> = key.map(String::from);
@@ -340,7 +394,7 @@ impl PyStore {
                 result_ttl_ms: result_ttl_ms.map(|v| v.0),
                 requires,
             };
-            store.enqueue(std::slice::from_ref(&task))
+            store.enqueue_with(&EnqueueParams { tasks: std::slice::from_ref(&task), on_duplicate })
         })?;
         let first = one(py, out, "enqueue")?;
         Ok((first.id, first.inserted))
@@ -351,9 +405,10 @@ impl PyStore {
     /// per payload. Returns (ids, inserted flags).
     #[pyo3(signature = (queue, name, payloads, *, priority=None, run_at=None,
         max_attempts=Int(1), keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None,
-        requires=None),
+        requires=None, on_duplicate=None),
         text_signature = "($self, queue, name, payloads, *, priority=None, run_at=None, max_attempts=1, \
-        keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None, requires=None)")]
+        keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None, requires=None, \
+        on_duplicate=None)")]
     #[allow(clippy::too_many_arguments)]
     fn enqueue_many(
         &self,
@@ -361,7 +416,7 @@ impl PyStore {
         queue: Text,
         name: OneOrMany<Text>,
         payloads: Vec<Blob>,
-        priority: Option<OneOrMany<Int<i32>>>,
+        priority: Option<OneOrMany<Int<i64>>>,
         run_at: Option<OneOrMany<Int<i64>>>,
         max_attempts: Int<u32>,
         keys: Option<Vec<Option<Text>>>,
@@ -370,7 +425,9 @@ impl PyStore {
         backoff: Option<Text>,
         result_ttl_ms: Option<Int<i64>>,
         requires: Option<Text>,
+        on_duplicate: Option<Text>,
     ) -> PyResult<(Vec<i64>, Vec<bool>)> {
+        let on_duplicate = parse_on_duplicate(py, on_duplicate.as_ref().map(|t| t.0.as_str()))?;
         let queue: String = queue.0;
         let name: OneOrMany<String> = name.map(String::from);
         let keys: Option<Vec<Option<String>>> = keys.map(|v| v.into_iter().map(|k| k.map(String::from)).collect());
@@ -412,7 +469,7 @@ impl PyStore {
                     requires: requires.clone(),
                 })
                 .collect();
-            store.enqueue(&tasks)
+            store.enqueue_with(&EnqueueParams { tasks: &tasks, on_duplicate })
         })?;
         Ok(out.into_iter().map(|e| (e.id, e.inserted)).unzip())
     }
@@ -450,47 +507,57 @@ impl PyStore {
         tasks_to_py(py, tasks)
     }
 
-    /// Extends leases; returns [(id, held, cancel_requested)].
+    /// Extends leases; returns [(id, held, cancel_requested)]. With
+    /// `force`, extends them whoever holds them (an operator's override).
+    #[pyo3(signature = (ids, worker, lease_ms, *, force=false))]
     fn heartbeat(
         &self,
         py: Python<'_>,
         ids: Vec<Int<i64>>,
         worker: Text,
         lease_ms: Int<i64>,
+        force: bool,
     ) -> PyResult<Vec<(i64, bool, bool)>> {
         let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
         let worker: String = worker.0;
-        let p = HeartbeatParams { ids, worker, lease_ms: lease_ms.0 };
+        let p = HeartbeatParams { ids, worker, lease_ms: lease_ms.0, force };
         let out = self.call(py, |store| store.heartbeat(&p))?;
         Ok(out.into_iter().map(|h| (h.id, h.held, h.cancel_requested)).collect())
     }
 
-    /// Records progress (0..=1) of a running task.
-    fn progress(&self, py: Python<'_>, id: Int<i64>, worker: Text, progress: f64) -> PyResult<()> {
+    /// Records progress (0..=1) of a running task (held by `worker`, or by
+    /// anyone with `force`).
+    #[pyo3(signature = (id, worker, progress, *, force=false))]
+    fn progress(&self, py: Python<'_>, id: Int<i64>, worker: Text, progress: f64, force: bool) -> PyResult<()> {
         let id: i64 = id.0;
         let worker: String = worker.0;
-        let p = [ProgressParams { id, worker, progress }];
+        let p = [ProgressParams { id, worker, progress, force }];
         let out = self.call(py, |store| store.progress(&p))?;
         one(py, out, "progress")?.py(py)
     }
 
-    /// Finishes a running task with its serialised result.
-    fn complete(&self, py: Python<'_>, id: Int<i64>, worker: Text, result: Blob) -> PyResult<()> {
+    /// Finishes a running task with its serialised result (held by
+    /// `worker`, or by anyone with `force`). A task whose cancel was asked
+    /// ends 'cancelled', the result kept.
+    #[pyo3(signature = (id, worker, result, *, force=false))]
+    fn complete(&self, py: Python<'_>, id: Int<i64>, worker: Text, result: Blob, force: bool) -> PyResult<()> {
         let id: i64 = id.0;
         let worker: String = worker.0;
-        let p = [CompleteParams { id, worker, result: result.0 }];
+        let p = [CompleteParams { id, worker, result: result.0, force }];
         let out = self.call(py, |store| store.complete(&p))?;
         one(py, out, "complete")?.py(py)
     }
 
     /// Finishes many running tasks in one call; returns one exception (or
     /// None) per task.
+    #[pyo3(signature = (ids, worker, results, *, force=false))]
     fn complete_many(
         &self,
         py: Python<'_>,
         ids: Vec<Int<i64>>,
         worker: Text,
         results: Vec<Blob>,
+        force: bool,
     ) -> PyResult<Vec<Option<Py<PyAny>>>> {
         let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
         let worker: String = worker.0;
@@ -500,15 +567,16 @@ impl PyStore {
         let p: Vec<CompleteParams> = ids
             .into_iter()
             .zip(results)
-            .map(|(id, result)| CompleteParams { id, worker: worker.clone(), result: result.0 })
+            .map(|(id, result)| CompleteParams { id, worker: worker.clone(), result: result.0, force })
             .collect();
         let out = self.call(py, |store| store.complete(&p))?;
         Ok(item_errors(py, out))
     }
 
     /// Records a failed attempt. `retry` is 'backoff' (the task's policy),
-    /// 'never', or a delay in ms. Returns the new status ('queued' or 'failed').
-    #[pyo3(signature = (id, worker, error, retry=None))]
+    /// 'never', or a delay in ms. Returns the new status ('queued',
+    /// 'failed', or 'cancelled' when its cancel was asked).
+    #[pyo3(signature = (id, worker, error, retry=None, *, force=false))]
     fn fail(
         &self,
         py: Python<'_>,
@@ -516,11 +584,12 @@ impl PyStore {
         worker: Text,
         error: Text,
         retry: Option<&Bound<'_, PyAny>>,
+        force: bool,
     ) -> PyResult<&'static str> {
         let id: i64 = id.0;
         let worker: String = worker.0;
         let error: String = error.0;
-        let p = [FailParams { id, worker, error, retry: parse_retry(py, retry)? }];
+        let p = [FailParams { id, worker, error, retry: parse_retry(py, retry)?, force }];
         let out = self.call(py, |store| store.fail(&p))?;
         Ok(one(py, out, "fail")?.py(py)?.as_str())
     }
@@ -537,12 +606,21 @@ impl PyStore {
         Ok(one(py, out, "cancel")?.py(py)?.as_str())
     }
 
-    /// Gives claimed tasks back without counting the attempt; returns one
-    /// exception (or None) per task.
-    fn release(&self, py: Python<'_>, ids: Vec<Int<i64>>, worker: Text) -> PyResult<Vec<Option<Py<PyAny>>>> {
+    /// Gives claimed tasks back without counting the attempt (a task whose
+    /// cancel was asked ends 'cancelled'); returns one exception (or None)
+    /// per task.
+    #[pyo3(signature = (ids, worker, *, force=false))]
+    fn release(
+        &self,
+        py: Python<'_>,
+        ids: Vec<Int<i64>>,
+        worker: Text,
+        force: bool,
+    ) -> PyResult<Vec<Option<Py<PyAny>>>> {
         let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
         let worker: String = worker.0;
-        let p: Vec<ReleaseParams> = ids.into_iter().map(|id| ReleaseParams { id, worker: worker.clone() }).collect();
+        let p: Vec<ReleaseParams> =
+            ids.into_iter().map(|id| ReleaseParams { id, worker: worker.clone(), force }).collect();
         let out = self.call(py, |store| store.release(&p))?;
         Ok(item_errors(py, out))
     }
@@ -552,6 +630,90 @@ impl PyStore {
         let id: i64 = id.0;
         let out = self.call(py, |store| store.retry(&[RetryParams { id }]))?;
         one(py, out, "retry")?.py(py)
+    }
+
+    /// Hands a chosen queued task to `worker` (marks it running, whatever
+    /// its run_at) and returns it. On a serial queue, the task running
+    /// there goes back to 'queued' first (its attempt not counted).
+    #[pyo3(signature = (id, worker, *, lease_ms=Int(30_000)), text_signature = "($self, id, worker, *, lease_ms=30000)")]
+    fn start(&self, py: Python<'_>, id: Int<i64>, worker: Text, lease_ms: Int<i64>) -> PyResult<PyTask> {
+        let p = [StartParams { id: id.0, worker: worker.0, lease_ms: lease_ms.0 }];
+        let out = self.call(py, |store| store.start(&p))?;
+        Ok(PyTask::from(one(py, out, "start")?.py(py)?))
+    }
+
+    /// The active task of `queue`: the one running there, else the next
+    /// ready one handed to `worker`, else None. Concurrent callers never
+    /// get two tasks.
+    #[pyo3(signature = (queue, worker, *, lease_ms=Int(30_000)), text_signature = "($self, queue, worker, *, lease_ms=30000)")]
+    fn active(&self, py: Python<'_>, queue: Text, worker: Text, lease_ms: Int<i64>) -> PyResult<Option<PyTask>> {
+        let p = ActiveParams { queue: queue.0, worker: worker.0, lease_ms: lease_ms.0 };
+        Ok(self.call(py, |store| store.active(&p))?.map(PyTask::from))
+    }
+
+    /// Puts a finished task (done, failed, cancelled or expired) back in
+    /// the queue with fresh attempts.
+    fn requeue(&self, py: Python<'_>, id: Int<i64>) -> PyResult<()> {
+        let p = [RequeueParams { id: id.0 }];
+        let out = self.call(py, |store| store.requeue(&p))?;
+        one(py, out, "requeue")?.py(py)
+    }
+
+    /// Changes the priority (any 64-bit integer) of a queued task.
+    fn set_priority(&self, py: Python<'_>, id: Int<i64>, priority: Int<i64>) -> PyResult<()> {
+        let p = [SetPriorityParams { id: id.0, priority: priority.0 }];
+        let out = self.call(py, |store| store.set_priority(&p))?;
+        one(py, out, "set_priority")?.py(py)
+    }
+
+    /// Changes when a queued task may run (ms since the epoch).
+    fn set_run_at(&self, py: Python<'_>, id: Int<i64>, run_at: Int<i64>) -> PyResult<()> {
+        let p = [SetRunAtParams { id: id.0, run_at: run_at.0 }];
+        let out = self.call(py, |store| store.set_run_at(&p))?;
+        one(py, out, "set_run_at")?.py(py)
+    }
+
+    /// Sets (None removes) a task's metadata, JSON text, in any status.
+    fn set_metadata(&self, py: Python<'_>, id: Int<i64>, metadata: Option<Text>) -> PyResult<()> {
+        let p = [SetMetadataParams { id: id.0, metadata: metadata.map(String::from) }];
+        let out = self.call(py, |store| store.set_metadata(&p))?;
+        one(py, out, "set_metadata")?.py(py)
+    }
+
+    /// Sets a queue's options (its capacity is kept): `serial` (at most one
+    /// running task, store-wide), `answer_timeout_ms` (the lease of what it
+    /// hands out), `on_timeout` ('requeue' or 'expire'), `retention_ms`
+    /// (how long its finished tasks are kept).
+    #[pyo3(signature = (queue, *, serial=false, answer_timeout_ms=None, on_timeout=None, retention_ms=None))]
+    fn set_queue_options(
+        &self,
+        py: Python<'_>,
+        queue: Text,
+        serial: bool,
+        answer_timeout_ms: Option<Int<i64>>,
+        on_timeout: Option<Text>,
+        retention_ms: Option<Int<i64>>,
+    ) -> PyResult<()> {
+        let on_timeout = on_timeout.map(|t| OnTimeout::parse(&t.0)).transpose().py(py)?.unwrap_or_default();
+        let o = QueueOptions {
+            queue: queue.0,
+            serial,
+            answer_timeout_ms: answer_timeout_ms.map(|v| v.0),
+            on_timeout,
+            retention_ms: retention_ms.map(|v| v.0),
+        };
+        self.call(py, |store| store.set_queue_options(&o))
+    }
+
+    /// A queue's options: (queue, serial, answer_timeout_ms, on_timeout, retention_ms).
+    fn queue_options(&self, py: Python<'_>, queue: Text) -> PyResult<OptionsRow> {
+        let queue: String = queue.0;
+        Ok(options_row(self.call(py, |store| store.queue_options(&queue))?))
+    }
+
+    /// The options of every queue that has some, by queue name.
+    fn all_queue_options(&self, py: Python<'_>) -> PyResult<Vec<OptionsRow>> {
+        Ok(self.call(py, |store| store.all_queue_options())?.into_iter().map(options_row).collect())
     }
 
     /// Recovers running tasks whose lease expired (or all of `worker`'s);
@@ -728,6 +890,72 @@ impl PyStore {
     /// The newest listen version.
     fn listen_head(&self, py: Python<'_>) -> PyResult<i64> {
         self.call(py, |store| store.listen_head())
+    }
+
+    /// Every listen key's latest change: [(version, key, value, at_ms)], by key.
+    fn listen_keys<'py>(&self, py: Python<'py>) -> PyResult<Vec<ListenRow<'py>>> {
+        let out = self.call(py, |store| store.listen_keys())?;
+        Ok(out.into_iter().map(|c| (c.version, c.key, PyBytes::new(py, &c.value), c.at)).collect())
+    }
+
+    /// Stores the last listen version a consumer handled.
+    fn listen_cursor_set(&self, py: Python<'_>, consumer: Text, version: Int<i64>) -> PyResult<()> {
+        let consumer: String = consumer.0;
+        let version: i64 = version.0;
+        self.call(py, |store| store.listen_cursor_set(&consumer, version))
+    }
+
+    /// The last listen version a consumer stored, or None.
+    fn listen_cursor_get(&self, py: Python<'_>, consumer: Text) -> PyResult<Option<i64>> {
+        let consumer: String = consumer.0;
+        self.call(py, |store| store.listen_cursor_get(&consumer))
+    }
+
+    /// Events after `after` (a cursor; None = the oldest kept), at most
+    /// `limit`, of `queue` only when given: (events, next cursor). Each
+    /// event is (cursor, at, task_id, queue, name, kind, from_status,
+    /// to_status, worker, error_type).
+    #[pyo3(signature = (after=None, limit=Int(1000), queue=None), text_signature = "($self, after=None, limit=1000, queue=None)")]
+    fn events(
+        &self,
+        py: Python<'_>,
+        after: Option<Text>,
+        limit: Int<u32>,
+        queue: Option<Text>,
+    ) -> PyResult<(Vec<EventTuple>, String)> {
+        let p = ferroq_core::store::EventsParams {
+            after: after.map(String::from),
+            limit: limit.0,
+            queue: queue.map(String::from),
+        };
+        let page = self.call(py, |store| store.events(&p))?;
+        Ok((page.events.into_iter().map(event_tuple).collect(), page.cursor))
+    }
+
+    /// The cursor after the newest event (follow from now on).
+    fn events_head(&self, py: Python<'_>) -> PyResult<String> {
+        self.call(py, |store| store.events_head())
+    }
+
+    /// Stores a consumer's event cursor.
+    fn event_cursor_set(&self, py: Python<'_>, consumer: Text, cursor: Text) -> PyResult<()> {
+        let consumer: String = consumer.0;
+        let cursor: String = cursor.0;
+        self.call(py, |store| store.event_cursor_set(&consumer, &cursor))
+    }
+
+    /// A consumer's stored event cursor, or None.
+    fn event_cursor_get(&self, py: Python<'_>, consumer: Text) -> PyResult<Option<String>> {
+        let consumer: String = consumer.0;
+        self.call(py, |store| store.event_cursor_get(&consumer))
+    }
+
+    /// Records that the callbacks of finished tasks ran (a `delivered`
+    /// event each); one entry per id: None, or the error for that id.
+    fn ack_callbacks(&self, py: Python<'_>, ids: Vec<Int<i64>>) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
+        let out = self.call(py, |store| store.ack_callbacks(&ids))?;
+        Ok(item_errors(py, out))
     }
 
     /// Records (or refreshes) a worker: (id, host, pid, queues).

@@ -40,7 +40,7 @@ impl PyTask {
     }
     /// Priority (higher runs first).
     #[getter]
-    fn priority(&self) -> i32 {
+    fn priority(&self) -> i64 {
         self.inner.priority
     }
     /// Status name: queued, running, done, failed, cancelled, expired.

@@ -36,6 +36,10 @@ pub struct StoreConfig {
     pub retention_ms: Option<i64>,
     /// Retry policy for tasks that set none.
     pub default_backoff: Backoff,
+    /// Whether this handle records the event feed (`events=off` stops it).
+    pub events: bool,
+    /// How long events are kept (None = forever); pruned by `purge`.
+    pub events_retention_ms: Option<i64>,
 }
 
 /// The largest number of shards a store may have.
@@ -52,6 +56,8 @@ impl Default for StoreConfig {
             poll_interval: Duration::from_millis(1),
             retention_ms: Some(7 * 24 * 3_600_000),
             default_backoff: Backoff::default(),
+            events: true,
+            events_retention_ms: Some(super::events::DEFAULT_EVENTS_RETENTION_MS),
         }
     }
 }
@@ -59,7 +65,9 @@ impl Default for StoreConfig {
 impl StoreConfig {
     /// Parses a store URL (see [`crate::store::open`]). Query parameters:
     /// `shards`, `synchronous` (`normal`/`full`), `max_payload` (bytes),
-    /// `busy_timeout_ms`, `poll_ms`, `retention_s` (`0` or `none` = forever).
+    /// `busy_timeout_ms`, `poll_ms`, `retention_s` (`0` or `none` = forever),
+    /// `events` (`on`/`off`: whether this handle records the event feed),
+    /// `events_retention_s` (default one day; `0` or `none` = forever).
     pub fn parse(url: &str) -> Result<Self> {
         let url = url.trim();
         if url.is_empty() {
@@ -137,6 +145,24 @@ impl StoreConfig {
             }
             "retention_s" => {
                 self.retention_ms = if value == "none" || value == "0" {
+                    None
+                } else {
+                    let n = int(value)?;
+                    if n < 0 {
+                        return Err(bad("must be >= 0"));
+                    }
+                    Some(n.saturating_mul(1_000))
+                }
+            }
+            "events" => {
+                self.events = match value.to_ascii_lowercase().as_str() {
+                    "on" | "true" | "1" => true,
+                    "off" | "false" | "0" => false,
+                    _ => return Err(bad("use on or off")),
+                }
+            }
+            "events_retention_s" => {
+                self.events_retention_ms = if value == "none" || value == "0" {
                     None
                 } else {
                     let n = int(value)?;

@@ -8,8 +8,41 @@
 //! batch form. Transitions are guarded: a verb whose guard matches no row
 //! reports a typed error for that item ([`LeaseLost`](crate::Error::LeaseLost),
 //! [`AlreadyFinished`](crate::Error::AlreadyFinished), ...), never a silent no-op.
+//!
+//! Claim order: the highest priority first (any 64-bit integer), then the
+//! earliest `run_at`, then the lowest id (enqueue order).
+//!
+//! Steering from outside (an operator, a web page, another service) uses
+//! the by-id verbs: `start`, `complete`/`fail`/`progress`/`heartbeat`/
+//! `release` with `force`, `cancel`, `requeue`, `set_priority`,
+//! `set_run_at` and `set_metadata`. Their guards:
+//!
+//! | verb | needs | otherwise |
+//! |------|-------|-----------|
+//! | `start` | queued (any `run_at`) | NotFound, InvalidTransition (running), AlreadyFinished |
+//! | `complete`, `fail`, `progress`, `heartbeat`, `release` | running under `worker` | NotFound, LeaseLost, AlreadyFinished |
+//! | the same with `force` | running under anyone | NotFound, InvalidTransition (queued), AlreadyFinished |
+//! | `cancel` | queued (cancelled now) or running (flagged) | NotFound, AlreadyFinished |
+//! | `requeue` | done, failed, cancelled or expired | NotFound, InvalidTransition (queued, running) |
+//! | `retry` | failed, cancelled or expired | NotFound, InvalidTransition |
+//! | `set_priority`, `set_run_at` | queued | NotFound, InvalidTransition (running), AlreadyFinished |
+//! | `set_metadata` | any status | NotFound; InvalidArgument / PayloadTooLarge for bad JSON |
+//!
+//! A cancel of a running task sticks: the task ends `cancelled` whichever
+//! way its run ends — complete (the result is kept on the cancelled task),
+//! fail, release, lease expiry or a dead worker (`recover`), an answer
+//! deadline, or being switched out of a serial queue — and never runs again.
+//!
+//! Serial queues (`QueueOptions::serial`) have at most one running task,
+//! store-wide: claims, `start` and `active` of a serial queue are
+//! serialised (SQLite: on shard 0's write lock, across processes;
+//! PostgreSQL: on a transaction-scoped advisory lock per queue), count the
+//! queue's running tasks and hand out at most one. `start` on a serial
+//! queue switches: the running task goes back to `queued` (its attempt not
+//! counted) and the chosen one runs.
 
 mod config;
+pub mod events;
 mod limits;
 mod params;
 pub mod postgres;
@@ -17,9 +50,14 @@ pub(crate) mod rules;
 pub mod sqlite;
 
 pub use config::{StoreConfig, Synchronous};
+pub use events::{Event, EventKind, EventsPage, EventsParams};
 pub use limits::FunctionLimit;
 pub(crate) use limits::{allowances, StoredLimit};
 pub use params::ShardCheck;
+pub use params::{
+    ActiveParams, EnqueueParams, OnDuplicate, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams,
+    SetPriorityParams, SetRunAtParams, StartParams,
+};
 pub use params::{
     BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, GetByKeyParams,
     HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams, ProgressParams,
@@ -50,12 +88,47 @@ pub trait Store: Send + Sync {
     /// nothing and reports the existing id. All tasks are validated before
     /// any is stored.
     fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>>;
+    /// Enqueues tasks, choosing what a taken key does: with
+    /// [`OnDuplicate::Error`], a key that exists in its queue (or that the
+    /// batch names twice) refuses the whole batch with
+    /// [`DuplicateKey`](crate::Error::DuplicateKey), storing nothing.
+    fn enqueue_with(&self, p: &EnqueueParams<'_>) -> Result<Vec<Enqueued>>;
     /// Claims up to `limit` ready tasks in priority order, leasing them to
     /// the worker and counting an attempt. Returns them in claim order.
+    /// On a serial queue, at most one task runs at a time: a claim hands
+    /// out one task when none is running, else nothing. On a queue with an
+    /// answer timeout, the lease is that timeout.
     /// A task found damaged on the way (SQLite: its payload fails its
     /// checksum) is not returned: it moves to `failed` with the damage as
     /// its error, and the rest of the batch is claimed.
     fn claim(&self, p: &ClaimParams) -> Result<Vec<Task>>;
+    /// Hands chosen queued tasks to a worker (marks them running, counting
+    /// an attempt), whatever their `run_at`; returns each task as started.
+    /// On a serial queue, the task running there goes back to `queued`
+    /// (attempt not counted; `cancelled` if its cancel was asked) first.
+    fn start(&self, p: &[StartParams]) -> Result<Vec<Result<Task>>>;
+    /// The active task of a queue: the one running there (the earliest
+    /// started) if any, else the next ready one, claimed for `p.worker`,
+    /// else None. Concurrent calls never hand out two tasks: the call is
+    /// serialised like a serial queue's claim, whether or not the queue is
+    /// declared serial.
+    fn active(&self, p: &ActiveParams) -> Result<Option<Task>>;
+    /// Puts finished tasks (done, failed, cancelled or expired) back in the
+    /// queue with fresh attempts, now; a done task's result is dropped.
+    fn requeue(&self, p: &[RequeueParams]) -> Result<Vec<Result<()>>>;
+    /// Changes the priority of queued tasks.
+    fn set_priority(&self, p: &[SetPriorityParams]) -> Result<Vec<Result<()>>>;
+    /// Changes when queued tasks may run.
+    fn set_run_at(&self, p: &[SetRunAtParams]) -> Result<Vec<Result<()>>>;
+    /// Attaches, replaces or removes user metadata (JSON) on tasks of any status.
+    fn set_metadata(&self, p: &[SetMetadataParams]) -> Result<Vec<Result<()>>>;
+    /// Sets a queue's options (replacing the previous ones; its capacity is
+    /// kept).
+    fn set_queue_options(&self, o: &QueueOptions) -> Result<()>;
+    /// A queue's options (the defaults when none were set).
+    fn queue_options(&self, queue: &str) -> Result<QueueOptions>;
+    /// The options of every queue that has some, by queue name.
+    fn all_queue_options(&self) -> Result<Vec<QueueOptions>>;
     /// Extends leases; reports which are still held and which were asked to cancel.
     fn heartbeat(&self, p: &HeartbeatParams) -> Result<Vec<HeartbeatOutcome>>;
     /// Records progress of running tasks.
@@ -74,7 +147,9 @@ pub trait Store: Send + Sync {
     fn retry(&self, p: &[RetryParams]) -> Result<Vec<Result<()>>>;
     /// Moves running tasks with expired leases (or all of a given worker's)
     /// back to `queued`, or to `failed` when no attempts remain (see
-    /// [`RECOVERY_MIN_ATTEMPTS`]).
+    /// [`RECOVERY_MIN_ATTEMPTS`]). A task whose cancel was asked ends
+    /// `cancelled`; one whose answer deadline passed (its queue has an
+    /// answer timeout) follows the queue's `on_timeout`.
     fn recover(&self, p: &RecoverParams) -> Result<Vec<(i64, Status)>>;
     /// Moves queued tasks past their deadline to `expired`.
     fn expire(&self) -> Result<Vec<i64>>;
@@ -90,7 +165,9 @@ pub trait Store: Send + Sync {
     fn unfinished(&self, queue: &str) -> Result<u64>;
     /// Deletes finished tasks past retention; returns how many.
     fn purge(&self, p: &PurgeParams) -> Result<u64>;
-    /// Sets a listen key's value; returns the change's version.
+    /// Sets a listen key's value; returns the change's version. A value
+    /// equal to the key's current one is not a change: nothing is
+    /// recorded and the current version is returned.
     fn listen_set(&self, p: &ListenSetParams) -> Result<i64>;
     /// Listen changes after `p.since`, oldest first.
     fn listen_changes(&self, p: &ListenChangesParams) -> Result<Vec<ListenChange>>;
@@ -131,6 +208,26 @@ pub trait Store: Send + Sync {
     /// a repair tool (`ferroq doctor`), not a health probe. Problems are
     /// reported, not raised; an error means the check itself could not run.
     fn check(&self) -> Result<Vec<ShardCheck>>;
+    /// Events after `p.after`, oldest first, and the cursor after them
+    /// (see [`events`] for positions and cursors).
+    fn events(&self, p: &EventsParams) -> Result<EventsPage>;
+    /// The cursor after the newest event: a follower that starts from it
+    /// sees only what happens next.
+    fn events_head(&self) -> Result<String>;
+    /// Stores a consumer's event cursor (any process can resume from it).
+    fn event_cursor_set(&self, consumer: &str, cursor: &str) -> Result<()>;
+    /// A consumer's stored event cursor, if it stored one.
+    fn event_cursor_get(&self, consumer: &str) -> Result<Option<String>>;
+    /// Records that the callbacks of finished tasks ran (a `delivered`
+    /// event each); a task that is not finished is
+    /// [`InvalidTransition`](crate::Error::InvalidTransition).
+    fn ack_callbacks(&self, ids: &[i64]) -> Result<Vec<Result<()>>>;
+    /// Every listen key with its latest value and version, by key.
+    fn listen_keys(&self) -> Result<Vec<ListenChange>>;
+    /// Stores the last listen version a consumer handled.
+    fn listen_cursor_set(&self, consumer: &str, version: i64) -> Result<()>;
+    /// The last listen version a consumer stored, if it stored one.
+    fn listen_cursor_get(&self, consumer: &str) -> Result<Option<i64>>;
     /// An opaque value that changes whenever any process commits to the store.
     fn change_token(&self) -> Result<u64>;
     /// Waits until the change token differs from `token` or `timeout` passes;

@@ -2,7 +2,7 @@
 //! params struct per verb that takes more than a single id list, key or
 //! queue name.
 
-use crate::task::Status;
+use crate::task::{NewTask, Status};
 use std::path::PathBuf;
 
 /// The outcome of enqueueing one task.
@@ -41,6 +41,10 @@ pub struct HeartbeatParams {
     pub worker: String,
     /// New lease length from now, in ms.
     pub lease_ms: i64,
+    /// Act without holding the lease (an operator's override): the task
+    /// must be running, under any worker. Without it, a task not held by
+    /// `worker` is [`LeaseLost`](crate::Error::LeaseLost).
+    pub force: bool,
 }
 
 /// What a heartbeat found for one task.
@@ -63,6 +67,10 @@ pub struct ProgressParams {
     pub worker: String,
     /// Progress in 0..=1.
     pub progress: f64,
+    /// Act without holding the lease (an operator's override): the task
+    /// must be running, under any worker. Without it, a task not held by
+    /// `worker` is [`LeaseLost`](crate::Error::LeaseLost).
+    pub force: bool,
 }
 
 /// Finish a running task with a result.
@@ -74,6 +82,10 @@ pub struct CompleteParams {
     pub worker: String,
     /// The serialised result.
     pub result: Vec<u8>,
+    /// Act without holding the lease (an operator's override): the task
+    /// must be running, under any worker. Without it, a task not held by
+    /// `worker` is [`LeaseLost`](crate::Error::LeaseLost).
+    pub force: bool,
 }
 
 /// What to do with a failed attempt.
@@ -98,6 +110,10 @@ pub struct FailParams {
     pub error: String,
     /// Whether and when to retry.
     pub retry: Retry,
+    /// Act without holding the lease (an operator's override): the task
+    /// must be running, under any worker. Without it, a task not held by
+    /// `worker` is [`LeaseLost`](crate::Error::LeaseLost).
+    pub force: bool,
 }
 
 /// Cancel a task.
@@ -118,6 +134,10 @@ pub struct ReleaseParams {
     pub id: i64,
     /// The worker holding it.
     pub worker: String,
+    /// Act without holding the lease (an operator's override): the task
+    /// must be running, under any worker. Without it, a task not held by
+    /// `worker` is [`LeaseLost`](crate::Error::LeaseLost).
+    pub force: bool,
 }
 
 /// Recover running tasks whose lease expired (or all of one worker's).
@@ -254,4 +274,148 @@ pub struct ShardCheck {
     pub ok: bool,
     /// One line per problem found (empty when `ok`).
     pub messages: Vec<String>,
+}
+
+/// What an enqueue does with a task whose key is taken in its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDuplicate {
+    /// Store nothing and report the existing task (idempotent enqueue).
+    #[default]
+    Existing,
+    /// Refuse the whole batch with [`DuplicateKey`](crate::Error::DuplicateKey):
+    /// nothing of it is stored. A key named twice in the batch is refused too.
+    Error,
+}
+
+/// Enqueue a batch, choosing what a taken key does.
+#[derive(Debug, Clone, Copy)]
+pub struct EnqueueParams<'a> {
+    /// The tasks.
+    pub tasks: &'a [NewTask],
+    /// What a taken key does.
+    pub on_duplicate: OnDuplicate,
+}
+
+/// Hand a chosen queued task to a worker (mark it running), from outside.
+#[derive(Debug, Clone)]
+pub struct StartParams {
+    /// The task id.
+    pub id: i64,
+    /// Who will hold it.
+    pub worker: String,
+    /// Lease length in ms (1 ms ..= 7 days); a queue with an answer
+    /// timeout uses that instead.
+    pub lease_ms: i64,
+}
+
+/// Hand out the active task of a queue: the running one if there is one,
+/// else the next ready task (claimed for `worker`).
+#[derive(Debug, Clone)]
+pub struct ActiveParams {
+    /// The queue.
+    pub queue: String,
+    /// Who holds a task handed out now.
+    pub worker: String,
+    /// Lease length in ms for a task handed out now (as in a claim).
+    pub lease_ms: i64,
+}
+
+/// Put a finished task (done, failed, cancelled or expired) back in the
+/// queue with fresh attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequeueParams {
+    /// The task id.
+    pub id: i64,
+}
+
+/// Change the priority of a queued task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetPriorityParams {
+    /// The task id.
+    pub id: i64,
+    /// Its new priority (any 64-bit integer).
+    pub priority: i64,
+}
+
+/// Change when a queued task may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetRunAtParams {
+    /// The task id.
+    pub id: i64,
+    /// Its new earliest start (ms since the epoch).
+    pub run_at: i64,
+}
+
+/// Attach, replace or remove a task's user metadata (any status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetMetadataParams {
+    /// The task id.
+    pub id: i64,
+    /// JSON text (at most 64 KiB); None removes it.
+    pub metadata: Option<String>,
+}
+
+/// What happens to a handed-out task whose answer deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnTimeout {
+    /// Back to `queued`, in its old place, the attempt not counted.
+    #[default]
+    Requeue,
+    /// To `expired`, for good.
+    Expire,
+}
+
+impl OnTimeout {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Requeue => "requeue",
+            OnTimeout::Expire => "expire",
+        }
+    }
+
+    /// The policy of a name.
+    pub fn parse(name: &str) -> crate::Result<Self> {
+        match name {
+            "requeue" => Ok(OnTimeout::Requeue),
+            "expire" => Ok(OnTimeout::Expire),
+            _ => Err(crate::Error::InvalidArgument(format!("on_timeout must be 'requeue' or 'expire', got {name:?}"))),
+        }
+    }
+
+    /// The stored integer code.
+    pub fn code(self) -> i64 {
+        match self {
+            OnTimeout::Requeue => 0,
+            OnTimeout::Expire => 1,
+        }
+    }
+
+    /// The policy of a stored code (anything unknown reads as requeue).
+    pub fn from_code(code: i64) -> Self {
+        if code == 1 {
+            OnTimeout::Expire
+        } else {
+            OnTimeout::Requeue
+        }
+    }
+}
+
+/// Per-queue settings (besides its capacity).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueOptions {
+    /// The queue (not empty).
+    pub queue: String,
+    /// At most one task of the queue running at a time, store-wide.
+    pub serial: bool,
+    /// A task handed out (claimed, started, made active) must be answered
+    /// within this many ms: its lease is this long instead of the
+    /// claimer's, and a heartbeat extends it. None: no answer deadline.
+    pub answer_timeout_ms: Option<i64>,
+    /// What happens when the answer deadline passes (applied by `recover`).
+    pub on_timeout: OnTimeout,
+    /// Finished tasks of the queue are kept this long (ms) and then purged,
+    /// instead of the store's default retention; a task's own result TTL
+    /// still comes first. Applies to tasks finishing after it is set.
+    pub retention_ms: Option<i64>,
 }

@@ -5,7 +5,7 @@
 //! unit-tested below and the backends only run statements around it.
 
 use super::limits::FunctionLimit;
-use super::params::{ClaimParams, Retry};
+use super::params::{ClaimParams, OnTimeout, QueueOptions, Retry};
 use super::RECOVERY_MIN_ATTEMPTS;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
@@ -22,6 +22,22 @@ pub(crate) enum Guard {
     Unfinished,
     /// Needed: a failed, cancelled or expired task.
     Retryable,
+    /// Needed: running, under any worker (a forced move).
+    Running,
+    /// Needed: queued (start, set_priority, set_run_at).
+    Queued,
+    /// Needed: any finished status (requeue).
+    Finished,
+}
+
+/// The guard a move by `worker` needs: held by it, or with `force`
+/// running under anyone.
+pub(crate) fn held_or_forced(force: bool) -> Guard {
+    if force {
+        Guard::Running
+    } else {
+        Guard::Held
+    }
 }
 
 /// The error for a task id that names no task.
@@ -76,10 +92,10 @@ pub(crate) fn explain(
 ) -> Error {
     let Some(status) = found else { return task_not_found(id) };
     match guard {
-        Guard::Retryable => Error::InvalidTransition { id, status, action },
+        Guard::Retryable | Guard::Finished => Error::InvalidTransition { id, status, action },
         _ if status.is_finished() => Error::AlreadyFinished { id, status },
         Guard::Held => Error::LeaseLost { id, worker: worker.unwrap_or("").to_string(), status },
-        Guard::Unfinished => Error::InvalidTransition { id, status, action },
+        Guard::Unfinished | Guard::Running | Guard::Queued => Error::InvalidTransition { id, status, action },
     }
 }
 
@@ -124,6 +140,98 @@ pub(crate) fn recovery(worker: Option<&str>, attempts: u32, max_attempts: u32) -
     // A crash is not the task's failure (see RECOVERY_MIN_ATTEMPTS).
     let status = if attempts < max_attempts.max(RECOVERY_MIN_ATTEMPTS) { Status::Queued } else { Status::Failed };
     (status, why)
+}
+
+/// What becomes of a running task nobody will finish: its worker is gone
+/// (lease expired, or declared dead) or its answer deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abandon {
+    /// Back to `queued` at its old place, the attempt counted (a crash).
+    Requeue,
+    /// Back to `queued` at its old place, the attempt not counted (an
+    /// answer deadline with the `requeue` policy: nobody failed).
+    Release,
+    /// To this final status.
+    Finish(Status),
+}
+
+/// Decides what recovery does with a running task: a cancel request
+/// sticks (`cancelled`, whatever else holds); a lease that ran out on a
+/// queue with an answer deadline (`timeout`: its policy) follows that
+/// policy; otherwise the crash rule of [`recovery`]. `by_worker` is true
+/// when the worker was declared dead (its tasks are recovered whatever
+/// their lease says): that is a crash even on a queue with a deadline.
+pub(crate) fn abandon(
+    cancel_requested: bool,
+    timeout: Option<OnTimeout>,
+    by_worker: bool,
+    worker: Option<&str>,
+    attempts: u32,
+    max_attempts: u32,
+) -> (Abandon, String) {
+    if cancel_requested {
+        return (Abandon::Finish(Status::Cancelled), CANCELLED.to_string());
+    }
+    match timeout {
+        Some(policy) if !by_worker => {
+            let why = ANSWER_DEADLINE_PASSED.to_string();
+            match policy {
+                OnTimeout::Requeue => (Abandon::Release, why),
+                OnTimeout::Expire => (Abandon::Finish(Status::Expired), why),
+            }
+        }
+        _ => match recovery(worker, attempts, max_attempts) {
+            (Status::Queued, why) => (Abandon::Requeue, why),
+            (status, why) => (Abandon::Finish(status), why),
+        },
+    }
+}
+
+/// The error text of a handed-out task whose answer deadline passed.
+pub(crate) const ANSWER_DEADLINE_PASSED: &str = "answer deadline passed";
+
+/// Checks a queue's options.
+pub(crate) fn check_queue_options(o: &QueueOptions) -> Result<()> {
+    if o.queue.is_empty() {
+        return Err(Error::InvalidArgument("queue name must not be empty".into()));
+    }
+    if let Some(t) = o.answer_timeout_ms {
+        check_lease(t)
+            .map_err(|_| Error::InvalidArgument(format!("answer_timeout of {t} ms is outside 1 ms ..= 7 days")))?;
+    }
+    if let Some(r) = o.retention_ms {
+        if r < 0 {
+            return Err(Error::InvalidArgument(format!("retention must be >= 0, got {r} ms")));
+        }
+    }
+    Ok(())
+}
+
+/// The lease a task handed out now gets: the queue's answer timeout when
+/// it has one, else what the caller asked for.
+pub(crate) fn lease_for(lease_ms: i64, answer_timeout_ms: Option<i64>) -> i64 {
+    answer_timeout_ms.unwrap_or(lease_ms)
+}
+
+/// Checks a start's worker and lease.
+pub(crate) fn check_start(worker: &str, lease_ms: i64) -> Result<()> {
+    check_lease(lease_ms)?;
+    if worker.is_empty() {
+        return Err(Error::InvalidArgument("worker id must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// The error for a batch that names a taken key (see
+/// [`OnDuplicate::Error`](super::OnDuplicate::Error)).
+pub(crate) fn duplicate_key(queue: &str, key: &str, id: Option<i64>) -> Error {
+    Error::DuplicateKey { queue: queue.to_string(), key: key.to_string(), id }
+}
+
+/// The first key a batch names twice within one queue, if any.
+pub(crate) fn repeated_key(tasks: &[crate::task::NewTask]) -> Option<(&str, &str)> {
+    let mut seen = std::collections::HashSet::new();
+    tasks.iter().filter_map(|t| t.key.as_deref().map(|k| (t.queue.as_str(), k))).find(|qk| !seen.insert(*qk))
 }
 
 /// The error text of a task that expired before it started.
@@ -332,7 +440,7 @@ mod tests {
     use super::*;
     use crate::backoff::BackoffStrategy;
 
-    fn task(id: i64, priority: i32, run_at: i64) -> Task {
+    fn task(id: i64, priority: i64, run_at: i64) -> Task {
         Task {
             id,
             queue: "q".into(),
@@ -403,6 +511,89 @@ mod tests {
                 Error::InvalidTransition { id: 7, action: "retry", status } if status == s
             ));
         }
+    }
+
+    #[test]
+    fn forced_and_new_guards_explain_themselves() {
+        assert_eq!(held_or_forced(false), Guard::Held);
+        assert_eq!(held_or_forced(true), Guard::Running);
+        assert!(matches!(
+            explain(Some(Status::Queued), 7, Some("op"), Guard::Running, "complete"),
+            Error::InvalidTransition { action: "complete", status: Status::Queued, .. }
+        ));
+        assert!(matches!(
+            explain(Some(Status::Done), 7, Some("op"), Guard::Running, "complete"),
+            Error::AlreadyFinished { status: Status::Done, .. }
+        ));
+        assert!(matches!(
+            explain(Some(Status::Running), 7, None, Guard::Queued, "start"),
+            Error::InvalidTransition { action: "start", status: Status::Running, .. }
+        ));
+        assert!(matches!(
+            explain(Some(Status::Failed), 7, None, Guard::Queued, "set the priority of"),
+            Error::AlreadyFinished { status: Status::Failed, .. }
+        ));
+        assert!(matches!(explain(None, 7, None, Guard::Queued, "start"), Error::NotFound(_)));
+        for s in [Status::Queued, Status::Running] {
+            assert!(matches!(
+                explain(Some(s), 7, None, Guard::Finished, "requeue"),
+                Error::InvalidTransition { action: "requeue", status, .. } if status == s
+            ));
+        }
+    }
+
+    #[test]
+    fn abandoned_tasks_honour_cancels_then_deadlines_then_crashes() {
+        let cancelled = abandon(true, Some(OnTimeout::Requeue), false, Some("w"), 1, 1);
+        assert_eq!(cancelled.0, Abandon::Finish(Status::Cancelled), "a cancel request sticks");
+        assert_eq!(abandon(true, None, true, Some("w"), 9, 1).0, Abandon::Finish(Status::Cancelled));
+        let (a, why) = abandon(false, Some(OnTimeout::Requeue), false, Some("w"), 5, 1);
+        assert_eq!((a, why.as_str()), (Abandon::Release, ANSWER_DEADLINE_PASSED));
+        assert_eq!(abandon(false, Some(OnTimeout::Expire), false, None, 1, 1).0, Abandon::Finish(Status::Expired));
+        // A worker declared dead is a crash, deadline or not.
+        assert_eq!(abandon(false, Some(OnTimeout::Expire), true, Some("w"), 1, 1).0, Abandon::Requeue);
+        assert_eq!(abandon(false, None, false, Some("w"), 1, 1).0, Abandon::Requeue);
+        assert_eq!(abandon(false, None, false, Some("w"), 3, 1).0, Abandon::Finish(Status::Failed));
+    }
+
+    #[test]
+    fn queue_options_are_checked() {
+        let ok = QueueOptions { queue: "q".into(), ..QueueOptions::default() };
+        assert!(check_queue_options(&ok).is_ok());
+        let bad = [
+            QueueOptions { queue: String::new(), ..ok.clone() },
+            QueueOptions { answer_timeout_ms: Some(0), ..ok.clone() },
+            QueueOptions { answer_timeout_ms: Some(8 * 24 * 3_600_000), ..ok.clone() },
+            QueueOptions { retention_ms: Some(-1), ..ok.clone() },
+        ];
+        for o in bad {
+            assert!(matches!(check_queue_options(&o), Err(Error::InvalidArgument(_))), "{o:?}");
+        }
+        assert_eq!(lease_for(30_000, None), 30_000);
+        assert_eq!(lease_for(30_000, Some(5_000)), 5_000);
+        assert!(check_start("w", 1).is_ok());
+        assert!(matches!(check_start("", 1), Err(Error::InvalidArgument(_))));
+        assert!(matches!(check_start("w", 0), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn repeated_keys_in_a_batch_are_found() {
+        use crate::task::NewTask;
+        let k = |q: &str, k: &str| NewTask { key: Some(k.into()), ..NewTask::new(q, "t", Vec::new()) };
+        assert_eq!(repeated_key(&[k("a", "1"), k("b", "1"), NewTask::new("a", "t", Vec::new())]), None);
+        assert_eq!(repeated_key(&[k("a", "1"), k("a", "2"), k("a", "1")]), Some(("a", "1")));
+        let e = duplicate_key("a", "1", Some(9));
+        assert!(matches!(&e, Error::DuplicateKey { id: Some(9), .. }));
+        assert!(e.to_string().contains("task 9"), "{e}");
+        assert!(duplicate_key("a", "1", None).to_string().contains("twice"));
+    }
+
+    #[test]
+    fn claim_order_holds_for_extreme_priorities() {
+        let big = 1_i64 << 62;
+        let mut tasks = [task(1, -big, 0), task(2, big, 0), task(3, 0, 0), task(4, i64::MAX, 9), task(5, i64::MIN, 0)];
+        tasks.sort_by(claim_order);
+        assert_eq!(tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [4, 2, 3, 1, 5]);
     }
 
     #[test]

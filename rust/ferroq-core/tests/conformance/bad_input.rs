@@ -40,9 +40,6 @@ fn malformed_tasks_store_nothing(b: Backend) {
         ("empty name", NewTask::new("q", "", vec![])),
         ("long queue", NewTask::new("q".repeat(201), "job", vec![])),
         ("long name", NewTask::new("q", "n".repeat(501), vec![])),
-        ("priority too high", prio("q", 1_000_001)),
-        ("priority too low", prio("q", -1_000_001)),
-        ("priority max", prio("q", i32::MAX)),
         ("no attempts", attempts("q", 0)),
         ("too many attempts", attempts("q", 1_001)),
         ("empty key", keyed("q", "")),
@@ -56,7 +53,8 @@ fn malformed_tasks_store_nothing(b: Backend) {
         assert_eq!(env.total(), 0, "{what}: the valid tasks of the batch were stored");
     }
     // The edges of each range are accepted.
-    let edges = vec![prio("q", 1_000_000), prio("q", -1_000_000), attempts("q", 1_000), attempts("q", 1)];
+    // Any 64-bit priority is accepted (a millisecond timestamp works).
+    let edges = vec![prio("q", i64::MAX), prio("q", i64::MIN), attempts("q", 1_000), attempts("q", 1)];
     assert_eq!(env.store.enqueue(&edges).unwrap().len(), 4);
     assert_eq!(env.total(), 4);
 }

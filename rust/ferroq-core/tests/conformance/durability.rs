@@ -271,7 +271,11 @@ fn postgres_a_completion_whose_reply_was_lost_is_not_reported_as_already_finishe
     let (a, b) = (env.add("q"), env.add("q"));
     assert_eq!(store.claim(&claim_params("q", "w")).unwrap().len(), 2);
     let complete = |id: i64, result: &[u8]| {
-        store.complete(&[CompleteParams { id, worker: "w".into(), result: result.to_vec() }]).unwrap().pop().unwrap()
+        store
+            .complete(&[CompleteParams { id, worker: "w".into(), result: result.to_vec(), force: false }])
+            .unwrap()
+            .pop()
+            .unwrap()
     };
     // Prepares the statement on the one connection, so that the next
     // message sent is the completion itself.
@@ -302,7 +306,11 @@ fn postgres_a_failure_whose_reply_was_lost_is_not_reported_as_lost() {
     let failed = env.add("q");
     assert_eq!(store.claim(&claim_params("q", "w")).unwrap().len(), 2);
     let fail = |id: i64, error: &str, retry: Retry| {
-        store.fail(&[FailParams { id, worker: "w".into(), error: error.into(), retry }]).unwrap().pop().unwrap()
+        store
+            .fail(&[FailParams { id, worker: "w".into(), error: error.into(), retry, force: false }])
+            .unwrap()
+            .pop()
+            .unwrap()
     };
     for (id, retry, want) in [(retried, Retry::After(60_000), Status::Queued), (failed, Retry::Never, Status::Failed)] {
         // The COMMIT goes through; its acknowledgement does not.

@@ -198,7 +198,7 @@ impl Env {
     /// Completes one task; returns the per-item outcome.
     pub fn complete(&self, id: i64, worker: &str, result: &[u8]) -> Result<(), Error> {
         self.store
-            .complete(&[CompleteParams { id, worker: worker.into(), result: result.to_vec() }])
+            .complete(&[CompleteParams { id, worker: worker.into(), result: result.to_vec(), force: false }])
             .unwrap()
             .pop()
             .unwrap()
@@ -206,7 +206,11 @@ impl Env {
 
     /// Fails one attempt; returns the per-item outcome.
     pub fn fail(&self, id: i64, worker: &str, error: &str, retry: Retry) -> Result<Status, Error> {
-        self.store.fail(&[FailParams { id, worker: worker.into(), error: error.into(), retry }]).unwrap().pop().unwrap()
+        self.store
+            .fail(&[FailParams { id, worker: worker.into(), error: error.into(), retry, force: false }])
+            .unwrap()
+            .pop()
+            .unwrap()
     }
 
     /// Cancels one task (acknowledged by `worker` when given).
@@ -216,7 +220,7 @@ impl Env {
 
     /// Releases one task.
     pub fn release(&self, id: i64, worker: &str) -> Result<(), Error> {
-        self.store.release(&[ReleaseParams { id, worker: worker.into() }]).unwrap().pop().unwrap()
+        self.store.release(&[ReleaseParams { id, worker: worker.into(), force: false }]).unwrap().pop().unwrap()
     }
 
     /// Retries one task.
@@ -247,7 +251,7 @@ pub fn task(queue: &str) -> NewTask {
 }
 
 /// A task with a priority.
-pub fn prio(queue: &str, priority: i32) -> NewTask {
+pub fn prio(queue: &str, priority: i64) -> NewTask {
     NewTask { priority, ..task(queue) }
 }
 

@@ -116,8 +116,9 @@ fn swapped_shards_are_refused() {
 }
 
 /// Turns a store back into one written by schema version 1: no store id,
-/// no checksum columns, user_version 1.
+/// no checksum columns, no queue options, user_version 1.
 fn make_old_format(dir: &Path, shards: u32) {
+    make_v2_format(dir, shards);
     for i in 0..shards {
         let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
         c.execute_batch(
@@ -127,6 +128,48 @@ fn make_old_format(dir: &Path, shards: u32) {
              PRAGMA user_version = 1;",
         )
         .unwrap();
+    }
+}
+
+/// Turns a store back into one written by schema version 2: no queue
+/// options columns, user_version 2.
+fn make_v2_format(dir: &Path, shards: u32) {
+    for i in 0..shards {
+        let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
+        c.execute_batch(
+            "ALTER TABLE queue_setting DROP COLUMN serial; ALTER TABLE queue_setting DROP COLUMN answer_timeout_ms;
+             ALTER TABLE queue_setting DROP COLUMN on_timeout; ALTER TABLE queue_setting DROP COLUMN retention_ms;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn store_of_schema_2_gains_queue_options_and_keeps_capacities() {
+    for shards in [1u32, 4] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir: PathBuf = tmp.path().join("store");
+        let ids = make_store(&dir, shards, 5);
+        {
+            let s = open(&dir).unwrap();
+            s.set_capacity(&ferroq_core::store::CapacityParams { queue: "q".into(), capacity: Some(100) }).unwrap();
+        }
+        checkpoint(&dir, shards);
+        make_v2_format(&dir, shards);
+        let s = open(&dir).unwrap();
+        assert!(s.get(&ids).unwrap().iter().all(Option::is_some));
+        assert_eq!(s.capacity("q").unwrap(), Some(100));
+        assert_eq!(
+            s.queue_options("q").unwrap(),
+            ferroq_core::store::QueueOptions { queue: "q".into(), ..Default::default() }
+        );
+        let o = ferroq_core::store::QueueOptions { queue: "q".into(), serial: true, ..Default::default() };
+        s.set_queue_options(&o).unwrap();
+        assert_eq!(s.queue_options("q").unwrap(), o);
+        assert_eq!(s.capacity("q").unwrap(), Some(100), "options keep the capacity");
+        drop(s);
+        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 3));
     }
 }
 
@@ -158,7 +201,13 @@ fn store_of_the_previous_schema_opens_and_keeps_its_tasks() {
                 resources: None,
             };
             let t = s.claim(&env_claim).unwrap().pop().unwrap();
-            s.complete(&[CompleteParams { id: t.id, worker: "w".into(), result: b"old result".to_vec() }]).unwrap();
+            s.complete(&[CompleteParams {
+                id: t.id,
+                worker: "w".into(),
+                result: b"old result".to_vec(),
+                force: false,
+            }])
+            .unwrap();
         }
         checkpoint(&dir, shards);
         make_old_format(&dir, shards);
@@ -173,7 +222,7 @@ fn store_of_the_previous_schema_opens_and_keeps_its_tasks() {
         assert!(ids.iter().all(|id| *id != new));
         drop(s);
         let stamped = store_ids(&dir, shards);
-        assert!(stamped.iter().all(|(v, id)| *v == 2 && id.is_some()), "{stamped:?}");
+        assert!(stamped.iter().all(|(v, id)| *v == 3 && id.is_some()), "{stamped:?}");
         assert!(stamped.iter().all(|(_, id)| *id == stamped[0].1), "one store id in every shard: {stamped:?}");
         // And it opens again as a store of the new version.
         assert!(open(&dir).unwrap().get(&[new]).unwrap()[0].is_some());

@@ -87,7 +87,7 @@ fn flipped_bit_in_a_payload_or_result_is_reported_not_returned() {
         let first = s.claim(&ClaimParams { limit: 1, ..claim_params() }).unwrap().pop().unwrap();
         assert_eq!(first.id, ids[0]);
         let result = b"{\"answer\":\"RESULT-MARK-1\"}".to_vec();
-        s.complete(&[CompleteParams { id: first.id, worker: "w".into(), result }]).unwrap();
+        s.complete(&[CompleteParams { id: first.id, worker: "w".into(), result, force: false }]).unwrap();
         drop(s);
         checkpoint(&dir, shards);
         // One bit in task 0's result, one in task 3's payload: each still a

@@ -19,6 +19,7 @@
 mod bad_input;
 mod concurrency;
 mod durability;
+mod events;
 mod harness;
 mod identity;
 mod integrity;
@@ -26,6 +27,8 @@ mod limits;
 mod on_disk;
 mod ordering;
 mod pg;
+mod serial;
+mod steer;
 mod verbs;
 mod wake;
 

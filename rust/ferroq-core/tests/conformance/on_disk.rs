@@ -230,7 +230,7 @@ fn second_handle_sees_commits_and_wakes(b: Backend) {
     let finisher_store = other.clone();
     let finisher = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(150));
-        let p = CompleteParams { id: new_id, worker: "w2".into(), result: b"r".to_vec() };
+        let p = CompleteParams { id: new_id, worker: "w2".into(), result: b"r".to_vec(), force: false };
         finisher_store.complete(&[p]).unwrap().pop().unwrap().unwrap();
     });
     let started = Instant::now();

@@ -73,7 +73,7 @@ fn an_enqueue_on_one_host_wakes_a_claimer_on_another() {
         let store = env.store.clone();
         let finisher = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
-            let p = ferroq_core::store::CompleteParams { id, worker: "w".into(), result: b"ok".to_vec() };
+            let p = ferroq_core::store::CompleteParams { id, worker: "w".into(), result: b"ok".to_vec(), force: false };
             store.complete(&[p]).unwrap().pop().unwrap().unwrap();
         });
         let t = b.wait_finished(id, LONG_WAIT).unwrap();

@@ -125,7 +125,7 @@ fn enqueue_large_mixed_batch_keeps_every_field(b: Backend) {
     let tasks: Vec<NewTask> = (0..250u32)
         .map(|i| {
             let mut t = NewTask::new("q", format!("job{}", i % 7), i.to_be_bytes().to_vec());
-            t.priority = (i % 5) as i32;
+            t.priority = (i % 5) as i64;
             t.max_attempts = 1 + i % 3;
             if i % 9 == 0 {
                 t.key = Some(format!("k{}", i % 90));
@@ -149,7 +149,7 @@ fn enqueue_large_mixed_batch_keeps_every_field(b: Backend) {
         let t = env.get(e.id);
         assert_eq!(t.payload, (i as u32).to_be_bytes().to_vec(), "task {i}");
         assert_eq!(t.name, format!("job{}", i % 7));
-        assert_eq!(t.priority, (i % 5) as i32);
+        assert_eq!(t.priority, (i % 5) as i64);
         assert_eq!(t.max_attempts, 1 + i as u32 % 3);
         assert_eq!(t.key, (i % 9 == 0).then(|| format!("k{}", i % 90)));
         assert_eq!(t.batch.as_deref(), (i % 11 == 0).then_some("b"));
@@ -200,7 +200,7 @@ fn heartbeat_extends_lease_and_reports_cancel(b: Backend) {
     env.claim_lease("q", "w2", 1, 1_000);
     env.advance(800);
     let hb = |ids: Vec<i64>, worker: &str| {
-        env.store.heartbeat(&HeartbeatParams { ids, worker: worker.into(), lease_ms: 1_000 }).unwrap()
+        env.store.heartbeat(&HeartbeatParams { ids, worker: worker.into(), lease_ms: 1_000, force: false }).unwrap()
     };
     let out = hb(vec![id, other, UNKNOWN, 0], "w1");
     assert_eq!(out.len(), 4);
@@ -225,7 +225,7 @@ fn heartbeat_extends_lease_and_reports_cancel(b: Backend) {
 
     // Bad lease lengths are refused.
     for lease_ms in [0, -5, 8 * 24 * 3_600_000] {
-        let r = env.store.heartbeat(&HeartbeatParams { ids: vec![id], worker: "w1".into(), lease_ms });
+        let r = env.store.heartbeat(&HeartbeatParams { ids: vec![id], worker: "w1".into(), lease_ms, force: false });
         assert_invalid(r);
     }
 }
@@ -236,7 +236,11 @@ fn progress_is_recorded_and_guarded(b: Backend) {
     let queued = env.add("q2");
     env.claim_one("q", "w1");
     let progress = |id: i64, worker: &str, progress: f64| {
-        env.store.progress(&[ProgressParams { id, worker: worker.into(), progress }]).unwrap().pop().unwrap()
+        env.store
+            .progress(&[ProgressParams { id, worker: worker.into(), progress, force: false }])
+            .unwrap()
+            .pop()
+            .unwrap()
     };
     progress(id, "w1", 0.25).unwrap();
     assert_eq!(env.get(id).progress, Some(0.25));
@@ -840,10 +844,10 @@ fn batch_verbs_report_per_item(b: Backend) {
     assert_eq!(claimed.len(), 6);
     let mut items: Vec<CompleteParams> = ids
         .iter()
-        .map(|id| CompleteParams { id: *id, worker: "w".into(), result: id.to_le_bytes().to_vec() })
+        .map(|id| CompleteParams { id: *id, worker: "w".into(), result: id.to_le_bytes().to_vec(), force: false })
         .collect();
     items[2].worker = "intruder".into();
-    items.push(CompleteParams { id: UNKNOWN, worker: "w".into(), result: vec![] });
+    items.push(CompleteParams { id: UNKNOWN, worker: "w".into(), result: vec![], force: false });
     let out = env.store.complete(&items).unwrap();
     assert_eq!(out.len(), 7);
     for (i, r) in out.iter().enumerate() {

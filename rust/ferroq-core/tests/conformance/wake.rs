@@ -87,7 +87,7 @@ fn wait_finished_returns_when_another_thread_completes(b: Backend) {
     let store = env.store.clone();
     let finisher = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(150));
-        let p = ferroq_core::store::CompleteParams { id, worker: "w".into(), result: b"42".to_vec() };
+        let p = ferroq_core::store::CompleteParams { id, worker: "w".into(), result: b"42".to_vec(), force: false };
         store.complete(&[p]).unwrap().pop().unwrap().unwrap();
     });
     let started = Instant::now();

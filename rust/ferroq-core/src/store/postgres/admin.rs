@@ -36,20 +36,17 @@ pub(super) fn purge(store: &PostgresStore, p: &PurgeParams) -> Result<u64> {
         if let Some(r) = retention {
             db.execute(sql::LISTEN_PRUNE, &[&(now - r)])?;
         }
+        super::events::prune(store, db, now)?;
         Ok(n.max(0) as u64)
     })
 }
 
 /// [`Store::listen_set`](crate::store::Store::listen_set).
 pub(super) fn listen_set(store: &PostgresStore, p: &ListenSetParams) -> Result<i64> {
-    rules::check_listen_set(&p.key, &p.value, store.cfg.store.max_payload)?;
-    let now = store.clock.now_ms();
-    let v = store.tx(false, |db| {
-        db.execute(sql::LISTEN_LOCK, &[])?;
-        let row = db.query(sql::LISTEN_SET, &[&p.key, &p.value, &now])?;
-        Ok(row.first().map(|r| r.try_get::<_, i64>(0)).transpose()?.unwrap_or(0))
-    })?;
-    store.wake.bump();
+    let (v, changed) = super::events::listen_set(store, p)?;
+    if changed {
+        store.wake.bump();
+    }
     Ok(v)
 }
 

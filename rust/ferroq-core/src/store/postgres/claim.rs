@@ -4,7 +4,7 @@
 //! limit rows are locked instead, which serialises such claims store-wide.
 
 use super::admin::read_limit;
-use super::pool::{to_error, Fail};
+use super::pool::{to_error, Db, Fail, PgResult};
 use super::read::{read_task, read_tasks};
 use super::{sql, PostgresStore};
 use crate::error::Result;
@@ -26,7 +26,7 @@ pub(super) fn claim(store: &PostgresStore, p: &ClaimParams) -> Result<Vec<Task>>
         None => false,
     };
     if limited {
-        return store.claim_limited(p, resources);
+        return store.claim_special(p, resources);
     }
     let mut tasks = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -40,12 +40,55 @@ pub(super) fn claim(store: &PostgresStore, p: &ClaimParams) -> Result<Vec<Task>>
 }
 
 impl PostgresStore {
-    /// A claim while function limits are in force: the limit rows are
-    /// locked for the transaction, which serialises such claims
-    /// store-wide, so running counts and rate buckets are exact across
-    /// hosts.
-    fn claim_limited(&self, p: &ClaimParams, resources: &str) -> Result<Vec<Task>> {
+    /// A claim that `CLAIM` left to the slower path: of a serial queue, or
+    /// while function limits are in force.
+    fn claim_special(&self, p: &ClaimParams, resources: &str) -> Result<Vec<Task>> {
+        let options = super::steer::queue_options(self, &p.queue)?;
+        let lease_ms = rules::lease_for(p.lease_ms, options.answer_timeout_ms);
+        if options.serial {
+            return Ok(self.serial_handout(p, lease_ms, false)?.into_iter().collect());
+        }
+        self.tx(false, |db| self.claim_limited_in(db, p, lease_ms, resources))
+    }
+
+    /// The hand-out of a serial queue (`want_active` false: a claim) or of
+    /// `active` (true), under the queue's advisory lock, which every
+    /// hand-out of a serial queue takes (claims, `start`, `active`) on any
+    /// host: one task is claimed only when none of the queue runs. Returns
+    /// the task handed out (or, for `active`, the one running).
+    pub(super) fn serial_handout(&self, p: &ClaimParams, lease_ms: i64, want_active: bool) -> Result<Option<Task>> {
+        let resources = p.resources.as_deref().unwrap_or("{}");
         self.tx(false, |db| {
+            db.execute(sql::SERIAL_LOCK, &[&p.queue])?;
+            if let Some(r) = db.query_opt(sql::ACTIVE_IN_QUEUE, &[&p.queue])? {
+                return Ok(if want_active { Some(read_task(&r, 0)?) } else { None });
+            }
+            let one = ClaimParams { limit: 1, ..p.clone() };
+            let limited: bool = db.query_opt(sql::LIMITS_ANY, &[])?.map(|r| r.try_get(0)).transpose()?.unwrap_or(false);
+            let mut tasks = if limited {
+                self.claim_limited_in(db, &one, lease_ms, resources)?
+            } else {
+                let now = self.clock.now_ms();
+                let rows =
+                    db.query(sql::CLAIM_PLAIN, &[&p.queue, &now, &1i64, &p.worker, &(now + lease_ms), &resources])?;
+                read_tasks(&rows)?
+            };
+            Ok(tasks.pop())
+        })
+    }
+
+    /// A claim while function limits are in force, in the caller's
+    /// transaction: the limit rows are locked for the transaction, which
+    /// serialises such claims store-wide, so running counts and rate
+    /// buckets are exact across hosts.
+    fn claim_limited_in(
+        &self,
+        db: &mut Db<'_, postgres::Transaction<'_>>,
+        p: &ClaimParams,
+        lease_ms: i64,
+        resources: &str,
+    ) -> PgResult<Vec<Task>> {
+        {
             let rows = db.query(sql::LIMITS_FOR_UPDATE, &[])?;
             // Read the clock under the lock: a claimer that read it earlier
             // but got the lock later would move refilled_at backwards, and
@@ -82,7 +125,7 @@ impl PostgresStore {
             let mut tasks = if chosen.is_empty() {
                 Vec::new()
             } else {
-                read_tasks(&db.query(sql::CLAIM_IDS, &[&chosen, &now, &p.worker, &(now + p.lease_ms)])?)?
+                read_tasks(&db.query(sql::CLAIM_IDS, &[&chosen, &now, &p.worker, &(now + lease_ms)])?)?
             };
             for l in &limits {
                 let Some(level) = levels.get(&l.limit.name) else { continue };
@@ -92,6 +135,6 @@ impl PostgresStore {
             }
             tasks.sort_by(claim_order);
             Ok(tasks)
-        })
+        }
     }
 }

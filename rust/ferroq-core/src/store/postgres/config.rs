@@ -158,7 +158,7 @@ impl PgConfig {
                 "disable" | "allow" | "prefer" => {}
                 _ => return Err(bad("this build connects without TLS: use disable or prefer")),
             },
-            "max_payload" | "retention_s" => self.store.apply(key, value)?,
+            "max_payload" | "retention_s" | "events" | "events_retention_s" => self.store.apply(key, value)?,
             "shards" | "synchronous" | "durability" | "busy_timeout_ms" => {
                 return Err(Error::InvalidArgument(format!(
                     "store option {key:?} applies to SQLite stores, not PostgreSQL"

@@ -6,7 +6,7 @@
 use super::pool::{Db, Fail, PgResult};
 use super::{sql, PostgresStore};
 use crate::error::{Error, Result};
-use crate::store::Enqueued;
+use crate::store::{rules, EnqueueParams, Enqueued, OnDuplicate};
 use crate::task::NewTask;
 use postgres::GenericClient;
 use std::collections::{HashMap, HashSet};
@@ -54,7 +54,7 @@ fn insert_rows<C: GenericClient>(
     let queue: Vec<&str> = idx.iter().map(|i| t(i).queue.as_str()).collect();
     let name: Vec<&str> = idx.iter().map(|i| t(i).name.as_str()).collect();
     let payload: Vec<&[u8]> = idx.iter().map(|i| t(i).payload.as_slice()).collect();
-    let priority: Vec<i32> = idx.iter().map(|i| t(i).priority).collect();
+    let priority: Vec<i64> = idx.iter().map(|i| t(i).priority).collect();
     let run_at: Vec<Option<i64>> = idx.iter().map(|i| t(i).run_at).collect();
     let max_attempts: Vec<i32> = idx.iter().map(|i| t(i).max_attempts as i32).collect();
     let key: Vec<Option<&str>> = idx.iter().map(|i| t(i).key.as_deref()).collect();
@@ -108,11 +108,34 @@ pub(super) fn enqueue(store: &PostgresStore, tasks: &[NewTask]) -> Result<Vec<En
         if ids.len() == tasks.len() {
             ids.into_iter().map(|id| Enqueued { id, inserted: true }).collect()
         } else {
-            store.enqueue_checked(tasks, now)?
+            store.enqueue_checked(tasks, now, OnDuplicate::Existing)?
         }
     } else {
-        store.enqueue_checked(tasks, now)?
+        store.enqueue_checked(tasks, now, OnDuplicate::Existing)?
     };
+    store.wake.bump();
+    Ok(out)
+}
+
+/// [`Store::enqueue_with`](crate::store::Store::enqueue_with): with
+/// [`OnDuplicate::Error`], the checked path refuses the whole transaction
+/// when a key is taken (the `task_key` reservation tells, also against
+/// concurrent sends on other hosts).
+pub(super) fn enqueue_with(store: &PostgresStore, p: &EnqueueParams<'_>) -> Result<Vec<Enqueued>> {
+    if p.on_duplicate == OnDuplicate::Existing {
+        return enqueue(store, p.tasks);
+    }
+    for t in p.tasks {
+        t.validate(store.cfg.store.max_payload)?;
+    }
+    if let Some((queue, key)) = rules::repeated_key(p.tasks) {
+        return Err(rules::duplicate_key(queue, key, None));
+    }
+    if p.tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = store.clock.now_ms();
+    let out = store.enqueue_checked(p.tasks, now, OnDuplicate::Error)?;
     store.wake.bump();
     Ok(out)
 }
@@ -121,7 +144,7 @@ impl PostgresStore {
     /// Enqueue with keys and/or capacities: one transaction that reserves
     /// keys (the unique index settles races with other hosts), checks
     /// capacities under a lock, then writes the rows.
-    fn enqueue_checked(&self, tasks: &[NewTask], now: i64) -> Result<Vec<Enqueued>> {
+    fn enqueue_checked(&self, tasks: &[NewTask], now: i64, on_duplicate: OnDuplicate) -> Result<Vec<Enqueued>> {
         self.tx(false, |db| {
             let n = tasks.len();
             let mut ids: Vec<i64> = db
@@ -179,6 +202,11 @@ impl PostgresStore {
                             owners.get(&(t.queue.clone(), t.key.clone().unwrap_or_default())).copied().ok_or_else(
                                 || Fail::Core(Error::Storage(format!("key {:?} is taken but has no owner", t.key))),
                             )?;
+                        if on_duplicate == OnDuplicate::Error {
+                            // Rolls the whole batch back, reservations included.
+                            let key = t.key.as_deref().unwrap_or("");
+                            return Err(Fail::Core(rules::duplicate_key(&t.queue, key, Some(id))));
+                        }
                         existing.insert(i, id);
                     }
                 }

@@ -148,14 +148,15 @@ impl PostgresStore {
 
     /// A batch of guarded moves done by one statement (`run_batch` gives
     /// the ids it moved, and is told when it replays a run whose
-    /// connection broke): items not moved are explained.
+    /// connection broke): items not moved are explained by the guard each
+    /// needed (`guard_of`: a forced move needs less).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn guarded_batch<P>(
         &self,
         items: &[P],
         id_of: impl Fn(&P) -> i64,
         worker_of: impl Fn(&P) -> Option<&str>,
-        guard: Guard,
+        guard_of: impl Fn(&P) -> Guard,
         action: &'static str,
         mut pre: impl FnMut(&P) -> Option<Error>,
         run_batch: impl Fn(&mut Db<'_, postgres::Client>, &[usize], bool) -> PgResult<Vec<i64>>,
@@ -194,7 +195,7 @@ impl PostgresStore {
             .map(|(o, x)| {
                 o.unwrap_or_else(|| {
                     let id = id_of(x);
-                    Err(rules::explain(found.get(&id).copied(), id, worker_of(x), guard, action))
+                    Err(rules::explain(found.get(&id).copied(), id, worker_of(x), guard_of(x), action))
                 })
             })
             .collect())

@@ -21,7 +21,8 @@
 //!
 //! This file opens the store and maps each [`Store`] verb onto the module
 //! that implements it: `enqueue.rs`, `claim.rs`, `transitions.rs` (the
-//! guarded moves), `read.rs`, `admin.rs` (purge, listen data, workers,
+//! guarded moves), `steer.rs` (moves from outside: start, active, requeue,
+//! set_*, queue options), `read.rs`, `admin.rs` (purge, listen data, workers,
 //! capacities, limits) and `notify.rs` (wake-ups and waiting). `exec.rs`
 //! runs calls and transactions with their retries; every statement is in
 //! `sql.rs`.
@@ -30,6 +31,7 @@ mod admin;
 mod claim;
 pub mod config;
 mod enqueue;
+mod events;
 mod exec;
 mod notify;
 mod pool;
@@ -37,11 +39,16 @@ mod read;
 mod replay;
 mod schema;
 pub mod sql;
+mod steer;
 mod transitions;
 
 pub use config::PgConfig;
 
 use super::rules;
+use super::{
+    ActiveParams, EnqueueParams, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams, SetRunAtParams,
+    StartParams,
+};
 use super::{
     BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, FunctionLimit,
     GetByKeyParams, HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams,
@@ -101,8 +108,38 @@ impl Store for PostgresStore {
     fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
         enqueue::enqueue(self, tasks)
     }
+    fn enqueue_with(&self, p: &EnqueueParams<'_>) -> Result<Vec<Enqueued>> {
+        enqueue::enqueue_with(self, p)
+    }
     fn claim(&self, p: &ClaimParams) -> Result<Vec<Task>> {
         claim::claim(self, p)
+    }
+    fn start(&self, p: &[StartParams]) -> Result<Vec<Result<Task>>> {
+        steer::start(self, p)
+    }
+    fn active(&self, p: &ActiveParams) -> Result<Option<Task>> {
+        steer::active(self, p)
+    }
+    fn requeue(&self, p: &[RequeueParams]) -> Result<Vec<Result<()>>> {
+        steer::requeue(self, p)
+    }
+    fn set_priority(&self, p: &[SetPriorityParams]) -> Result<Vec<Result<()>>> {
+        steer::set_priority(self, p)
+    }
+    fn set_run_at(&self, p: &[SetRunAtParams]) -> Result<Vec<Result<()>>> {
+        steer::set_run_at(self, p)
+    }
+    fn set_metadata(&self, p: &[SetMetadataParams]) -> Result<Vec<Result<()>>> {
+        steer::set_metadata(self, p)
+    }
+    fn set_queue_options(&self, o: &QueueOptions) -> Result<()> {
+        steer::set_queue_options(self, o)
+    }
+    fn queue_options(&self, queue: &str) -> Result<QueueOptions> {
+        steer::queue_options(self, queue)
+    }
+    fn all_queue_options(&self) -> Result<Vec<QueueOptions>> {
+        steer::all_queue_options(self)
     }
     fn heartbeat(&self, p: &HeartbeatParams) -> Result<Vec<HeartbeatOutcome>> {
         transitions::heartbeat(self, p)
@@ -205,6 +242,31 @@ impl Store for PostgresStore {
     }
     fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    fn events(&self, p: &crate::store::EventsParams) -> Result<crate::store::EventsPage> {
+        events::events(self, p)
+    }
+    fn events_head(&self) -> Result<String> {
+        events::events_head(self)
+    }
+    fn event_cursor_set(&self, consumer: &str, cursor: &str) -> Result<()> {
+        events::event_cursor_set(self, consumer, cursor)
+    }
+    fn event_cursor_get(&self, consumer: &str) -> Result<Option<String>> {
+        events::event_cursor_get(self, consumer)
+    }
+    fn ack_callbacks(&self, ids: &[i64]) -> Result<Vec<Result<()>>> {
+        events::ack_callbacks(self, ids)
+    }
+    fn listen_keys(&self) -> Result<Vec<ListenChange>> {
+        events::listen_keys(self)
+    }
+    fn listen_cursor_set(&self, consumer: &str, version: i64) -> Result<()> {
+        events::listen_cursor_set(self, consumer, version)
+    }
+    fn listen_cursor_get(&self, consumer: &str) -> Result<Option<i64>> {
+        events::listen_cursor_get(self, consumer)
     }
 
     fn describe(&self) -> String {

@@ -10,7 +10,6 @@
 //! call connects afresh.
 
 use super::config::PgConfig;
-use super::sql;
 use crate::error::Error;
 use parking_lot::{Condvar, Mutex};
 use postgres::error::SqlState;
@@ -174,7 +173,7 @@ fn connect_raw(cfg: &PgConfig) -> Result<Client, postgres::Error> {
         .application_name(&cfg.application_name)
         .connect_timeout(cfg.connect_timeout)
         .keepalives(true)
-        .options(&sql::SEARCH_PATH_OPTION.replace("{schema}", &cfg.schema));
+        .options(&super::events::connection_options(cfg));
     if let Some(p) = cfg.password() {
         pg.password(p);
     }

@@ -18,7 +18,8 @@
 //! from the store's clock.
 
 /// The schema version this build writes (`meta.schema_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2: 64-bit priorities and the queue options ([`MIGRATE_V2`]).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The columns of both task tables, in the order `read::read_task` reads
 /// them (the positions of `rules::TaskCol`).
@@ -177,6 +178,21 @@ CREATE TRIGGER limit_changed AFTER INSERT OR DELETE OR UPDATE OF max_running, ra
     ON function_limit FOR EACH STATEMENT EXECUTE FUNCTION notify_change();
 ";
 
+/// Schema version 2: priorities are any 64-bit integer (the columns and
+/// the ready index are rewritten once), and per-queue options beside the
+/// capacity: `serial` (at most one running task), `answer_timeout_ms` (the
+/// lease of a handed-out task), `on_timeout` (0 requeue, 1 expire: what
+/// recovery does when it passes) and `retention_ms` (how long finished
+/// tasks of the queue are kept).
+pub const MIGRATE_V2: &str = "
+ALTER TABLE task ALTER COLUMN priority TYPE bigint;
+ALTER TABLE task_done ALTER COLUMN priority TYPE bigint;
+ALTER TABLE queue_setting ADD COLUMN serial boolean NOT NULL DEFAULT false,
+    ADD COLUMN answer_timeout_ms bigint,
+    ADD COLUMN on_timeout smallint NOT NULL DEFAULT 0,
+    ADD COLUMN retention_ms bigint;
+";
+
 /// Subscribes a connection to the store's wake-ups.
 pub const LISTEN: &str = "LISTEN ferroq_{schema}";
 
@@ -197,12 +213,12 @@ pub const INSERT_TASKS: &str = "INSERT INTO task (id, queue, name, payload, prio
     SELECT coalesce(i.id, nextval('task_id_seq')), i.queue, i.name, i.payload, i.priority, 0,
         coalesce(i.run_at, $15::bigint), 0, i.max_attempts, i.key, i.batch, $15::bigint, i.expires_at, i.metadata,
         i.backoff, i.result_ttl, i.requires
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::bigint[],
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::bigint[],
         $7::int[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[],
         $14::text[])
         AS i(id, queue, name, payload, priority, run_at, max_attempts, key, batch, expires_at,
              metadata, backoff, result_ttl, requires)
-    WHERE NOT ($16::bool AND EXISTS (SELECT 1 FROM queue_setting))
+    WHERE NOT ($16::bool AND EXISTS (SELECT 1 FROM queue_setting WHERE capacity IS NOT NULL))
     RETURNING id";
 
 /// Inserts one queued task without a key (the single send, the hottest
@@ -211,9 +227,9 @@ pub const INSERT_TASKS: &str = "INSERT INTO task (id, queue, name, payload, prio
 pub const INSERT_TASK: &str = "INSERT INTO task (queue, name, payload, priority, status, run_at,
         attempts, max_attempts, batch, created_at, expires_at, metadata, backoff, result_ttl,
         requires)
-    SELECT $1::text, $2::text, $3::bytea, $4::int, 0, coalesce($5::bigint, $12::bigint), 0,
+    SELECT $1::text, $2::text, $3::bytea, $4::bigint, 0, coalesce($5::bigint, $12::bigint), 0,
         $6::int, $7::text, $12::bigint, $8::bigint, $9::text, $10::text, $11::bigint, $14::text
-    WHERE NOT ($13::bool AND EXISTS (SELECT 1 FROM queue_setting))
+    WHERE NOT ($13::bool AND EXISTS (SELECT 1 FROM queue_setting WHERE capacity IS NOT NULL))
     RETURNING id";
 
 /// Reserves keys for ids; returns the (queue, key) pairs this call won.
@@ -234,14 +250,17 @@ pub const CAPACITIES_FOR_UPDATE: &str = "SELECT queue, capacity FROM queue_setti
 
 /// Claims up to `$3` ready tasks of queue `$1` for worker `$4` with lease
 /// end `$5` (`$2` = now, `$6` = the worker's resources as JSON), in one
-/// statement. Always returns at least one row: the first column says
-/// whether function limits are in force, in which case nothing was
-/// claimed and the caller takes the limited path; the task columns are
+/// statement; a queue with an answer timeout gives that lease instead.
+/// Always returns at least one row: the first column says whether function
+/// limits are in force or the queue is serial, in which case nothing was
+/// claimed and the caller takes the slower path; the task columns are
 /// NULL when nothing was claimed.
 pub const CLAIM: &str = concat!(
-    "WITH lim AS (SELECT EXISTS (SELECT 1 FROM function_limit) AS limited),
-    claimed AS (UPDATE task SET status = 1, attempts = attempts + 1, lease_until = $5, worker = $4,
-            started_at = $2, cancel_requested = false
+    "WITH lim AS (SELECT EXISTS (SELECT 1 FROM function_limit)
+            OR EXISTS (SELECT 1 FROM queue_setting WHERE queue = $1 AND serial) AS limited),
+    claimed AS (UPDATE task SET status = 1, attempts = attempts + 1,
+            lease_until = coalesce($2 + (SELECT answer_timeout_ms FROM queue_setting WHERE queue = $1), $5),
+            worker = $4, started_at = $2, cancel_requested = false
         WHERE id IN (SELECT id FROM task
             WHERE queue = $1 AND status = 0 AND run_at <= $2
               AND (expires_at IS NULL OR expires_at > $2)
@@ -254,6 +273,9 @@ pub const CLAIM: &str = concat!(
     ")
     SELECT lim.limited, c.* FROM lim LEFT JOIN claimed c ON true"
 );
+
+/// Whether any function limit exists.
+pub const LIMITS_ANY: &str = "SELECT EXISTS (SELECT 1 FROM function_limit)";
 
 /// Locks every function limit (serialising limited claims store-wide) and
 /// reads them with their buckets.
@@ -320,8 +342,93 @@ pub const WORKER_DELETE: &str = "DELETE FROM worker WHERE id = $1";
 pub const CAPACITY_SET: &str = "INSERT INTO queue_setting (queue, capacity) VALUES ($1, $2)
     ON CONFLICT (queue) DO UPDATE SET capacity = excluded.capacity";
 
-/// Removes a queue's capacity.
-pub const CAPACITY_DELETE: &str = "DELETE FROM queue_setting WHERE queue = $1";
+/// Removes a queue's capacity (its other options stay).
+pub const CAPACITY_DELETE: &str = "UPDATE queue_setting SET capacity = NULL WHERE queue = $1";
+
+/// Serialises the hand-outs of serial queue `$1` (claims, `start`,
+/// `active`) store-wide: a transaction-scoped advisory lock on a hash of
+/// the store's schema and the queue.
+pub const SERIAL_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('ferroq:serial:' || current_schema() || ':' || $1::text))";
+
+/// Claims up to `$3` ready tasks of queue `$1` for worker `$4` with lease
+/// end `$5` (`$2` = now, `$6` = the worker's resources), whatever the
+/// queue's settings: the serial path, which holds `SERIAL_LOCK`.
+pub const CLAIM_PLAIN: &str = concat!(
+    "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = $5, worker = $4,
+        started_at = $2, cancel_requested = false
+    WHERE id IN (SELECT id FROM task
+        WHERE queue = $1 AND status = 0 AND run_at <= $2
+          AND (expires_at IS NULL OR expires_at > $2)
+          AND ",
+    requirements_met!("$6"),
+    " ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+    RETURNING ",
+    task_columns!()
+);
+
+/// The running task of queue `$1` that started first.
+pub const ACTIVE_IN_QUEUE: &str =
+    concat!("SELECT ", task_columns!(), " FROM task WHERE status = 1 AND queue = $1 ORDER BY started_at, id LIMIT 1");
+
+/// The running tasks of queue `$1` with their cancel flags, locked.
+pub const RUNNING_IN_QUEUE: &str = "SELECT id, cancel_requested FROM task
+    WHERE status = 1 AND queue = $1 ORDER BY id FOR UPDATE";
+
+/// The queue and status of one task, from either table.
+pub const QUEUE_OF: &str = "SELECT queue, status FROM task WHERE id = $1
+    UNION ALL SELECT queue, status FROM task_done WHERE id = $1";
+
+/// Locks task `$1` if it is queued (a `start` checks, then starts).
+pub const LOCK_QUEUED: &str = "SELECT id FROM task WHERE id = $1 AND status = 0 FOR UPDATE";
+
+/// Hands queued task `$1` to worker `$2` with lease end `$3` (`$4` = now),
+/// counting the attempt, whatever its run_at.
+pub const START: &str = concat!(
+    "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = $3, worker = $2,
+        started_at = $4, cancel_requested = false
+    WHERE id = $1 AND status = 0 RETURNING ",
+    task_columns!()
+);
+
+/// Puts running task `$1` back in the queue without counting the attempt
+/// (a serial queue switching, or an answer deadline with the requeue
+/// policy); `$2` is the error to record (NULL keeps the old one). A task
+/// whose cancel was asked is not moved (it is cancelled instead).
+pub const SWITCH_OUT: &str = "UPDATE task SET status = 0, attempts = greatest(attempts - 1, 0),
+    lease_until = NULL, worker = NULL, error = coalesce($2::text, error)
+    WHERE id = $1 AND status = 1 AND NOT cancel_requested";
+
+/// Changes the priority of a queued task.
+pub const SET_PRIORITY: &str = "UPDATE task SET priority = $2 WHERE id = $1 AND status = 0";
+
+/// Changes the run_at of a queued task.
+pub const SET_RUN_AT: &str = "UPDATE task SET run_at = $2 WHERE id = $1 AND status = 0";
+
+/// Sets the metadata of a task in either table; returns how many rows changed.
+pub const SET_METADATA: &str = "WITH a AS (UPDATE task SET metadata = $2 WHERE id = $1 RETURNING id),
+    b AS (UPDATE task_done SET metadata = $2 WHERE id = $1 RETURNING id)
+    SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)";
+
+/// Sets a queue's options, keeping its capacity.
+pub const QUEUE_OPTIONS_SET: &str = "INSERT INTO queue_setting
+    (queue, serial, answer_timeout_ms, on_timeout, retention_ms) VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (queue) DO UPDATE SET serial = excluded.serial,
+        answer_timeout_ms = excluded.answer_timeout_ms, on_timeout = excluded.on_timeout,
+        retention_ms = excluded.retention_ms";
+
+/// One queue's options.
+pub const QUEUE_OPTIONS_GET: &str = "SELECT queue, serial, answer_timeout_ms, on_timeout, retention_ms
+    FROM queue_setting WHERE queue = $1";
+
+/// Every queue that has options other than the defaults.
+pub const QUEUE_OPTIONS_ALL: &str = "SELECT queue, serial, answer_timeout_ms, on_timeout, retention_ms
+    FROM queue_setting
+    WHERE serial OR answer_timeout_ms IS NOT NULL OR on_timeout <> 0 OR retention_ms IS NOT NULL
+    ORDER BY queue";
+
+/// Queues with an answer deadline and their policy (for recovery).
+pub const TIMEOUT_QUEUES: &str = "SELECT queue, on_timeout FROM queue_setting WHERE answer_timeout_ms IS NOT NULL";
 
 /// One queue's capacity.
 pub const CAPACITY_GET: &str = "SELECT capacity FROM queue_setting WHERE queue = $1";
@@ -331,17 +438,22 @@ pub const CAPACITY_GET: &str = "SELECT capacity FROM queue_setting WHERE queue =
 pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM task WHERE queue = $1 AND status = 0
     AND (expires_at IS NULL OR expires_at > greatest(run_at, $2))";
 
-/// Extends the leases of tasks `$1` held by worker `$2` to `$3`; returns
-/// the held ones with their cancel flags.
+/// Extends the leases of tasks `$1` held by worker `$2` (any worker when
+/// NULL: a forced heartbeat) to `$3`; returns the held ones with their
+/// cancel flags.
 pub const HEARTBEAT: &str = "UPDATE task SET lease_until = $3
-    WHERE id = ANY($1::bigint[]) AND status = 1 AND worker = $2 RETURNING id, cancel_requested";
+    WHERE id = ANY($1::bigint[]) AND status = 1 AND ($2::text IS NULL OR worker = $2)
+    RETURNING id, cancel_requested";
 
-/// Records progress of a task held by worker `$2`.
-pub const PROGRESS: &str = "UPDATE task SET progress = $3 WHERE id = $1 AND status = 1 AND worker = $2";
+/// Records progress of a task held by worker `$2` (any worker when NULL).
+pub const PROGRESS: &str =
+    "UPDATE task SET progress = $3 WHERE id = $1 AND status = 1 AND ($2::text IS NULL OR worker = $2)";
 
-/// Reads (and locks) what fail needs of a task held by worker `$2`.
-pub const FAIL_LOOKUP: &str = "SELECT attempts, max_attempts, backoff FROM task
-    WHERE id = $1 AND status = 1 AND worker = $2 FOR UPDATE";
+/// Reads (and locks) what fail needs of a task held by worker `$2` (any
+/// worker when NULL): attempts, max_attempts, backoff, the cancel flag and
+/// the worker holding it.
+pub const FAIL_LOOKUP: &str = "SELECT attempts, max_attempts, backoff, cancel_requested, worker FROM task
+    WHERE id = $1 AND status = 1 AND ($2::text IS NULL OR worker = $2) FOR UPDATE";
 
 /// Puts running tasks back in the queue for a later attempt: parallel
 /// arrays of id, expected worker, run_at and error.
@@ -352,11 +464,13 @@ pub const REQUEUE: &str = "UPDATE task t SET status = 0, run_at = i.run_at, leas
     RETURNING t.id";
 
 /// Gives claims back without counting the attempt: parallel arrays of id
-/// and worker.
+/// and worker (NULL: any worker, a forced release). A task whose cancel
+/// was asked is left for `MOVE_TO_DONE` to cancel (a cancel sticks).
 pub const RELEASE: &str = "UPDATE task t SET status = 0, attempts = t.attempts - 1,
         lease_until = NULL, worker = NULL
     FROM unnest($1::bigint[], $2::text[]) AS i(id, worker)
-    WHERE t.id = i.id AND t.status = 1 AND t.worker = i.worker
+    WHERE t.id = i.id AND t.status = 1 AND (i.worker IS NULL OR t.worker = i.worker)
+        AND NOT t.cancel_requested
     RETURNING t.id";
 
 /// Flags a running task for cancellation.
@@ -366,7 +480,10 @@ pub const FLAG_CANCEL: &str = "UPDATE task SET cancel_requested = true WHERE id 
 /// are in status `$6` (and held by the item's worker when it names one).
 /// Parallel arrays: `$1` id, `$2` result, `$3` error (the old error is
 /// kept when NULL), `$4` worker. `$7` = now, `$8` = default retention (ms,
-/// NULL = forever). Returns the ids moved.
+/// NULL = forever), overridden by the queue's retention and the task's
+/// own result TTL. A task whose cancel was asked ends `cancelled` whatever
+/// `$5` says (a cancel sticks; a late completion keeps its result).
+/// Returns the ids moved.
 pub const MOVE_TO_DONE: &str = concat!(
     "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[])
         AS i(id, result, error, worker)),
@@ -375,10 +492,13 @@ pub const MOVE_TO_DONE: &str = concat!(
         RETURNING t.*, i.result AS new_result, i.error AS new_error)
     INSERT INTO task_done (",
     task_columns!(),
-    ") SELECT id, queue, name, payload, priority, $5::smallint, run_at, attempts, max_attempts,
+    ") SELECT id, queue, name, payload, priority,
+        CASE WHEN cancel_requested THEN 4::smallint ELSE $5::smallint END, run_at, attempts, max_attempts,
         NULL, worker, key, batch, progress, new_result, coalesce(new_error, error), created_at,
         started_at, $7::bigint, expires_at, metadata, cancel_requested, backoff, result_ttl,
-        $7::bigint + coalesce(result_ttl, $8::bigint), requires
+        $7::bigint + coalesce(result_ttl,
+            (SELECT retention_ms FROM queue_setting qs WHERE qs.queue = moved.queue), $8::bigint),
+        requires
     FROM moved RETURNING id"
 );
 
@@ -395,9 +515,24 @@ pub const RETRY_FROM_DONE: &str = concat!(
     FROM moved RETURNING id"
 );
 
+/// Moves any finished task `$1` back to the queue with fresh attempts
+/// (requeue; `$2` = now): like `RETRY_FROM_DONE`, done tasks too (their
+/// result is dropped). Returns the ids moved.
+pub const REQUEUE_FROM_DONE: &str = concat!(
+    "WITH moved AS (DELETE FROM task_done WHERE id = ANY($1::bigint[]) AND status IN (2, 3, 4, 5)
+        RETURNING *)
+    INSERT INTO task (",
+    task_columns!(),
+    ") SELECT id, queue, name, payload, priority, 0, $2::bigint, 0, max_attempts,
+        NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
+        NULL, NULL, metadata, false, backoff, result_ttl, NULL, requires
+    FROM moved RETURNING id"
+);
+
 /// Running tasks whose lease ended before `$1`, or all of worker `$2`'s,
-/// locked (skipping tasks another transaction is finishing right now).
-pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, worker, run_at FROM task
+/// locked (skipping tasks another transaction is finishing right now): id,
+/// attempts, max_attempts, worker, run_at, queue, cancel flag.
+pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, worker, run_at, queue, cancel_requested FROM task
     WHERE status = 1 AND (($2::text IS NULL AND lease_until < $1) OR worker = $2)
     ORDER BY id FOR UPDATE SKIP LOCKED";
 
@@ -488,3 +623,158 @@ pub const LISTEN_HEAD: &str = "SELECT coalesce(max(version), 0) FROM listen_log"
 /// Drops superseded changes older than `$1` (the newest of each key stays).
 pub const LISTEN_PRUNE: &str = "DELETE FROM listen_log WHERE at < $1
     AND version NOT IN (SELECT max(version) FROM listen_log GROUP BY key)";
+
+// ---- The event feed (see `store/events.rs` and `events.rs`) ----------
+
+/// The meta entry that records which version of [`EVENTS_SCHEMA`] the
+/// store has (kept apart from the schema version: the step is
+/// idempotent, and runs once per store under the migration lock).
+pub const EVENTS_SCHEMA_MARK: &str = "events_schema";
+/// The version of [`EVENTS_SCHEMA`] this build writes.
+pub const EVENTS_SCHEMA_VERSION: &str = "1";
+
+/// The event feed: its tables, and statement-level triggers that record
+/// every status change in the statement that made it. Events are ordered
+/// by (transaction id, sequence) and read only below the oldest running
+/// transaction (`EVENTS_AFTER`). A connection opened with
+/// `ferroq.events=off` records nothing. A move between the task tables is
+/// one statement (a data-modifying CTE), so at the end of it the trigger
+/// on the table moved from finds the row in the table moved to. A task
+/// put back from `task_done` also shows as an insert into `task`: the two
+/// triggers of that statement agree, whichever fires first, that it was
+/// requeued and not sent. Times are the store clock's where the row
+/// carries one (sent: `created_at`, claimed: `started_at`, finished:
+/// `finished_at`), else the server's. Kind codes: `events::KIND_*`.
+pub const EVENTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS event (
+    xid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    seq bigint GENERATED BY DEFAULT AS IDENTITY,
+    at bigint NOT NULL,
+    task bigint NOT NULL,
+    queue text NOT NULL,
+    name text NOT NULL,
+    kind smallint NOT NULL,
+    old smallint,
+    new smallint,
+    worker text,
+    error_type text,
+    PRIMARY KEY (xid, seq)
+);
+CREATE INDEX IF NOT EXISTS event_at ON event (at);
+CREATE TABLE IF NOT EXISTS consumer_cursor (name text PRIMARY KEY, value text NOT NULL, at bigint NOT NULL);
+CREATE OR REPLACE FUNCTION ferroq_ms() RETURNS bigint LANGUAGE sql VOLATILE AS
+    $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+CREATE OR REPLACE FUNCTION ferroq_xid() RETURNS bigint LANGUAGE sql VOLATILE AS
+    $$ SELECT pg_current_xact_id()::text::bigint $$;
+CREATE OR REPLACE FUNCTION ferroq_events_on() RETURNS boolean LANGUAGE sql STABLE AS
+    $$ SELECT coalesce(current_setting('ferroq.events', true), '') <> 'off' $$;
+CREATE OR REPLACE FUNCTION ferroq_error_type(e text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF e IS NULL THEN RETURN NULL; END IF;
+    IF e LIKE 'lease lost%' THEN RETURN 'LeaseLost'; END IF;
+    IF left(ltrim(e), 1) = '{' THEN
+        BEGIN
+            RETURN e::jsonb ->> 'type';
+        EXCEPTION WHEN others THEN
+            RETURN 'Error';
+        END;
+    END IF;
+    RETURN 'Error';
+END $$;
+CREATE OR REPLACE FUNCTION ferroq_event_task_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT ferroq_events_on() THEN RETURN NULL; END IF;
+    INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type)
+    SELECT n.created_at, n.id, n.queue, n.name, 0, NULL, n.status, n.worker, NULL FROM ev_new n
+    WHERE NOT EXISTS (SELECT 1 FROM event e WHERE e.xid = ferroq_xid() AND e.task = n.id
+        AND e.kind = 0 AND e.old IS NOT NULL AND e.new = 0)
+    ORDER BY n.id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION ferroq_event_task_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT ferroq_events_on() THEN RETURN NULL; END IF;
+    INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type)
+    SELECT * FROM (
+        SELECT CASE WHEN n.status = 1 THEN coalesce(n.started_at, ferroq_ms()) ELSE ferroq_ms() END,
+            n.id, n.queue, n.name, 0, o.status, n.status, coalesce(n.worker, o.worker),
+            CASE WHEN n.status = 0 AND o.status = 1 AND n.attempts >= o.attempts
+                THEN ferroq_error_type(n.error) END
+        FROM ev_old o JOIN ev_new n ON n.id = o.id WHERE n.status <> o.status
+        UNION ALL
+        SELECT ferroq_ms(), n.id, n.queue, n.name, 1, o.status, n.status, n.worker, NULL
+        FROM ev_old o JOIN ev_new n ON n.id = o.id WHERE n.cancel_requested AND NOT o.cancel_requested
+    ) AS changed ORDER BY 2;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION ferroq_event_task_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT ferroq_events_on() THEN RETURN NULL; END IF;
+    INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type)
+    SELECT coalesce(d.finished_at, ferroq_ms()), d.id, d.queue, d.name, 0, o.status, d.status, d.worker,
+        CASE WHEN d.status = 3 THEN ferroq_error_type(d.error) END
+    FROM ev_old o JOIN task_done d ON d.id = o.id ORDER BY d.id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION ferroq_event_done_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT ferroq_events_on() THEN RETURN NULL; END IF;
+    INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type)
+    SELECT ferroq_ms(), o.id, o.queue, o.name, 3, o.status, NULL, NULL, NULL FROM ev_old o
+    WHERE NOT EXISTS (SELECT 1 FROM task t WHERE t.id = o.id) ORDER BY o.id;
+    WITH fixed AS (
+        UPDATE event e SET old = o.status FROM ev_old o
+        WHERE e.xid = ferroq_xid() AND e.task = o.id AND e.kind = 0 AND e.old IS NULL AND e.new = 0
+        RETURNING e.task)
+    INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type)
+    SELECT ferroq_ms(), t.id, t.queue, t.name, 0, o.status, t.status, NULL, NULL
+    FROM ev_old o JOIN task t ON t.id = o.id WHERE o.id NOT IN (SELECT task FROM fixed) ORDER BY t.id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER ferroq_event_task_insert AFTER INSERT ON task
+    REFERENCING NEW TABLE AS ev_new FOR EACH STATEMENT EXECUTE FUNCTION ferroq_event_task_insert();
+CREATE OR REPLACE TRIGGER ferroq_event_task_update AFTER UPDATE ON task
+    REFERENCING OLD TABLE AS ev_old NEW TABLE AS ev_new FOR EACH STATEMENT EXECUTE FUNCTION ferroq_event_task_update();
+CREATE OR REPLACE TRIGGER ferroq_event_task_delete AFTER DELETE ON task
+    REFERENCING OLD TABLE AS ev_old FOR EACH STATEMENT EXECUTE FUNCTION ferroq_event_task_delete();
+CREATE OR REPLACE TRIGGER ferroq_event_done_delete AFTER DELETE ON task_done
+    REFERENCING OLD TABLE AS ev_old FOR EACH STATEMENT EXECUTE FUNCTION ferroq_event_done_delete();
+";
+
+/// The connection option that stops a connection recording events.
+pub const EVENTS_OFF_OPTION: &str = "-c ferroq.events=off";
+
+/// Records that a finished task's callback ran (kind 2; `$2` = now).
+/// Returns a row when it did.
+pub const EVENT_DELIVERED: &str = "INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type)
+    SELECT $2, id, queue, name, 2, status, status, NULL, NULL FROM task_done WHERE id = $1 RETURNING seq";
+
+/// Events after position (`$1`, `$2`), of queue `$3` (NULL = any), at most
+/// `$4`, of transactions older than every running one (so none can commit
+/// behind the cursor later); then one row (part 1) with the newest such
+/// position, read in the same snapshot.
+pub const EVENTS_AFTER: &str = "WITH lim AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
+    head AS (SELECT e.xid, e.seq FROM event e, lim WHERE e.xid < lim.xmin ORDER BY e.xid DESC, e.seq DESC LIMIT 1),
+    page AS (SELECT e.* FROM event e, lim
+        WHERE (e.xid, e.seq) > ($1::bigint, $2::bigint) AND e.xid < lim.xmin AND ($3::text IS NULL OR e.queue = $3)
+        ORDER BY e.xid, e.seq LIMIT $4)
+    SELECT 0 AS part, xid, seq, at, task, queue, name, kind, old, new, worker, error_type FROM page
+    UNION ALL SELECT 1, xid, seq, 0, 0, '', '', 0::smallint, NULL, NULL, NULL, NULL FROM head
+    ORDER BY part, xid, seq";
+
+/// The newest position a follower may stand on (see `EVENTS_AFTER`).
+pub const EVENTS_HEAD: &str = "SELECT e.xid, e.seq FROM event e
+    WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY e.xid DESC, e.seq DESC LIMIT 1";
+
+/// Deletes events recorded before `$1`.
+pub const EVENTS_PRUNE: &str = "DELETE FROM event WHERE at < $1";
+
+/// Stores a consumer cursor (`$3` = now).
+pub const CURSOR_SET: &str = "INSERT INTO consumer_cursor (name, value, at) VALUES ($1, $2, $3)
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, at = excluded.at";
+/// Reads a consumer cursor.
+pub const CURSOR_GET: &str = "SELECT value FROM consumer_cursor WHERE name = $1";
+
+/// Every listen key's latest change, by key.
+pub const LISTEN_KEYS: &str = "SELECT DISTINCT ON (key) version, key, value, at FROM listen_log
+    ORDER BY key, version DESC";

@@ -9,10 +9,10 @@ use super::pool::{Db, PgResult};
 use super::replay::{left_by, Move, TaskRow};
 use super::{sql, PostgresStore};
 use crate::error::Result;
-use crate::store::rules::{self, Guard};
+use crate::store::rules::{self, Abandon, Guard};
 use crate::store::{
-    CancelParams, CompleteParams, FailParams, HeartbeatOutcome, HeartbeatParams, ProgressParams, RecoverParams,
-    ReleaseParams, RetryParams,
+    CancelParams, CompleteParams, FailParams, HeartbeatOutcome, HeartbeatParams, OnTimeout, ProgressParams,
+    RecoverParams, ReleaseParams, RetryParams,
 };
 use crate::task::Status;
 use postgres::GenericClient;
@@ -34,6 +34,12 @@ impl Moves {
         self.errors.push(error);
         self.workers.push(worker);
     }
+}
+
+/// The worker a guarded statement must match: `worker`, or anyone (NULL)
+/// when the caller forces the move.
+fn holder(worker: &str, force: bool) -> Option<&str> {
+    (!force).then_some(worker)
 }
 
 /// The rows of tasks `ids` as a replayed move judges them (`replay.rs`).
@@ -62,8 +68,9 @@ pub(super) fn heartbeat(store: &PostgresStore, p: &HeartbeatParams) -> Result<Ve
     let held: HashMap<i64, bool> = if p.ids.is_empty() {
         HashMap::new()
     } else {
+        let worker = holder(&p.worker, p.force);
         store.run(true, |db| {
-            db.query(sql::HEARTBEAT, &[&p.ids, &p.worker, &until])?
+            db.query(sql::HEARTBEAT, &[&p.ids, &worker, &until])?
                 .iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect()
@@ -84,10 +91,10 @@ pub(super) fn progress(store: &PostgresStore, p: &[ProgressParams]) -> Result<Ve
         if let Err(e) = rules::check_progress(x.progress) {
             return Ok(Err(e));
         }
-        if db.execute(sql::PROGRESS, &[&x.id, &x.worker, &x.progress])? == 1 {
+        if db.execute(sql::PROGRESS, &[&x.id, &holder(&x.worker, x.force), &x.progress])? == 1 {
             return Ok(Ok(()));
         }
-        Ok(Err(explain(db, x.id, Some(&x.worker), Guard::Held, "report progress of")?))
+        Ok(Err(explain(db, x.id, Some(&x.worker), rules::held_or_forced(x.force), "report progress of")?))
     })
 }
 
@@ -100,13 +107,16 @@ pub(super) fn complete(store: &PostgresStore, p: &[CompleteParams]) -> Result<Ve
         p,
         |x| x.id,
         |x| Some(x.worker.as_str()),
-        Guard::Held,
+        |x| rules::held_or_forced(x.force),
         "complete",
         |x| rules::check_result_size(&x.result, max).err(),
         |db, idx, replayed| {
+            // A task whose cancel was asked ends cancelled, its result kept
+            // (see `sql::MOVE_TO_DONE`).
             let mut m = Moves::default();
             for &i in idx {
-                m.push(p[i].id, Some(p[i].result.clone()), None, Some(p[i].worker.clone()));
+                let worker = holder(&p[i].worker, p[i].force).map(String::from);
+                m.push(p[i].id, Some(p[i].result.clone()), None, worker);
             }
             let done = Status::Done.code() as i16;
             let running = Status::Running.code() as i16;
@@ -126,7 +136,8 @@ pub(super) fn complete(store: &PostgresStore, p: &[CompleteParams]) -> Result<Ve
                 for &i in idx {
                     let x = &p[i];
                     let mine = Move { status: Status::Done, worker: &x.worker, result: Some(&x.result), error: None };
-                    if !seen.contains(&x.id) && rows.get(&x.id).is_some_and(|r| left_by(r, &mine)) {
+                    // A forced move left the holder's name, not ours: not recognised.
+                    if !x.force && !seen.contains(&x.id) && rows.get(&x.id).is_some_and(|r| left_by(r, &mine)) {
                         moved.push(x.id);
                     }
                 }
@@ -143,7 +154,7 @@ pub(super) fn fail(store: &PostgresStore, p: &[FailParams]) -> Result<Vec<Result
     // Replayed after a broken connection: a first run that committed is
     // recognised by the row it left (`replay.rs`).
     store.per_item(p, true, |db, x, replayed| {
-        let Some(row) = db.query_opt(sql::FAIL_LOOKUP, &[&x.id, &x.worker])? else {
+        let Some(row) = db.query_opt(sql::FAIL_LOOKUP, &[&x.id, &holder(&x.worker, x.force)])? else {
             if replayed {
                 if let Some(r) = replay_rows(db, &[x.id])?.get(&x.id) {
                     for status in [Status::Failed, Status::Queued] {
@@ -154,18 +165,21 @@ pub(super) fn fail(store: &PostgresStore, p: &[FailParams]) -> Result<Vec<Result
                     }
                 }
             }
-            return Ok(Err(explain(db, x.id, Some(&x.worker), Guard::Held, "fail")?));
+            return Ok(Err(explain(db, x.id, Some(&x.worker), rules::held_or_forced(x.force), "fail")?));
         };
         let attempts = row.try_get::<_, i32>(0)?.max(0) as u32;
         let max_attempts = row.try_get::<_, i32>(1)?.max(0) as u32;
         let backoff: Option<String> = row.try_get(2)?;
-        let delay =
-            rules::retry_delay(x.retry, attempts, max_attempts, backoff.as_deref(), store.cfg.store.default_backoff);
+        let cancel: bool = row.try_get(3)?;
+        let worker: String = row.try_get::<_, Option<String>>(4)?.unwrap_or_default();
+        // A cancel sticks: MOVE_TO_DONE ends a flagged task cancelled.
+        let delay = if cancel {
+            None
+        } else {
+            rules::retry_delay(x.retry, attempts, max_attempts, backoff.as_deref(), store.cfg.store.default_backoff)
+        };
         if let Some(d) = delay {
-            db.execute(
-                sql::REQUEUE,
-                &[&vec![x.id], &vec![x.worker.as_str()], &vec![now + d], &vec![x.error.as_str()]],
-            )?;
+            db.execute(sql::REQUEUE, &[&vec![x.id], &vec![worker.as_str()], &vec![now + d], &vec![x.error.as_str()]])?;
             return Ok(Ok(Status::Queued));
         }
         let failed = Status::Failed.code() as i16;
@@ -177,14 +191,14 @@ pub(super) fn fail(store: &PostgresStore, p: &[FailParams]) -> Result<Vec<Result
                 &vec![x.id],
                 &none,
                 &vec![Some(x.error.as_str())],
-                &vec![Some(x.worker.as_str())],
+                &vec![Some(worker.as_str())],
                 &failed,
                 &running,
                 &now,
                 &retention,
             ],
         )?;
-        Ok(Ok(Status::Failed))
+        Ok(Ok(if cancel { Status::Cancelled } else { Status::Failed }))
     })
 }
 
@@ -226,17 +240,40 @@ pub(super) fn cancel(store: &PostgresStore, p: &[CancelParams]) -> Result<Vec<Re
 
 /// [`Store::release`](crate::store::Store::release).
 pub(super) fn release(store: &PostgresStore, p: &[ReleaseParams]) -> Result<Vec<Result<()>>> {
+    let now = store.clock.now_ms();
+    let retention = store.cfg.store.retention_ms;
     store.guarded_batch(
         p,
         |x| x.id,
         |x| Some(x.worker.as_str()),
-        Guard::Held,
+        |x| rules::held_or_forced(x.force),
         "release",
         |_| None,
         |db, idx, _| {
             let ids: Vec<i64> = idx.iter().map(|i| p[*i].id).collect();
-            let workers: Vec<&str> = idx.iter().map(|i| p[*i].worker.as_str()).collect();
-            db.query(sql::RELEASE, &[&ids, &workers])?.iter().map(|r| Ok(r.try_get(0)?)).collect()
+            let workers: Vec<Option<&str>> = idx.iter().map(|i| holder(&p[*i].worker, p[*i].force)).collect();
+            let mut moved: Vec<i64> =
+                db.query(sql::RELEASE, &[&ids, &workers])?.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+            // What RELEASE left running under the same guard had its cancel
+            // asked: a cancel sticks, so it ends cancelled.
+            let released: HashSet<i64> = moved.iter().copied().collect();
+            let mut m = Moves::default();
+            for (id, w) in ids.iter().zip(&workers) {
+                if !released.contains(id) {
+                    m.push(*id, None, Some(rules::CANCELLED.to_string()), w.map(String::from));
+                }
+            }
+            if !m.ids.is_empty() {
+                let cancelled = Status::Cancelled.code() as i16;
+                let running = Status::Running.code() as i16;
+                for r in db.query(
+                    sql::MOVE_TO_DONE,
+                    &[&m.ids, &m.results, &m.errors, &m.workers, &cancelled, &running, &now, &retention],
+                )? {
+                    moved.push(r.try_get(0)?);
+                }
+            }
+            Ok(moved)
         },
     )
 }
@@ -248,7 +285,7 @@ pub(super) fn retry(store: &PostgresStore, p: &[RetryParams]) -> Result<Vec<Resu
         p,
         |x| x.id,
         |_| None,
-        Guard::Retryable,
+        |_| Guard::Retryable,
         "retry",
         |_| None,
         |db, idx, _| {
@@ -263,8 +300,12 @@ pub(super) fn recover(store: &PostgresStore, p: &RecoverParams) -> Result<Vec<(i
     let now = store.clock.now_ms();
     let retention = store.cfg.store.retention_ms;
     let out = store.tx(true, |db| {
+        let mut timeouts: HashMap<String, OnTimeout> = HashMap::new();
+        for r in db.query(sql::TIMEOUT_QUEUES, &[])? {
+            timeouts.insert(r.try_get(0)?, OnTimeout::from_code(r.try_get::<_, i16>(1)?.into()));
+        }
         let mut requeue: (Vec<i64>, Vec<String>, Vec<i64>, Vec<String>) = Default::default();
-        let mut fail = Moves::default();
+        let mut finish: Vec<(Status, Moves)> = Vec::new();
         let mut out = Vec::new();
         for r in db.query(sql::EXPIRED_LEASES, &[&now, &p.worker])? {
             let id: i64 = r.try_get(0)?;
@@ -272,30 +313,48 @@ pub(super) fn recover(store: &PostgresStore, p: &RecoverParams) -> Result<Vec<(i
             let max_attempts = r.try_get::<_, i32>(2)?.max(0) as u32;
             let worker: Option<String> = r.try_get(3)?;
             let run_at: i64 = r.try_get(4)?;
-            let (status, why) = rules::recovery(worker.as_deref(), attempts, max_attempts);
+            let queue: String = r.try_get(5)?;
+            let cancel: bool = r.try_get(6)?;
+            let timeout = timeouts.get(&queue).copied();
+            let (what, why) =
+                rules::abandon(cancel, timeout, p.worker.is_some(), worker.as_deref(), attempts, max_attempts);
             let worker = worker.unwrap_or_default();
-            if status == Status::Queued {
-                requeue.0.push(id);
-                requeue.1.push(worker);
-                // Back in its old place in the queue (its original
-                // run_at), not behind everything sent since.
-                requeue.2.push(run_at.min(now));
-                requeue.3.push(why);
-                out.push((id, Status::Queued));
-            } else {
-                fail.push(id, None, Some(why), None);
-                out.push((id, Status::Failed));
+            match what {
+                Abandon::Requeue => {
+                    requeue.0.push(id);
+                    requeue.1.push(worker);
+                    // Back in its old place in the queue (its original
+                    // run_at), not behind everything sent since.
+                    requeue.2.push(run_at.min(now));
+                    requeue.3.push(why);
+                    out.push((id, Status::Queued));
+                }
+                Abandon::Release => {
+                    db.execute(sql::SWITCH_OUT, &[&id, &why])?;
+                    out.push((id, Status::Queued));
+                }
+                Abandon::Finish(to) => {
+                    match finish.iter_mut().find(|(s, _)| *s == to) {
+                        Some((_, m)) => m.push(id, None, Some(why), None),
+                        None => {
+                            let mut m = Moves::default();
+                            m.push(id, None, Some(why), None);
+                            finish.push((to, m));
+                        }
+                    }
+                    out.push((id, to));
+                }
             }
         }
         if !requeue.0.is_empty() {
             db.execute(sql::REQUEUE, &[&requeue.0, &requeue.1, &requeue.2, &requeue.3])?;
         }
-        if !fail.ids.is_empty() {
-            let failed = Status::Failed.code() as i16;
+        for (to, m) in &finish {
+            let to = to.code() as i16;
             let running = Status::Running.code() as i16;
             db.execute(
                 sql::MOVE_TO_DONE,
-                &[&fail.ids, &fail.results, &fail.errors, &fail.workers, &failed, &running, &now, &retention],
+                &[&m.ids, &m.results, &m.errors, &m.workers, &to, &running, &now, &retention],
             )?;
         }
         Ok(out)

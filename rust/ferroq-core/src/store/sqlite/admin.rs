@@ -24,6 +24,7 @@ pub(super) fn purge(store: &SqliteStore, p: &PurgeParams) -> Result<u64> {
             let high = schema::last_local_id(tx)?;
             tx.prepare_cached(sql::SET_HIGH_ID)?.execute([high.to_string()])?;
             let n = tx.prepare_cached(sql::PURGE)?.execute(params![now, p.finished_before])?;
+            super::events::prune(store, tx, now)?;
             if s == 0 {
                 if let Some(r) = store.config.retention_ms {
                     tx.prepare_cached(sql::LISTEN_PRUNE)?.execute([now - r])?;
@@ -37,12 +38,10 @@ pub(super) fn purge(store: &SqliteStore, p: &PurgeParams) -> Result<u64> {
 
 /// [`Store::listen_set`](crate::store::Store::listen_set).
 pub(super) fn listen_set(store: &SqliteStore, p: &ListenSetParams) -> Result<i64> {
-    rules::check_listen_set(&p.key, &p.value, store.config.max_payload)?;
-    let now = store.clock.now_ms();
-    let v = store.write(0, |tx| {
-        Ok(tx.prepare_cached(sql::LISTEN_SET)?.query_row(params![p.key, p.value, now], |r| r.get(0))?)
-    })?;
-    store.wake.bump();
+    let (v, changed) = super::events::listen_set(store, p)?;
+    if changed {
+        store.wake.bump();
+    }
     Ok(v)
 }
 
@@ -125,8 +124,10 @@ pub(super) fn set_capacity(store: &SqliteStore, p: &CapacityParams) -> Result<()
 /// [`Store::capacity`](crate::store::Store::capacity).
 pub(super) fn capacity(store: &SqliteStore, queue: &str) -> Result<Option<u64>> {
     store.read(0, |conn| {
-        let cap: Option<i64> = conn.prepare_cached(sql::CAPACITY_GET)?.query_row([queue], |r| r.get(0)).optional()?;
-        Ok(cap.map(rules::capacity_from_store))
+        // A queue with options but no capacity has a row whose capacity is NULL.
+        let cap: Option<Option<i64>> =
+            conn.prepare_cached(sql::CAPACITY_GET)?.query_row([queue], |r| r.get(0)).optional()?;
+        Ok(cap.flatten().map(rules::capacity_from_store))
     })
 }
 

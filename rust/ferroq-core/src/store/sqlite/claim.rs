@@ -23,6 +23,8 @@ use std::collections::HashMap;
 /// The parts of a claim every shard's statement shares.
 struct ClaimCtx<'a> {
     now: i64,
+    /// The lease given (the queue's answer timeout, when it has one).
+    lease_ms: i64,
     resources: &'a str,
     /// JSON array of task names that must not be claimed now.
     excluded: Option<&'a str>,
@@ -47,12 +49,18 @@ pub(super) fn claim(store: &SqliteStore, p: &ClaimParams) -> Result<Vec<Task>> {
     let now = store.clock.now_ms();
     let resources = p.resources.as_deref().unwrap_or("{}");
     let conn0 = store.shards[0].conn.lock();
-    let limited: i64 = conn0.prepare_cached(sql::LIMITS_ANY)?.query_row([], |r| r.get(0))?;
+    let (limited, serial, answer_timeout): (i64, i64, Option<i64>) =
+        conn0.prepare_cached(sql::CLAIM_MODE)?.query_row([&p.queue], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let lease_ms = rules::lease_for(p.lease_ms, answer_timeout);
+    if serial != 0 {
+        let got = store.serial_handout(p, lease_ms, conn0, limited > 0, false)?;
+        return Ok(got.into_iter().collect());
+    }
     if limited > 0 {
-        return store.claim_limited(p, resources, conn0);
+        return store.claim_limited(p, lease_ms, resources, conn0);
     }
     drop(conn0);
-    store.claim_merged(p, &ClaimCtx { now, resources, excluded: None }, None, &mut None)
+    store.claim_merged(p, &ClaimCtx { now, lease_ms, resources, excluded: None }, None, &mut None)
 }
 
 impl SqliteStore {
@@ -72,7 +80,7 @@ impl SqliteStore {
             tx,
             shard,
             sql::CLAIM,
-            params![p.queue, c.now, limit, p.worker, c.now + p.lease_ms, c.resources, c.excluded],
+            params![p.queue, c.now, limit, p.worker, c.now + c.lease_ms, c.resources, c.excluded],
         )?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
@@ -125,7 +133,7 @@ impl SqliteStore {
         // Peek (a read, no write lock) so an idle claim never blocks writers,
         // and so several shards can be merged in priority order.
         let peek_limit = if self.shards.len() == 1 { 1 } else { p.limit };
-        let mut heads: Vec<(i32, i64, i64, usize)> = Vec::new();
+        let mut heads: Vec<(i64, i64, i64, usize)> = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
             let guard;
             let conn: &Connection = match tx0 {
@@ -175,20 +183,29 @@ impl SqliteStore {
     fn claim_limited(
         &self,
         p: &ClaimParams,
+        lease_ms: i64,
         resources: &str,
         conn0: parking_lot::MutexGuard<'_, Connection>,
     ) -> Result<Vec<Task>> {
         let tx0 = WriteTx::begin(&conn0)?;
+        let tasks = self.claim_limited_in(&tx0, p, lease_ms, resources)?;
+        tx0.commit()?;
+        Ok(tasks)
+    }
+
+    /// The body of [`Self::claim_limited`], inside shard 0's open
+    /// transaction `tx0` (which the caller commits).
+    fn claim_limited_in(&self, tx0: &WriteTx, p: &ClaimParams, lease_ms: i64, resources: &str) -> Result<Vec<Task>> {
         // Read the clock only now that the lock is held: a time read before
         // waiting for it could be older than a bucket's last refill, and
         // moving `refilled_at` back would hand out its tokens twice.
         let now = self.clock.now_ms();
-        let limits = read_limits(&tx0)?;
+        let limits = read_limits(tx0)?;
         let mut running: HashMap<String, u64> = HashMap::new();
         for (s, shard) in self.shards.iter().enumerate() {
             let guard;
             let conn: &Connection = if s == 0 {
-                &tx0
+                tx0
             } else {
                 guard = shard.conn.lock();
                 &guard
@@ -203,15 +220,70 @@ impl SqliteStore {
         let full: Vec<&String> = allowance.iter().filter(|(_, a)| **a == 0).map(|(n, _)| n).collect();
         let excluded = if full.is_empty() { None } else { serde_json::to_string(&full).ok() };
         let before = allowance.clone();
-        let c = ClaimCtx { now, resources, excluded: excluded.as_deref() };
+        let c = ClaimCtx { now, lease_ms, resources, excluded: excluded.as_deref() };
         let mut allow = Some(allowance);
-        let tasks = self.claim_merged(p, &c, Some(&tx0), &mut allow)?;
+        let tasks = self.claim_merged(p, &c, Some(tx0), &mut allow)?;
         let after = allow.unwrap_or_default();
         for (name, level) in levels {
             let used = before.get(&name).copied().unwrap_or(0) - after.get(&name).copied().unwrap_or(0);
             tx0.prepare_cached(sql::LIMIT_TOKENS)?.execute(params![name, level - used as f64, now])?;
         }
-        tx0.commit()?;
         Ok(tasks)
+    }
+
+    /// The hand-out of a serial queue (`want_active` false: a claim) or of
+    /// `active` (true), under shard 0's write lock, which every hand-out of
+    /// a serial queue takes (claims, `start`, `active`), in this process
+    /// and in others: the queue's running tasks are looked up in every
+    /// shard, and one task is claimed only when none runs. So two tasks of
+    /// the queue never run at once, however many shards and processes.
+    /// Returns the task handed out (or, for `active`, the one running).
+    pub(super) fn serial_handout(
+        &self,
+        p: &ClaimParams,
+        lease_ms: i64,
+        conn0: parking_lot::MutexGuard<'_, Connection>,
+        limited: bool,
+        want_active: bool,
+    ) -> Result<Option<Task>> {
+        let tx0 = WriteTx::begin(&conn0)?;
+        let running = self.active_in(&tx0, &p.queue)?;
+        if running.is_some() {
+            tx0.commit()?;
+            return Ok(if want_active { running } else { None });
+        }
+        let one = ClaimParams { limit: 1, ..p.clone() };
+        let resources = one.resources.as_deref().unwrap_or("{}");
+        let mut tasks = if limited {
+            self.claim_limited_in(&tx0, &one, lease_ms, resources)?
+        } else {
+            let c = ClaimCtx { now: self.clock.now_ms(), lease_ms, resources, excluded: None };
+            self.claim_merged(&one, &c, Some(&tx0), &mut None)?
+        };
+        tx0.commit()?;
+        Ok(tasks.pop())
+    }
+
+    /// The running task of `queue` that started first, in any shard
+    /// (shard 0 read through `tx0`, which the caller holds).
+    pub(super) fn active_in(&self, tx0: &WriteTx, queue: &str) -> Result<Option<Task>> {
+        let mut best: Option<Task> = None;
+        for s in 0..self.shards.len() {
+            let found = if s == 0 {
+                self.query_tasks(tx0, 0, sql::ACTIVE_IN_QUEUE, [queue]).map_err(|e| self.shard_err(0, e))?
+            } else {
+                self.read(s, |conn| self.query_tasks(conn, s, sql::ACTIVE_IN_QUEUE, [queue]))?
+            };
+            for t in found {
+                let earlier = match &best {
+                    Some(b) => (t.started_at, t.id) < (b.started_at, b.id),
+                    None => true,
+                };
+                if earlier {
+                    best = Some(t);
+                }
+            }
+        }
+        Ok(best)
     }
 }

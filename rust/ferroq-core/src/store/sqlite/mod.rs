@@ -10,7 +10,8 @@
 //!
 //! This file opens the store and maps each [`Store`] verb onto the module
 //! that implements it: `enqueue/` (with group commit), `claim.rs`,
-//! `transitions.rs` (the guarded moves), `read.rs`, `admin.rs` (purge,
+//! `transitions.rs` (the guarded moves), `steer.rs` (moves from outside:
+//! start, active, requeue, set_*, queue options), `read.rs`, `admin.rs` (purge,
 //! listen data, workers, capacities, limits) and `wake.rs` (change tokens
 //! and waiting, with `watch.rs`). `shard.rs` holds the id arithmetic and
 //! the transaction helpers they share; every statement is in `sql.rs`.
@@ -27,10 +28,12 @@ mod backup;
 mod check;
 mod claim;
 mod enqueue;
+mod events;
 mod read;
 mod schema;
 mod shard;
 pub mod sql;
+mod steer;
 mod transitions;
 mod tx;
 mod wake;
@@ -45,6 +48,10 @@ use wake::Wake;
 
 use super::config::{StoreConfig, MAX_SHARDS};
 use super::rules;
+use super::{
+    ActiveParams, EnqueueParams, OnDuplicate, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams,
+    SetRunAtParams, StartParams,
+};
 use super::{
     BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, FunctionLimit,
     GetByKeyParams, HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams,
@@ -149,6 +156,8 @@ impl SqliteStore {
         let mut last_local = 0;
         for shard in &shards {
             last_local = last_local.max(schema::last_local_id(&shard.conn.lock())?);
+            events::install(&shard.conn.lock(), clock.clone(), config.events)
+                .map_err(|e| shard::name_file(e, &shard.label))?;
         }
         let dir_watch = config.path.as_deref().and_then(watch::DirWatch::start);
         Ok(SqliteStore {
@@ -272,8 +281,41 @@ impl Store for SqliteStore {
     fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
         enqueue::enqueue(self, tasks)
     }
+    fn enqueue_with(&self, p: &EnqueueParams<'_>) -> Result<Vec<Enqueued>> {
+        match p.on_duplicate {
+            OnDuplicate::Existing => enqueue::enqueue(self, p.tasks),
+            OnDuplicate::Error => enqueue::strict::enqueue_strict(self, p.tasks),
+        }
+    }
     fn claim(&self, p: &ClaimParams) -> Result<Vec<Task>> {
         claim::claim(self, p)
+    }
+    fn start(&self, p: &[StartParams]) -> Result<Vec<Result<Task>>> {
+        steer::start(self, p)
+    }
+    fn active(&self, p: &ActiveParams) -> Result<Option<Task>> {
+        steer::active(self, p)
+    }
+    fn requeue(&self, p: &[RequeueParams]) -> Result<Vec<Result<()>>> {
+        steer::requeue(self, p)
+    }
+    fn set_priority(&self, p: &[SetPriorityParams]) -> Result<Vec<Result<()>>> {
+        steer::set_priority(self, p)
+    }
+    fn set_run_at(&self, p: &[SetRunAtParams]) -> Result<Vec<Result<()>>> {
+        steer::set_run_at(self, p)
+    }
+    fn set_metadata(&self, p: &[SetMetadataParams]) -> Result<Vec<Result<()>>> {
+        steer::set_metadata(self, p)
+    }
+    fn set_queue_options(&self, o: &QueueOptions) -> Result<()> {
+        steer::set_queue_options(self, o)
+    }
+    fn queue_options(&self, queue: &str) -> Result<QueueOptions> {
+        steer::queue_options(self, queue)
+    }
+    fn all_queue_options(&self) -> Result<Vec<QueueOptions>> {
+        steer::all_queue_options(self)
     }
     fn heartbeat(&self, p: &HeartbeatParams) -> Result<Vec<HeartbeatOutcome>> {
         transitions::heartbeat(self, p)
@@ -370,6 +412,30 @@ impl Store for SqliteStore {
     }
     fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+    fn events(&self, p: &crate::store::EventsParams) -> Result<crate::store::EventsPage> {
+        events::events(self, p)
+    }
+    fn events_head(&self) -> Result<String> {
+        events::events_head(self)
+    }
+    fn event_cursor_set(&self, consumer: &str, cursor: &str) -> Result<()> {
+        events::event_cursor_set(self, consumer, cursor)
+    }
+    fn event_cursor_get(&self, consumer: &str) -> Result<Option<String>> {
+        events::event_cursor_get(self, consumer)
+    }
+    fn ack_callbacks(&self, ids: &[i64]) -> Result<Vec<Result<()>>> {
+        events::ack_callbacks(self, ids)
+    }
+    fn listen_keys(&self) -> Result<Vec<ListenChange>> {
+        events::listen_keys(self)
+    }
+    fn listen_cursor_set(&self, consumer: &str, version: i64) -> Result<()> {
+        events::listen_cursor_set(self, consumer, version)
+    }
+    fn listen_cursor_get(&self, consumer: &str) -> Result<Option<i64>> {
+        events::listen_cursor_get(self, consumer)
     }
     fn describe(&self) -> String {
         format!("sqlite store {} ({} shard(s))", self.label, self.shards.len())

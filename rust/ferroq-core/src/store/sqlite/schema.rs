@@ -163,6 +163,7 @@ pub fn create(conn: &mut Connection, index: u32, shards: u32, store_id: &str) ->
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(sql::SCHEMA_V1)?;
     tx.execute_batch(sql::MIGRATE_V2)?;
+    tx.execute_batch(sql::MIGRATE_V3)?;
     tx.execute(sql::META_SET, ("app", "ferroq"))?;
     tx.execute(sql::META_SET, (META_SHARDS, shards.to_string()))?;
     tx.execute(sql::META_SET, (META_SHARD, index.to_string()))?;
@@ -180,7 +181,8 @@ pub fn create(conn: &mut Connection, index: u32, shards: u32, store_id: &str) ->
 /// a shard of an older schema version, all in one write transaction.
 ///
 /// Migration from version 1 adds the checksum columns and the store id:
-/// shard 0 gets a new one, every other shard the one shard 0 has.
+/// shard 0 gets a new one, every other shard the one shard 0 has. From
+/// version 2, the queue options columns.
 pub fn prepare(conn: &mut Connection, index: u32, store_id: Option<&str>, label: &str) -> Result<ShardInfo> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (app_id, version) = read_identity(&tx)?;
@@ -207,10 +209,15 @@ pub fn prepare(conn: &mut Connection, index: u32, store_id: Option<&str>, label:
         }
         None => return Err(rules::damaged_file(label, "the shard records no valid shard index")),
     }
-    if version < sql::SCHEMA_VERSION {
+    if version < 2 {
         tx.execute_batch(sql::MIGRATE_V2)?;
         let id = store_id.map(str::to_string).unwrap_or_else(new_store_id);
         tx.execute(sql::META_SET, (META_STORE_ID, id))?;
+    }
+    if version < 3 {
+        tx.execute_batch(sql::MIGRATE_V3)?;
+    }
+    if version < sql::SCHEMA_VERSION {
         tx.execute_batch(&sql::stamp())?;
     }
     let own = meta(META_STORE_ID)?.ok_or_else(|| rules::damaged_file(label, "the shard records no store id"))?;

@@ -12,8 +12,9 @@ pub const APPLICATION_ID: i64 = 0x4652_5131;
 /// The schema version this build writes (`PRAGMA user_version`).
 /// Version 2 added the store identity (`meta.store_id`, see
 /// `schema::prepare`) and the payload and result checksums
-/// ([`MIGRATE_V2`]); a version-1 shard is migrated when it is opened.
-pub const SCHEMA_VERSION: i64 = 2;
+/// ([`MIGRATE_V2`]); version 3 the queue options ([`MIGRATE_V3`]). An
+/// older shard is migrated, one version at a time, when it is opened.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The columns of both task tables, in the order `read::read_task` reads
 /// them (the positions of `rules::TaskCol`).
@@ -207,6 +208,20 @@ ALTER TABLE task_done ADD COLUMN payload_sum INTEGER;
 ALTER TABLE task_done ADD COLUMN result_sum INTEGER;
 ";
 
+/// Schema version 3: per-queue options beside the capacity. `serial`
+/// (0/1): at most one running task; `answer_timeout_ms`: the lease of a
+/// handed-out task; `on_timeout` (0 requeue, 1 expire): what recovery does
+/// when it passes; `retention_ms`: how long finished tasks of the queue are
+/// kept. Shard 0's row is the store's; the retention is copied into every
+/// shard (`MOVE_TO_DONE` reads it there). Appended columns: no row is
+/// rewritten.
+pub const MIGRATE_V3: &str = "
+ALTER TABLE queue_setting ADD COLUMN serial INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue_setting ADD COLUMN answer_timeout_ms INTEGER;
+ALTER TABLE queue_setting ADD COLUMN on_timeout INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue_setting ADD COLUMN retention_ms INTEGER;
+";
+
 /// SQLite's own check of a shard file's structure: one row `ok`, or one
 /// row per problem found (at most 100).
 pub const INTEGRITY_CHECK: &str = "PRAGMA integrity_check(100)";
@@ -374,12 +389,12 @@ pub const WORKER_DELETE: &str = "DELETE FROM worker WHERE id = ?1";
 /// Sets a queue's capacity.
 pub const CAPACITY_SET: &str = "INSERT INTO queue_setting (queue, capacity) VALUES (?1, ?2)
     ON CONFLICT (queue) DO UPDATE SET capacity = excluded.capacity";
-/// Removes a queue's capacity.
-pub const CAPACITY_DELETE: &str = "DELETE FROM queue_setting WHERE queue = ?1";
+/// Removes a queue's capacity (its other options stay).
+pub const CAPACITY_DELETE: &str = "UPDATE queue_setting SET capacity = NULL WHERE queue = ?1";
 /// One queue's capacity.
 pub const CAPACITY_GET: &str = "SELECT capacity FROM queue_setting WHERE queue = ?1";
 /// Whether any queue has a capacity (skips the per-send check when none does).
-pub const CAPACITY_ANY: &str = "SELECT count(*) FROM queue_setting";
+pub const CAPACITY_ANY: &str = "SELECT count(*) FROM queue_setting WHERE capacity IS NOT NULL";
 
 /// Sets a function limit; a new bucket starts full (?6 = the burst in
 /// effect, ?5 = now).
@@ -389,6 +404,65 @@ pub const LIMIT_SET: &str = "INSERT INTO function_limit
         rate_per_s = excluded.rate_per_s, burst = excluded.burst, tokens = min(tokens, ?6)";
 /// Removes a function limit.
 pub const LIMIT_DELETE: &str = "DELETE FROM function_limit WHERE name = ?1";
+/// What a claim of queue ?1 needs to know first, in one statement: how
+/// many function limits exist (plain claims skip the limit logic), whether
+/// the queue is serial, and its answer timeout (the lease of what it hands out).
+pub const CLAIM_MODE: &str = "SELECT (SELECT count(*) FROM function_limit),
+    coalesce((SELECT serial FROM queue_setting WHERE queue = ?1), 0),
+    (SELECT answer_timeout_ms FROM queue_setting WHERE queue = ?1)";
+
+/// Sets a queue's options (?2 serial, ?3 answer timeout, ?4 on_timeout
+/// code, ?5 retention), keeping its capacity.
+pub const QUEUE_OPTIONS_SET: &str = "INSERT INTO queue_setting
+    (queue, serial, answer_timeout_ms, on_timeout, retention_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (queue) DO UPDATE SET serial = excluded.serial,
+        answer_timeout_ms = excluded.answer_timeout_ms, on_timeout = excluded.on_timeout,
+        retention_ms = excluded.retention_ms";
+/// One queue's options.
+pub const QUEUE_OPTIONS_GET: &str = "SELECT queue, serial, answer_timeout_ms, on_timeout, retention_ms
+    FROM queue_setting WHERE queue = ?1";
+/// Every queue that has options other than the defaults.
+pub const QUEUE_OPTIONS_ALL: &str = "SELECT queue, serial, answer_timeout_ms, on_timeout, retention_ms
+    FROM queue_setting
+    WHERE serial <> 0 OR answer_timeout_ms IS NOT NULL OR on_timeout <> 0 OR retention_ms IS NOT NULL
+    ORDER BY queue";
+/// Queues with an answer deadline and their policy (for recovery).
+pub const TIMEOUT_QUEUES: &str = "SELECT queue, on_timeout FROM queue_setting WHERE answer_timeout_ms IS NOT NULL";
+
+/// The running tasks of queue ?1 (a serial queue has at most one), with
+/// their cancel flags.
+pub const RUNNING_IN_QUEUE: &str = "SELECT id, cancel_requested FROM task WHERE status = 1 AND queue = ?1";
+/// The running task of queue ?1 that started first.
+pub const ACTIVE_IN_QUEUE: &str =
+    concat!("SELECT ", task_row!(), " FROM task WHERE status = 1 AND queue = ?1 ORDER BY started_at, id LIMIT 1");
+/// The queue and status of one task, from either table.
+pub const QUEUE_OF: &str = "SELECT queue, status FROM task WHERE id = ?1
+    UNION ALL SELECT queue, status FROM task_done WHERE id = ?1";
+/// Hands queued task ?1 to worker ?2 with lease end ?3 (?4 = now),
+/// counting the attempt, whatever its run_at.
+pub const START: &str = concat!(
+    "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = ?3, worker = ?2,
+        started_at = ?4, cancel_requested = 0
+    WHERE id = ?1 AND status = 0 RETURNING ",
+    task_row!()
+);
+/// Puts running task ?1 back in the queue without counting its attempt, in
+/// its old place (a serial queue switching to another task, or an answer
+/// deadline with the requeue policy); ?2 is the error to record (NULL
+/// keeps the old one). A task whose cancel was asked is not moved: it is
+/// cancelled instead (see `transitions.rs`).
+pub const SWITCH_OUT: &str = "UPDATE task SET status = 0, attempts = max(attempts - 1, 0),
+    lease_until = NULL, worker = NULL, error = coalesce(?2, error)
+    WHERE id = ?1 AND status = 1 AND cancel_requested = 0";
+/// Changes the priority of a queued task.
+pub const SET_PRIORITY: &str = "UPDATE task SET priority = ?2 WHERE id = ?1 AND status = 0";
+/// Changes the run_at of a queued task.
+pub const SET_RUN_AT: &str = "UPDATE task SET run_at = ?2 WHERE id = ?1 AND status = 0";
+/// Sets the metadata of an unfinished task.
+pub const SET_METADATA: &str = "UPDATE task SET metadata = ?2 WHERE id = ?1";
+/// Sets the metadata of a finished task.
+pub const SET_METADATA_DONE: &str = "UPDATE task_done SET metadata = ?2 WHERE id = ?1";
+
 /// Whether any function limit exists (plain claims skip the limit logic).
 pub const LIMITS_ANY: &str = "SELECT count(*) FROM function_limit";
 /// Every function limit with its bucket.
@@ -403,16 +477,19 @@ pub const LIMIT_TOKENS: &str = "UPDATE function_limit SET tokens = ?2, refilled_
 pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM task WHERE queue = ?1 AND status = 0
     AND (expires_at IS NULL OR expires_at > max(run_at, ?2))";
 
-/// Extends a lease held by worker ?2; returns the cancel flag.
+/// Extends a lease held by worker ?2 (any worker when ?2 is NULL: a
+/// forced heartbeat); returns the cancel flag.
 pub const HEARTBEAT: &str = "UPDATE task SET lease_until = ?3
-    WHERE id = ?1 AND status = 1 AND worker = ?2 RETURNING cancel_requested";
+    WHERE id = ?1 AND status = 1 AND (?2 IS NULL OR worker = ?2) RETURNING cancel_requested";
 
-/// Records progress of a task held by worker ?2.
-pub const PROGRESS: &str = "UPDATE task SET progress = ?3 WHERE id = ?1 AND status = 1 AND worker = ?2";
+/// Records progress of a task held by worker ?2 (any worker when NULL).
+pub const PROGRESS: &str = "UPDATE task SET progress = ?3 WHERE id = ?1 AND status = 1 AND (?2 IS NULL OR worker = ?2)";
 
-/// Reads what fail needs of a task held by worker ?2.
-pub const FAIL_LOOKUP: &str =
-    "SELECT attempts, max_attempts, backoff FROM task WHERE id = ?1 AND status = 1 AND worker = ?2";
+/// Reads what fail and release need of a task held by worker ?2 (any
+/// worker when NULL): attempts, max_attempts, backoff, the cancel flag and
+/// the worker holding it.
+pub const FAIL_LOOKUP: &str = "SELECT attempts, max_attempts, backoff, cancel_requested, worker FROM task
+    WHERE id = ?1 AND status = 1 AND (?2 IS NULL OR worker = ?2)";
 
 /// Puts a running task back in the queue for a later attempt.
 pub const REQUEUE: &str = "UPDATE task SET status = 0, run_at = ?3, lease_until = NULL,
@@ -428,14 +505,18 @@ pub const FLAG_CANCEL: &str = "UPDATE task SET cancel_requested = 1 WHERE id = ?
 /// Moves task ?1 from `task` to `task_done` with final status ?2, if it is
 /// in status ?7 (and held by worker ?8 when given). ?3 result, ?4 error
 /// (kept when NULL), ?5 finish time, ?6 default retention, ?9 the
-/// result's checksum.
+/// result's checksum. A task whose cancel was asked ends `cancelled`
+/// whatever ?2 says (a cancel sticks; a late completion keeps its result).
+/// It is kept for its own result TTL, else its queue's retention, else ?6.
 pub const MOVE_TO_DONE: &str = concat!(
     "INSERT INTO task_done (",
     task_row!(),
-    ") SELECT id, queue, name, payload, priority, ?2, run_at, attempts, max_attempts,
+    ") SELECT id, queue, name, payload, priority, CASE WHEN cancel_requested <> 0 THEN 4 ELSE ?2 END,
+        run_at, attempts, max_attempts,
         NULL, worker, key, batch, progress, ?3, coalesce(?4, error), created_at, started_at,
         ?5, expires_at, metadata, cancel_requested, backoff, result_ttl,
-        ?5 + coalesce(result_ttl, ?6), requires, payload_sum, ?9
+        ?5 + coalesce(result_ttl, (SELECT retention_ms FROM queue_setting AS qs WHERE qs.queue = task.queue), ?6),
+        requires, payload_sum, ?9
     FROM task WHERE id = ?1 AND status = ?7 AND (?8 IS NULL OR worker = ?8)"
 );
 /// Second half of a move: drop the row from `task`.
@@ -450,12 +531,24 @@ pub const RETRY_FROM_DONE: &str = concat!(
         NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires, payload_sum, NULL
     FROM task_done WHERE id = ?1 AND status IN (3, 4, 5)"
 );
+/// Moves any finished task back to the queue with fresh attempts
+/// (requeue): like [`RETRY_FROM_DONE`], done tasks too (their result is
+/// dropped).
+pub const REQUEUE_FROM_DONE: &str = concat!(
+    "INSERT INTO task (",
+    task_row!(),
+    ") SELECT id, queue, name, payload, priority, 0, ?2, 0, max_attempts,
+        NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
+        NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires, payload_sum, NULL
+    FROM task_done WHERE id = ?1 AND status IN (2, 3, 4, 5)"
+);
 /// Second half of a retry: drop the row from `task_done`.
 pub const DELETE_DONE: &str = "DELETE FROM task_done WHERE id = ?1";
 
-/// Running tasks whose lease ended before ?1, or all of worker ?2's.
-pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, run_at, worker FROM task
-    WHERE status = 1 AND ((?2 IS NULL AND lease_until < ?1) OR worker = ?2)";
+/// Running tasks whose lease ended before ?1, or all of worker ?2's: id,
+/// attempts, max_attempts, run_at, worker, queue, cancel flag.
+pub const EXPIRED_LEASES: &str = "SELECT id, attempts, max_attempts, run_at, worker, queue, cancel_requested
+    FROM task WHERE status = 1 AND ((?2 IS NULL AND lease_until < ?1) OR worker = ?2)";
 
 /// Queued tasks whose deadline passed.
 pub const PAST_DEADLINE: &str = "SELECT id FROM task WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND status = 0";
@@ -521,3 +614,140 @@ pub const LISTEN_HEAD: &str = "SELECT coalesce(max(version), 0) FROM listen_log"
 /// Drops superseded changes older than ?1 (the newest of each key stays).
 pub const LISTEN_PRUNE: &str = "DELETE FROM listen_log WHERE at < ?1
     AND version NOT IN (SELECT max(version) FROM listen_log GROUP BY key)";
+
+// ---- The event feed (see `store/events.rs` and `events.rs`) ----------
+
+/// The event feed's tables. Added without a schema version bump: a build
+/// that predates them ignores them, and every open creates them when
+/// missing (`schema::prepare`), so the step is idempotent. `event.task` is
+/// the local id (a read turns it into the task id). `consumer_cursor` is
+/// store-wide (only shard 0's copy is used): consumers' event cursors and
+/// listen versions, by namespaced name.
+pub const EVENTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS event (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    task INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    old INTEGER,
+    new INTEGER,
+    worker TEXT,
+    error_type TEXT
+);
+CREATE TABLE IF NOT EXISTS consumer_cursor (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// The SQL function the event triggers read the store's clock through
+/// (registered on each writer connection, `events::install`).
+pub const NOW_FUNCTION: &str = "ferroq_now";
+
+/// The error type of error text `e`: the `type` of ferroq's error JSON, the
+/// core's `LeaseLost` for a recovered task, else `Error`.
+macro_rules! error_type {
+    ($e:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $e,
+            " IS NULL THEN NULL WHEN json_valid(",
+            $e,
+            ") THEN json_extract(",
+            $e,
+            ", '$.type') WHEN ",
+            $e,
+            " LIKE 'lease lost%' THEN 'LeaseLost' ELSE 'Error' END"
+        )
+    };
+}
+
+/// The head of every event insert.
+macro_rules! insert_event {
+    () => {
+        "INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type) VALUES "
+    };
+}
+
+/// Records every status change of a task as an event, in the statement
+/// that made it. TEMP triggers: they belong to this connection only, so a
+/// handle opened with `events=off` records nothing, and no shard file
+/// carries them (an older build opening the store is not affected). Each
+/// row costs W2 drains, so the triggers read no more than they must: the
+/// time comes from the row where the move sets it (claims: `started_at`,
+/// finishes: `finished_at`), and a finished task came from `running` when
+/// it has a worker, else from `queued` (a queued task never has one). A
+/// task put back from `task_done` is inserted before its old row goes, so
+/// the insert trigger finds the status it came from.
+/// `ON task` / `ON task_done` name the main database's tables (the temp
+/// schema has none of its own). Kind codes: `events::KIND_*`.
+pub const EVENT_TRIGGERS: &str = concat!(
+    "CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_insert AFTER INSERT ON task BEGIN ",
+    insert_event!(),
+    "(ferroq_now(), NEW.id, NEW.queue, NEW.name, 0, (SELECT status FROM task_done WHERE id = NEW.id),
+        NEW.status, NEW.worker, NULL); END;
+    CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_update AFTER UPDATE OF status ON task
+    WHEN NEW.status <> OLD.status BEGIN ",
+    insert_event!(),
+    "(CASE WHEN NEW.status = 1 THEN NEW.started_at ELSE ferroq_now() END, NEW.id, NEW.queue, NEW.name, 0, OLD.status,
+        NEW.status, coalesce(NEW.worker, OLD.worker),
+        CASE WHEN NEW.status = 0 AND OLD.status = 1 AND NEW.attempts >= OLD.attempts THEN ",
+    error_type!("NEW.error"),
+    " END); END;
+    CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_cancel AFTER UPDATE OF cancel_requested ON task
+    WHEN NEW.cancel_requested <> 0 AND OLD.cancel_requested = 0 BEGIN ",
+    insert_event!(),
+    "(ferroq_now(), NEW.id, NEW.queue, NEW.name, 1, OLD.status, NEW.status, NEW.worker, NULL); END;
+    CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_finish AFTER INSERT ON task_done BEGIN ",
+    insert_event!(),
+    "(NEW.finished_at, NEW.id, NEW.queue, NEW.name, 0, CASE WHEN NEW.worker IS NULL THEN 0 ELSE 1 END,
+        NEW.status, NEW.worker, CASE WHEN NEW.status = 3 THEN ",
+    error_type!("NEW.error"),
+    " END); END;
+    CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_purge AFTER DELETE ON task_done
+    WHEN NOT EXISTS (SELECT 1 FROM task WHERE id = OLD.id) BEGIN ",
+    insert_event!(),
+    "(ferroq_now(), OLD.id, OLD.queue, OLD.name, 3, OLD.status, NULL, NULL, NULL); END;"
+);
+
+/// Drops the event triggers of this connection (`events=off`).
+pub const DROP_EVENT_TRIGGERS: &str = "DROP TRIGGER IF EXISTS temp.ferroq_event_insert;
+    DROP TRIGGER IF EXISTS temp.ferroq_event_update;
+    DROP TRIGGER IF EXISTS temp.ferroq_event_cancel;
+    DROP TRIGGER IF EXISTS temp.ferroq_event_finish;
+    DROP TRIGGER IF EXISTS temp.ferroq_event_purge;";
+
+/// Records that a finished task's callback ran (kind 2): the task's
+/// status before and after, from `task_done` (local id ?1, ?2 = now).
+pub const EVENT_DELIVERED: &str = "INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type)
+    SELECT ?2, id, queue, name, 2, status, status, NULL, NULL FROM task_done WHERE id = ?1";
+
+/// A shard's events after position ?1, of queue ?2 (NULL = any), at most ?3.
+pub const EVENTS_AFTER: &str = "SELECT seq, at, task, queue, name, kind, old, new, worker, error_type
+    FROM event WHERE seq > ?1 AND (?2 IS NULL OR queue = ?2) ORDER BY seq LIMIT ?3";
+
+/// A shard's newest position (0 when it has recorded none).
+pub const EVENTS_HEAD: &str = "SELECT coalesce(max(seq), 0) FROM event";
+
+/// The position of a shard's oldest event at or after time ?1 (to prune
+/// before it without an index on time: the scan stops there).
+pub const EVENTS_FIRST_KEPT: &str = "SELECT seq FROM event WHERE at >= ?1 ORDER BY seq LIMIT 1";
+
+/// Deletes a shard's events before position ?1, always keeping its newest
+/// one: positions come from the rowid, which an empty table would hand
+/// out again from 1.
+pub const EVENTS_PRUNE: &str = "DELETE FROM event WHERE seq < ?1 AND seq < (SELECT max(seq) FROM event)";
+
+/// Stores a consumer cursor (?3 = now).
+pub const CURSOR_SET: &str = "INSERT INTO consumer_cursor (name, value, at) VALUES (?1, ?2, ?3)
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, at = excluded.at";
+/// Reads a consumer cursor.
+pub const CURSOR_GET: &str = "SELECT value FROM consumer_cursor WHERE name = ?1";
+
+/// Every listen key's latest change, by key.
+pub const LISTEN_KEYS: &str = "SELECT l.version, l.key, l.value, l.at FROM listen_log l
+    JOIN (SELECT key, max(version) AS version FROM listen_log GROUP BY key) m ON m.version = l.version
+    ORDER BY l.key";

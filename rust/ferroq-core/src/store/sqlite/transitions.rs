@@ -6,21 +6,43 @@
 use super::tx::WriteTx;
 use super::{sql, SqliteStore};
 use crate::error::{Error, Result};
-use crate::store::rules::{self, Guard};
+use crate::store::rules::{self, Abandon, Guard};
 use crate::store::{
-    CancelParams, CompleteParams, FailParams, HeartbeatOutcome, HeartbeatParams, ProgressParams, RecoverParams,
-    ReleaseParams, RetryParams,
+    CancelParams, CompleteParams, FailParams, HeartbeatOutcome, HeartbeatParams, OnTimeout, ProgressParams,
+    RecoverParams, ReleaseParams, RetryParams,
 };
 use crate::task::Status;
 use rusqlite::{params, OptionalExtension};
+use std::collections::HashMap;
 
 /// A running task whose lease ended, as `EXPIRED_LEASES` reads it:
-/// (local id, attempts, max_attempts, run_at, worker).
-type ExpiredLease = (i64, u32, u32, i64, Option<String>);
+/// (local id, attempts, max_attempts, run_at, worker, queue, cancel flag).
+type ExpiredLease = (i64, u32, u32, i64, Option<String>, String, bool);
+
+/// What fail and release read of a running task (`FAIL_LOOKUP`):
+/// (attempts, max_attempts, backoff, cancel flag, worker).
+type Held = (u32, u32, Option<String>, bool, Option<String>);
+
+/// The worker a guarded statement must match: `worker`, or anyone (NULL)
+/// when the caller forces the move.
+fn holder(worker: &str, force: bool) -> Option<&str> {
+    (!force).then_some(worker)
+}
+
+/// Reads what fail and release need of a running task held by `worker`
+/// (anyone when None).
+fn held(tx: &WriteTx, local: i64, worker: Option<&str>) -> Result<Option<Held>> {
+    Ok(tx
+        .prepare_cached(sql::FAIL_LOOKUP)?
+        .query_row(params![local, worker], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0, r.get(4)?))
+        })
+        .optional()?)
+}
 
 impl SqliteStore {
     /// Names the reason a guarded statement on task `id` changed nothing.
-    fn explain(
+    pub(super) fn explain(
         &self,
         tx: &WriteTx,
         id: i64,
@@ -70,14 +92,13 @@ impl SqliteStore {
 pub(super) fn heartbeat(store: &SqliteStore, p: &HeartbeatParams) -> Result<Vec<HeartbeatOutcome>> {
     rules::check_lease(p.lease_ms)?;
     let until = store.clock.now_ms() + p.lease_ms;
+    let worker = holder(&p.worker, p.force);
     let results = store.per_item(
         &p.ids,
         |id| *id,
         |tx, _, local, id| {
-            let flag: Option<i64> = tx
-                .prepare_cached(sql::HEARTBEAT)?
-                .query_row(params![local, p.worker, until], |r| r.get(0))
-                .optional()?;
+            let flag: Option<i64> =
+                tx.prepare_cached(sql::HEARTBEAT)?.query_row(params![local, worker, until], |r| r.get(0)).optional()?;
             Ok(Ok(HeartbeatOutcome { id: *id, held: flag.is_some(), cancel_requested: flag == Some(1) }))
         },
     )?;
@@ -97,11 +118,13 @@ pub(super) fn progress(store: &SqliteStore, p: &[ProgressParams]) -> Result<Vec<
             if let Err(e) = rules::check_progress(x.progress) {
                 return Ok(Err(e));
             }
-            let n = tx.prepare_cached(sql::PROGRESS)?.execute(params![local, x.worker, x.progress])?;
+            let worker = holder(&x.worker, x.force);
+            let n = tx.prepare_cached(sql::PROGRESS)?.execute(params![local, worker, x.progress])?;
             if n == 1 {
                 return Ok(Ok(()));
             }
-            Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "report progress of")?))
+            let guard = rules::held_or_forced(x.force);
+            Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), guard, "report progress of")?))
         },
     )
 }
@@ -116,19 +139,14 @@ pub(super) fn complete(store: &SqliteStore, p: &[CompleteParams]) -> Result<Vec<
             if let Err(e) = rules::check_result_size(&x.result, store.config.max_payload) {
                 return Ok(Err(e));
             }
-            if store.move_to_done(
-                tx,
-                local,
-                Status::Done,
-                Some(&x.result),
-                None,
-                Status::Running,
-                Some(&x.worker),
-                now,
-            )? {
+            // A task whose cancel was asked ends cancelled, its result kept
+            // (see `sql::MOVE_TO_DONE`).
+            let worker = holder(&x.worker, x.force);
+            if store.move_to_done(tx, local, Status::Done, Some(&x.result), None, Status::Running, worker, now)? {
                 return Ok(Ok(()));
             }
-            Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "complete")?))
+            let guard = rules::held_or_forced(x.force);
+            Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), guard, "complete")?))
         },
     )
 }
@@ -140,29 +158,25 @@ pub(super) fn fail(store: &SqliteStore, p: &[FailParams]) -> Result<Vec<Result<S
         p,
         |x| x.id,
         |tx, _, local, x| {
-            let found: Option<(u32, u32, Option<String>)> = tx
-                .prepare_cached(sql::FAIL_LOOKUP)?
-                .query_row(params![local, x.worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let Some((attempts, max_attempts, backoff)) = found else {
-                return Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "fail")?));
+            let Some((attempts, max_attempts, backoff, cancel, worker)) = held(tx, local, holder(&x.worker, x.force))?
+            else {
+                let guard = rules::held_or_forced(x.force);
+                return Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), guard, "fail")?));
             };
+            let worker = worker.as_deref();
+            if cancel {
+                // A cancel sticks: the attempt's end is the task's end.
+                let why = Some(x.error.as_str());
+                store.move_to_done(tx, local, Status::Cancelled, None, why, Status::Running, worker, now)?;
+                return Ok(Ok(Status::Cancelled));
+            }
             let delay =
                 rules::retry_delay(x.retry, attempts, max_attempts, backoff.as_deref(), store.config.default_backoff);
             if let Some(d) = delay {
-                tx.prepare_cached(sql::REQUEUE)?.execute(params![local, x.worker, now + d, x.error])?;
+                tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, now + d, x.error])?;
                 return Ok(Ok(Status::Queued));
             }
-            store.move_to_done(
-                tx,
-                local,
-                Status::Failed,
-                None,
-                Some(&x.error),
-                Status::Running,
-                Some(&x.worker),
-                now,
-            )?;
+            store.move_to_done(tx, local, Status::Failed, None, Some(&x.error), Status::Running, worker, now)?;
             Ok(Ok(Status::Failed))
         },
     )
@@ -195,14 +209,25 @@ pub(super) fn cancel(store: &SqliteStore, p: &[CancelParams]) -> Result<Vec<Resu
 
 /// [`Store::release`](crate::store::Store::release).
 pub(super) fn release(store: &SqliteStore, p: &[ReleaseParams]) -> Result<Vec<Result<()>>> {
+    let now = store.clock.now_ms();
     store.per_item(
         p,
         |x| x.id,
         |tx, _, local, x| {
-            if tx.prepare_cached(sql::RELEASE)?.execute(params![local, x.worker])? == 1 {
-                return Ok(Ok(()));
+            let Some((_, _, _, cancel, worker)) = held(tx, local, holder(&x.worker, x.force))? else {
+                let guard = rules::held_or_forced(x.force);
+                return Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), guard, "release")?));
+            };
+            if cancel {
+                // A cancel sticks: a released task whose cancel was asked
+                // does not go back to the queue.
+                let why = Some(rules::CANCELLED);
+                let w = worker.as_deref();
+                store.move_to_done(tx, local, Status::Cancelled, None, why, Status::Running, w, now)?;
+            } else {
+                tx.prepare_cached(sql::RELEASE)?.execute(params![local, worker])?;
             }
-            Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), Guard::Held, "release")?))
+            Ok(Ok(()))
         },
     )
 }
@@ -226,23 +251,41 @@ pub(super) fn retry(store: &SqliteStore, p: &[RetryParams]) -> Result<Vec<Result
 /// [`Store::recover`](crate::store::Store::recover).
 pub(super) fn recover(store: &SqliteStore, p: &RecoverParams) -> Result<Vec<(i64, Status)>> {
     let now = store.clock.now_ms();
+    let timeouts = store.read(0, |conn| {
+        let mut stmt = conn.prepare_cached(sql::TIMEOUT_QUEUES)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, OnTimeout::from_code(r.get(1)?))))?;
+        Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
+    })?;
     let mut out = Vec::new();
     for s in 0..store.shards.len() {
         let moved = store.write(s, |tx| {
             let expired: Vec<ExpiredLease> = tx
                 .prepare_cached(sql::EXPIRED_LEASES)?
-                .query_map(params![now, p.worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .query_map(params![now, p.worker], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get::<_, i64>(6)? != 0))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut moved = Vec::new();
-            for (local, attempts, max_attempts, run_at, worker) in expired {
-                let (status, why) = rules::recovery(worker.as_deref(), attempts, max_attempts);
-                if status == Status::Queued {
+            for (local, attempts, max_attempts, run_at, worker, queue, cancel) in expired {
+                let timeout = timeouts.get(&queue).copied();
+                let (what, why) =
+                    rules::abandon(cancel, timeout, p.worker.is_some(), worker.as_deref(), attempts, max_attempts);
+                let status = match what {
                     // Back in its old place in the queue (its original run_at),
                     // not behind everything sent since: it was next once already.
-                    tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, run_at.min(now), why])?;
-                } else {
-                    store.move_to_done(tx, local, Status::Failed, None, Some(&why), Status::Running, None, now)?;
-                }
+                    Abandon::Requeue => {
+                        tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, run_at.min(now), why])?;
+                        Status::Queued
+                    }
+                    Abandon::Release => {
+                        tx.prepare_cached(sql::SWITCH_OUT)?.execute(params![local, why])?;
+                        Status::Queued
+                    }
+                    Abandon::Finish(to) => {
+                        store.move_to_done(tx, local, to, None, Some(&why), Status::Running, None, now)?;
+                        to
+                    }
+                };
                 moved.push((store.global(s, local), status));
             }
             Ok(moved)

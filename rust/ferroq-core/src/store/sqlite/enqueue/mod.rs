@@ -3,6 +3,7 @@
 //! send, and group commit for concurrent sends to one shard (`group.rs`).
 
 pub(super) mod group;
+pub(super) mod strict;
 
 use super::tx::WriteTx;
 use super::{read, schema, sql, SqliteStore};
@@ -279,8 +280,10 @@ impl SqliteStore {
             queues.dedup();
             let mut caps = Vec::new();
             for q in queues {
-                let cap: Option<i64> =
+                // A queue with options but no capacity has a row whose capacity is NULL.
+                let cap: Option<Option<i64>> =
                     conn.prepare_cached(sql::CAPACITY_GET)?.query_row([q], |r| r.get(0)).optional()?;
+                let cap = cap.flatten();
                 if let Some(cap) = cap {
                     caps.push((q.to_string(), cap.max(0) as u64));
                 }

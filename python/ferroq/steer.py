@@ -1,0 +1,200 @@
+"""Steering tasks from outside a scheduler: records put into a queue for a
+person or another service to finish, hand-out of a chosen task, the verbs
+that move a task by id (guarded by who holds it, or forced by an operator),
+and per-queue options such as one-at-a-time hand-out.
+
+Every move is one guarded store transaction, on every backend: a worker
+name that does not hold a task's lease gets :class:`LeaseLostError` unless
+the caller passes ``force=True`` (an operator's override).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+from ._checks import seconds_to_ms
+from ._errors import InvalidArgumentError
+from .handle import TaskHandle
+
+if TYPE_CHECKING:
+    from . import _core
+    from ._connection import Connection
+
+__all__ = ["RECORD", "ExternalTask", "QueueOptions", "external_error", "put", "when_ms"]
+
+#: The task name of records put with :meth:`Queue.put` (no function runs them).
+RECORD = "ferroq:record"
+
+OnTimeout = Literal["requeue", "expire"]
+
+
+def external_error(message: str) -> str:
+    """The stored form of an error reported from outside a worker."""
+    return json.dumps({"type": "ferroq.ExternalError", "message": message, "traceback": ""})
+
+
+def when_ms(conn: Connection, delay: Optional[float], run_at: Optional[datetime]) -> Optional[int]:
+    """A run time in store ms: ``run_at``, or ``delay`` seconds from the
+    store's now (its clock, manual or not); None for neither."""
+    if run_at is not None and delay is not None:
+        raise InvalidArgumentError("give delay or run_at, not both")
+    if run_at is not None:
+        return int(run_at.timestamp() * 1000)
+    if delay is not None:
+        return conn._store.now_ms() + seconds_to_ms(delay, "delay")
+    return None
+
+
+def put(
+    conn: Connection,
+    queue: str,
+    payload: Any = None,
+    *,
+    key: Optional[str] = None,
+    priority: int = 0,
+    delay: Optional[float] = None,
+    run_at: Optional[datetime] = None,
+    metadata: Optional[Any] = None,
+    on_duplicate: Literal["existing", "error"] = "existing",
+) -> TaskHandle[Any]:
+    """See :meth:`Queue.put`."""
+    if on_duplicate not in ("existing", "error"):
+        raise InvalidArgumentError(
+            f"on_duplicate must be 'existing' or 'error', got {on_duplicate!r}"
+        )
+    meta = None
+    if metadata is not None:
+        try:
+            meta = json.dumps(metadata)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
+    task_id, _ = conn._store.enqueue(
+        queue,
+        RECORD,
+        conn.encode(payload),
+        priority=priority,
+        run_at=when_ms(conn, delay, run_at),
+        key=key,
+        metadata=meta,
+        on_duplicate=on_duplicate,
+    )
+    return TaskHandle(conn, task_id, None)
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """A queue's store-wide options (:meth:`Queue.set_queue_options`)."""
+
+    #: The queue.
+    queue: str
+    #: At most one task handed out at a time, store-wide.
+    serial: bool = False
+    #: Seconds a handed-out task has to be answered (None: no deadline).
+    answer_timeout: Optional[float] = None
+    #: What happens at that deadline: back to the queue, or ``expired``.
+    on_timeout: OnTimeout = "requeue"
+    #: Seconds finished tasks of this queue are kept (None: the store's).
+    retention: Optional[float] = None
+
+    @classmethod
+    def _from_row(cls, row: tuple[str, bool, Optional[int], str, Optional[int]]) -> QueueOptions:
+        queue, serial, answer_ms, on_timeout, retention_ms = row
+        return cls(
+            queue=queue,
+            serial=serial,
+            answer_timeout=None if answer_ms is None else answer_ms / 1000,
+            on_timeout="expire" if on_timeout == "expire" else "requeue",
+            retention=None if retention_ms is None else retention_ms / 1000,
+        )
+
+
+@dataclass
+class ExternalTask:
+    """A task handed out to be finished from outside a worker function (a
+    person answering in a web page, another service): by
+    :meth:`Queue.claim`, :meth:`Queue.active` or :meth:`Queue.start`. Its
+    verbs act as ``worker``, the holder of its lease."""
+
+    queue: Connection
+    record: _core.Task
+    worker: str
+
+    @property
+    def id(self) -> int:
+        """The task id."""
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        """The task name it was sent under (:data:`RECORD` for records)."""
+        return self.record.name
+
+    @property
+    def payload(self) -> Any:
+        """The decoded payload: a record's value (:meth:`Queue.put`)."""
+        return self.queue.decode(self.record.payload)
+
+    @property
+    def args(self) -> tuple[list[Any], dict[str, Any]]:
+        """The decoded (positional, keyword) arguments of a function task."""
+        args, kwargs = self.queue.decode(self.record.payload)
+        return list(args), dict(kwargs)
+
+    @property
+    def metadata(self) -> Any:
+        """The task's user metadata (decoded JSON), or None."""
+        meta = self.record.metadata
+        return None if meta is None else json.loads(meta)
+
+    def remaining(self) -> Optional[float]:
+        """Seconds left before the hand-out lapses (its lease, or the
+        queue's answer deadline), as of when this record was read; None if
+        it has none."""
+        until = self.record.lease_until
+        if until is None:
+            return None
+        return max(0.0, (until - self.queue._store.now_ms()) / 1000)
+
+    def refresh(self) -> ExternalTask:
+        """Reads the task's record again (status, lease, progress)."""
+        t = self.queue._store.get(self.id)
+        if t is not None:
+            self.record = t
+        return self
+
+    def complete(self, result: Any = None) -> None:
+        """Finishes the task with ``result``."""
+        self.queue._store.complete(self.id, self.worker, self.queue.encode(result))
+
+    def fail(self, error: str, *, retry: bool = False) -> str:
+        """Fails the task; with ``retry`` it goes back to the queue while
+        attempts remain. Returns its new status."""
+        return self.queue._store.fail(
+            self.id, self.worker, external_error(error), "backoff" if retry else "never"
+        )
+
+    def progress(self, fraction: float) -> None:
+        """Records progress, 0..1."""
+        self.queue._store.progress(self.id, self.worker, float(fraction))
+
+    def heartbeat(self, lease: float = 300.0) -> bool:
+        """Extends the hand-out by ``lease`` seconds (a slow person keeps
+        the task); returns whether it was still held."""
+        ((_, held, _),) = self.queue._store.heartbeat(
+            [self.id], self.worker, seconds_to_ms(lease, "lease", minimum=0.001)
+        )
+        return held
+
+    def release(self) -> None:
+        """Gives the task back to its queue, the attempt not counted."""
+        (err,) = self.queue._store.release([self.id], self.worker)
+        if err is not None:
+            raise err
+
+    def cancel(self) -> str:
+        """Cancels the task; it ends ``cancelled`` and never runs again."""
+        return self.queue._store.cancel(self.id)
+
