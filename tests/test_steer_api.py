@@ -4,6 +4,7 @@ active / start and the by-id verbs), on every backend."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -115,3 +116,23 @@ def test_queue_options_round_trip(queue: Queue) -> None:
     assert t is not None and t.id == h.id
     remaining = t.remaining()
     assert remaining is not None and 25 < remaining <= 30
+
+
+def test_status_hooks_see_moves_made_elsewhere(queue: Queue) -> None:
+    """A scheduler's on_status_change hooks get moves made outside it (by
+    id, from another worker name) through the event feed."""
+    from ferroq import QueueScheduler
+
+    seen: list[tuple[int, str, str]] = []
+    # It serves another queue: records are finished by people, not workers.
+    s = QueueScheduler(queue, queues=["work"], hooks=[lambda *m: seen.append(m)])
+    with s:
+        h = queue.put("inbox", {"q": 1})
+        other = queue.claim("inbox", worker="a-person")  # not this scheduler
+        assert other is not None
+        other.complete("yes")
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert (h.id, "queued", "running") in seen
+    assert (h.id, "running", "done") in seen

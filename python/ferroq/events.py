@@ -68,7 +68,8 @@ class EventFollower:
     """Follows the feed on a thread of its own, calling ``handler(event)``
     for each event in order. Its place is saved in the store under
     ``consumer`` after each page, so a follower restarted under the same
-    name (in any process) resumes after the last event it handled.
+    name (in any process) resumes after the last event it handled (with
+    ``consumer=None`` the place is kept in memory only).
     ``start_at="now"`` makes a new consumer skip the events kept so far
     (the default, ``"oldest"``, starts from the oldest kept). A handler that
     raises is logged; the event counts as handled."""
@@ -76,15 +77,15 @@ class EventFollower:
     def __init__(
         self,
         store: _core.Store,
-        consumer: str,
+        consumer: Optional[str],
         handler: Callable[[Event], None],
         *,
         queue: Optional[str] = None,
         start_at: str = "oldest",
         batch: int = 500,
     ) -> None:
-        if not consumer:
-            raise InvalidArgumentError("an event follower needs a consumer name")
+        if consumer is not None and not consumer:
+            raise InvalidArgumentError("a consumer name must not be empty (None: not saved)")
         if start_at not in ("oldest", "now"):
             raise InvalidArgumentError(f"start_at must be 'oldest' or 'now', got {start_at!r}")
         self.store = store
@@ -92,10 +93,11 @@ class EventFollower:
         self.handler = handler
         self.queue = queue
         self.batch = batch
-        saved = store.event_cursor_get(consumer)
+        saved = None if consumer is None else store.event_cursor_get(consumer)
         if saved is None and start_at == "now":
             saved = store.events_head()
-            store.event_cursor_set(consumer, saved)
+            if consumer is not None:
+                store.event_cursor_set(consumer, saved)
         #: The position after the last handled event.
         self.cursor: Optional[str] = saved
         self._stopped = threading.Event()
@@ -114,7 +116,8 @@ class EventFollower:
                 handled += 1
             if cursor != self.cursor:
                 self.cursor = cursor
-                self.store.event_cursor_set(self.consumer, cursor)
+                if self.consumer is not None:
+                    self.store.event_cursor_set(self.consumer, cursor)
             if len(events) < self.batch:
                 return handled
 
@@ -140,10 +143,15 @@ class EventFollower:
     def start(self) -> EventFollower:
         """Starts following on a daemon thread; returns self."""
         self._thread = threading.Thread(
-            target=self.run, name=f"ferroq-events-{self.consumer}", daemon=True
+            target=self.run, name=f"ferroq-events-{self.consumer or 'feed'}", daemon=True
         )
         self._thread.start()
         return self
+
+    def signal_stop(self) -> None:
+        """Tells the follower to stop at its next look (a wake-up of the
+        store's waiters makes that at once)."""
+        self._stopped.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stops following (after the page in hand)."""

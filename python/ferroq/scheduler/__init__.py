@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal, Mapping, Optional, Sequence, Union
 from .._checks import seconds
 from .._errors import InvalidArgumentError
 from .._loops import wake_waiters
+from ..events import Event, EventFollower
 from ..registry import registered
 from ..resources import ResourceProbe, default_probe
 from ._state import StatusHook, WorkerState
@@ -145,6 +146,7 @@ class QueueScheduler:
         self.listen: Optional[ListenLoop] = None
         self._replay_listen = replay_listen
         self._listen_consumer = listen_consumer
+        self._feed: Optional[EventFollower] = None
         self._started = False
         self._by_mode: dict[str, list[str]] = {}
 
@@ -159,10 +161,23 @@ class QueueScheduler:
         return self.state.queues
 
     def on_status_change(self, hook: StatusHook) -> StatusHook:
-        """Registers ``hook(task_id, old_status, new_status)``, called for every
-        move this scheduler makes; usable as a decorator."""
+        """Registers ``hook(task_id, old_status, new_status)``; usable as a
+        decorator. It is called for every move of a task: at once for the
+        moves this scheduler makes, and, from the store's event feed, for
+        moves made anywhere else in the store (other workers and processes,
+        verbs by id from outside, recoveries). Sends and purges are in the
+        feed only (:meth:`Queue.follow`)."""
         self.state.hooks.append(hook)
         return hook
+
+    def _feed_event(self, event: Event) -> None:
+        """Passes a move made elsewhere to the status hooks."""
+        s = self.state
+        if event.worker == s.worker_id or event.old is None or event.new is None:
+            return  # our own moves were emitted already; sends and purges are not moves
+        if event.old == event.new:
+            return
+        s.emit(event.task_id, event.old, event.new)
 
     def _publish_limits(self) -> None:
         for t in registered().values():
@@ -221,6 +236,11 @@ class QueueScheduler:
         self.loops = self._build_loops()
         self.state.on_new_queue = self._serve
         self.listen = ListenLoop(self.state, self._replay_listen, self._listen_consumer)
+        self._feed = None
+        if self.state.hooks:
+            # Moves made anywhere else reach the hooks through the feed,
+            # from now on (a place kept in memory: hooks are live).
+            self._feed = EventFollower(self.state.store, None, self._feed_event, start_at="now")
         self._threads = [
             threading.Thread(target=loop.run, name=f"ferroq-task-{i}", daemon=True)
             for i, loop in enumerate(self.loops)
@@ -233,6 +253,8 @@ class QueueScheduler:
         self._support = support
         for th in self._threads + support:
             th.start()
+        if self._feed is not None:
+            self._feed.start()
 
     def stop(self, grace: float = 10.0) -> None:
         """Stops gracefully: running tasks get ``grace`` seconds to finish,
@@ -250,6 +272,8 @@ class QueueScheduler:
         self.cleanup.signal_stop()
         if self.listen is not None:
             self.listen.signal_stop()
+        if self._feed is not None:
+            self._feed.signal_stop()
         wake_waiters(state.store)
         deadline = time.monotonic() + max(0.0, grace)
         for th in self._threads:
@@ -276,6 +300,9 @@ class QueueScheduler:
         self.cleanup.stop()
         if self.listen is not None:
             self.listen.stop()
+        if self._feed is not None:
+            self._feed.stop()
+            self._feed = None
         for th in self._support:
             th.join(timeout=5.0)
         self._started = False
