@@ -69,7 +69,9 @@ def bench_send_batch(n: int, url: str) -> None:
         print(f"batch      {n:>8} rows, 1,000/call  {n / dt:>10,.0f} rows/s    check={check}")
 
 
-def bench_drain(n: int, url: str) -> None:
+def drain_rate(n: int, url: str) -> tuple[float, bool]:
+    """Drains ``n`` prefilled no-op tasks with a scheduler (c=4) in this
+    process: (tasks/s, whether every result checked out)."""
     with Queue(url) as q:
         q._store.enqueue_many("default", "bench.noop", [b"J[[%d],{}]" % i for i in range(n)])
         t0 = time.perf_counter()
@@ -79,8 +81,13 @@ def bench_drain(n: int, url: str) -> None:
         dt = time.perf_counter() - t0
         done = q.list(status="done", limit=n)
         ok = len(done) == n and all(t.result == b"J%d" % (int(t.payload[3:-5])) for t in done)
-        check = "ok" if ok else "FAILED"
-        print(f"drain      {n:>8} no-op tasks, c=4  {n / dt:>10,.0f} tasks/s   check={check}")
+        return n / dt, ok
+
+
+def bench_drain(n: int, url: str) -> None:
+    rate, ok = drain_rate(n, url)
+    check = "ok" if ok else "FAILED"
+    print(f"drain      {n:>8} no-op tasks, c=4  {rate:>10,.0f} tasks/s   check={check}")
 
 
 def bench_latency(n: int, path: str) -> None:

@@ -10,31 +10,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-from ferroq import Queue, QueueScheduler, task
-
-
-@task(name="bench.noop")
-def noop(i: int) -> int:
-    return i
+from basics import drain_rate  # the same drain as W2's; registers bench.noop
 
 
 def drain(url: str, n: int) -> float:
-    with Queue(url) as q:
-        q._store.enqueue_many("default", "bench.noop", [b"J[[%d],{}]" % i for i in range(n)])
-        t0 = time.perf_counter()
-        with QueueScheduler(q, concurrency=4, queues=["default"]):
-            while q._store.unfinished("default"):
-                time.sleep(0.002)
-        dt = time.perf_counter() - t0
-        done = q.list(status="done", limit=n)
-        ok = len(done) == n and all(t.result == b"J%d" % int(t.payload[3:-5]) for t in done)
-        if not ok:
-            raise SystemExit(f"drain of {url} FAILED its check")
-        return n / dt
+    rate, ok = drain_rate(n, url)
+    if not ok:
+        raise SystemExit(f"drain of {url} FAILED its check")
+    return rate
 
 
 def main() -> None:

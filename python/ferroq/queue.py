@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -546,11 +545,7 @@ class Queue(Connection):
 
     def set_metadata(self, id: int, metadata: Any) -> None:
         """Attaches (or replaces; None removes) user metadata, any JSON value."""
-        try:
-            text = None if metadata is None else json.dumps(metadata)
-        except (TypeError, ValueError) as e:
-            raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
-        self._store.set_metadata(id, text)
+        self._store.set_metadata(id, steer.metadata_json(metadata))
 
     def set_queue_options(
         self,

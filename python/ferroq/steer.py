@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     from . import _core
     from ._connection import Connection
 
-__all__ = ["RECORD", "ExternalTask", "QueueOptions", "external_error", "put", "when_ms"]
+__all__ = [
+    "RECORD",
+    "ExternalTask",
+    "QueueOptions",
+    "external_error",
+    "metadata_json",
+    "put",
+    "when_ms",
+]
 
 #: The task name of records put with :meth:`Queue.put` (no function runs them).
 RECORD = "ferroq:record"
@@ -48,6 +56,16 @@ def when_ms(conn: Connection, delay: Optional[float], run_at: Optional[datetime]
     return None
 
 
+def metadata_json(value: Any) -> Optional[str]:
+    """User metadata as stored: JSON text (None stays None)."""
+    if value is None:
+        return None
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
+
+
 def put(
     conn: Connection,
     queue: str,
@@ -65,12 +83,6 @@ def put(
         raise InvalidArgumentError(
             f"on_duplicate must be 'existing' or 'error', got {on_duplicate!r}"
         )
-    meta = None
-    if metadata is not None:
-        try:
-            meta = json.dumps(metadata)
-        except (TypeError, ValueError) as e:
-            raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
     task_id, _ = conn._store.enqueue(
         queue,
         RECORD,
@@ -78,7 +90,7 @@ def put(
         priority=priority,
         run_at=when_ms(conn, delay, run_at),
         key=key,
-        metadata=meta,
+        metadata=metadata_json(metadata),
         on_duplicate=on_duplicate,
     )
     return TaskHandle(conn, task_id, None)
