@@ -12,7 +12,11 @@
 //! a callback delivered ([`Store::ack_callbacks`](super::Store::ack_callbacks))
 //! and a finished task purged. The backends record status changes with
 //! triggers on the task tables, so every verb that moves a task — now and
-//! later — is in the feed without calling anything.
+//! later — is in the feed without calling anything; on SQLite, the two
+//! moves a W2 drain makes per task (claim, finish) are recorded instead by
+//! the code that runs their statements, one row per batch (see
+//! `sqlite/sql.rs`, `EVENT_TRIGGERS`), which a follower reads as one event
+//! per task.
 //!
 //! Positions. A SQLite shard numbers its events by its rowid, given under
 //! the shard's write lock, so a shard's events commit in position order

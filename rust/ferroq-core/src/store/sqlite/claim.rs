@@ -10,6 +10,7 @@
 //! silently nor claimed again and again, and the rest of the batch runs.
 //! Reading it later (`get`, `list`) reports the damage.
 
+use super::events::{self, Moves};
 use super::read::DamagedRow;
 use super::tx::WriteTx;
 use super::{sql, SqliteStore};
@@ -82,6 +83,16 @@ impl SqliteStore {
             sql::CLAIM,
             params![p.queue, c.now, limit, p.worker, c.now + c.lease_ms, c.resources, c.excluded],
         )?;
+        // Recorded before anything else the transaction records (a damaged
+        // row's failure, a give-back): the triggers leave claims out.
+        if rows.iter().all(|r| r.is_ok()) {
+            let tasks: Vec<&Task> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
+            events::record_claims(self, tx, &tasks)?;
+        } else {
+            let n = i64::from(self.shard_count());
+            let locals: Vec<i64> = rows.iter().map(|r| r.as_ref().map_or_else(|d| d.id, |t| t.id) / n).collect();
+            events::record_moves(self, tx, Moves::Claimed, &locals)?;
+        }
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
             match row {

@@ -189,7 +189,19 @@ impl SqliteStore {
         &self,
         items: &[P],
         id_of: impl Fn(&P) -> i64,
+        f: impl FnMut(&WriteTx, usize, i64, &P) -> Result<Result<T>>,
+    ) -> Result<Vec<Result<T>>> {
+        self.per_item_then(items, id_of, f, |_, _| Ok(()))
+    }
+
+    /// [`Self::per_item`], running `then` in each shard's transaction
+    /// after its items (before it commits).
+    pub(super) fn per_item_then<P, T>(
+        &self,
+        items: &[P],
+        id_of: impl Fn(&P) -> i64,
         mut f: impl FnMut(&WriteTx, usize, i64, &P) -> Result<Result<T>>,
+        mut then: impl FnMut(&WriteTx, usize) -> Result<()>,
     ) -> Result<Vec<Result<T>>> {
         let mut out: Vec<Option<Result<T>>> = items.iter().map(|_| None).collect();
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
@@ -207,7 +219,7 @@ impl SqliteStore {
                     let local = id / i64::from(self.shard_count());
                     out[i] = Some(f(tx, s, local, &items[i])?);
                 }
-                Ok(())
+                then(tx, s)
             })?;
             wrote = true;
         }

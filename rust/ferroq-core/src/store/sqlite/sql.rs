@@ -620,7 +620,13 @@ pub const LISTEN_PRUNE: &str = "DELETE FROM listen_log WHERE at < ?1
 /// The event feed's tables. Added without a schema version bump: a build
 /// that predates them ignores them, and every open creates them when
 /// missing (`schema::prepare`), so the step is idempotent. `event.task` is
-/// the local id (a read turns it into the task id). `consumer_cursor` is
+/// the local id (a read turns it into the task id). A row is one event,
+/// or, when `tasks` is not NULL, the same change of several tasks at once
+/// (a claim's or a completion batch's): `tasks` holds their local ids
+/// (`events::pack_ids`), `task` the first, and the row stands for the
+/// positions `seq - n + 1 ..= seq`, one per task in order, so cursors
+/// count events as before. One row instead of n keeps what a W2 drain
+/// writes per task small. `consumer_cursor` is
 /// store-wide (only shard 0's copy is used): consumers' event cursors and
 /// listen versions, by namespaced name.
 pub const EVENTS_SCHEMA: &str = "
@@ -634,7 +640,8 @@ CREATE TABLE IF NOT EXISTS event (
     old INTEGER,
     new INTEGER,
     worker TEXT,
-    error_type TEXT
+    error_type TEXT,
+    tasks BLOB
 );
 CREATE TABLE IF NOT EXISTS consumer_cursor (
     name TEXT PRIMARY KEY,
@@ -642,6 +649,12 @@ CREATE TABLE IF NOT EXISTS consumer_cursor (
     at INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// Whether the `event` table has its `tasks` column (1) or predates it (0).
+pub const EVENTS_HAS_TASKS: &str = "SELECT count(*) FROM pragma_table_info('event') WHERE name = 'tasks'";
+/// Adds the `tasks` column to an `event` table made before it existed:
+/// its rows keep their meaning (NULL: a row is one event, of `task`).
+pub const EVENTS_ADD_TASKS: &str = "ALTER TABLE event ADD COLUMN tasks BLOB";
 
 /// The SQL function the event triggers read the store's clock through
 /// (registered on each writer connection, `events::install`).
@@ -665,68 +678,91 @@ macro_rules! error_type {
     };
 }
 
-/// The head of every event insert.
+/// The head of every event insert (its rows follow: `VALUES` or a `SELECT`).
 macro_rules! insert_event {
     () => {
-        "INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type) VALUES "
+        "INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type) "
     };
 }
 
-/// Records every status change of a task as an event, in the statement
-/// that made it. TEMP triggers: they belong to this connection only, so a
+/// Records the changes of `task` rows as events, in the statement that
+/// made them. TEMP triggers: they belong to this connection only, so a
 /// handle opened with `events=off` records nothing, and no shard file
-/// carries them (an older build opening the store is not affected). Each
-/// row costs W2 drains, so the triggers read no more than they must: the
-/// time comes from the row where the move sets it (claims: `started_at`,
-/// finishes: `finished_at`), and a finished task came from `running` when
-/// it has a worker, else from `queued` (a queued task never has one). A
-/// task put back from `task_done` is inserted before its old row goes, so
-/// the insert trigger finds the status it came from.
-/// `ON task` / `ON task_done` name the main database's tables (the temp
-/// schema has none of its own). Kind codes: `events::KIND_*`.
+/// carries them (an older build opening the store is not affected).
+///
+/// The moves of a W2 drain are not recorded here: a trigger runs its
+/// sub-program for every row, and writes a row of its own for each, which
+/// cost a drain about a quarter of its speed. Claims (`queued -> running`,
+/// by [`CLAIM`] and [`START`] only) and finishes (the only statement that
+/// adds to `task_done` is [`MOVE_TO_DONE`]) are recorded by their callers,
+/// a batch at a time ([`CLAIMED_EVENTS`], [`FINISHED_EVENTS`] and
+/// [`EVENT_APPEND`], in `events::record_moves`); the UPDATE trigger skips
+/// claims, and `task_done` has no insert trigger (which would also make
+/// SQLite copy each `INSERT ... SELECT` into a temporary table first).
+/// Status changes and cancel requests share one UPDATE trigger, so a
+/// statement that sets both columns runs one sub-program per row; no
+/// statement both moves a task and asks its cancel.
+///
+/// A task put back from `task_done` is inserted before its old row goes,
+/// so the insert trigger finds the status it came from. `ON task` /
+/// `ON task_done` name the main database's tables (the temp schema has
+/// none of its own). Kind codes: `events::KIND_*`.
 pub const EVENT_TRIGGERS: &str = concat!(
     "CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_insert AFTER INSERT ON task BEGIN ",
     insert_event!(),
-    "(ferroq_now(), NEW.id, NEW.queue, NEW.name, 0, (SELECT status FROM task_done WHERE id = NEW.id),
+    "VALUES (ferroq_now(), NEW.id, NEW.queue, NEW.name, 0, (SELECT status FROM task_done WHERE id = NEW.id),
         NEW.status, NEW.worker, NULL); END;
-    CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_update AFTER UPDATE OF status ON task
-    WHEN NEW.status <> OLD.status BEGIN ",
+    CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_update AFTER UPDATE OF status, cancel_requested ON task
+    WHEN (NEW.status <> OLD.status AND NOT (OLD.status = 0 AND NEW.status = 1))
+        OR (NEW.cancel_requested <> 0 AND OLD.cancel_requested = 0) BEGIN ",
     insert_event!(),
-    "(CASE WHEN NEW.status = 1 THEN NEW.started_at ELSE ferroq_now() END, NEW.id, NEW.queue, NEW.name, 0, OLD.status,
-        NEW.status, coalesce(NEW.worker, OLD.worker),
+    "VALUES (ferroq_now(), NEW.id, NEW.queue, NEW.name, CASE WHEN NEW.status <> OLD.status THEN 0 ELSE 1 END,
+        OLD.status, NEW.status, coalesce(NEW.worker, OLD.worker),
         CASE WHEN NEW.status = 0 AND OLD.status = 1 AND NEW.attempts >= OLD.attempts THEN ",
-    error_type!("NEW.error"),
-    " END); END;
-    CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_cancel AFTER UPDATE OF cancel_requested ON task
-    WHEN NEW.cancel_requested <> 0 AND OLD.cancel_requested = 0 BEGIN ",
-    insert_event!(),
-    "(ferroq_now(), NEW.id, NEW.queue, NEW.name, 1, OLD.status, NEW.status, NEW.worker, NULL); END;
-    CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_finish AFTER INSERT ON task_done BEGIN ",
-    insert_event!(),
-    "(NEW.finished_at, NEW.id, NEW.queue, NEW.name, 0, CASE WHEN NEW.worker IS NULL THEN 0 ELSE 1 END,
-        NEW.status, NEW.worker, CASE WHEN NEW.status = 3 THEN ",
     error_type!("NEW.error"),
     " END); END;
     CREATE TEMP TRIGGER IF NOT EXISTS ferroq_event_purge AFTER DELETE ON task_done
     WHEN NOT EXISTS (SELECT 1 FROM task WHERE id = OLD.id) BEGIN ",
     insert_event!(),
-    "(ferroq_now(), OLD.id, OLD.queue, OLD.name, 3, OLD.status, NULL, NULL, NULL); END;"
+    "VALUES (ferroq_now(), OLD.id, OLD.queue, OLD.name, 3, OLD.status, NULL, NULL, NULL); END;"
 );
 
 /// Drops the event triggers of this connection (`events=off`).
 pub const DROP_EVENT_TRIGGERS: &str = "DROP TRIGGER IF EXISTS temp.ferroq_event_insert;
     DROP TRIGGER IF EXISTS temp.ferroq_event_update;
-    DROP TRIGGER IF EXISTS temp.ferroq_event_cancel;
-    DROP TRIGGER IF EXISTS temp.ferroq_event_finish;
     DROP TRIGGER IF EXISTS temp.ferroq_event_purge;";
+
+/// The claim events of tasks just claimed (local ids in the JSON array
+/// ?1), in the array's order: (id, at, queue, name, old, new, worker,
+/// error type).
+pub const CLAIMED_EVENTS: &str = "SELECT t.id, t.started_at, t.queue, t.name, 0, 1, t.worker, NULL
+    FROM json_each(?1) AS j CROSS JOIN task AS t ON t.id = j.value ORDER BY j.key";
+
+/// The finish events of tasks just moved to `task_done` (local ids in the
+/// JSON array ?1), in the array's order, as [`CLAIMED_EVENTS`]. A finished
+/// task came from `running` when it has a worker, else from `queued` (a
+/// queued task never has one).
+pub const FINISHED_EVENTS: &str = concat!(
+    "SELECT d.id, d.finished_at, d.queue, d.name, CASE WHEN d.worker IS NULL THEN 0 ELSE 1 END, d.status,
+        d.worker, CASE WHEN d.status = 3 THEN ",
+    error_type!("d.error"),
+    " END FROM json_each(?1) AS j CROSS JOIN task_done AS d ON d.id = j.value ORDER BY j.key"
+);
+
+/// Appends a status change of ?1 tasks (kind 0): ?3 the first local id,
+/// ?10 all of them packed (NULL for one), taking the next ?1 positions.
+pub const EVENT_APPEND: &str =
+    "INSERT INTO event (seq, at, task, queue, name, kind, old, new, worker, error_type, tasks)
+    VALUES ((SELECT coalesce(max(seq), 0) FROM event) + ?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?9, ?10)";
 
 /// Records that a finished task's callback ran (kind 2): the task's
 /// status before and after, from `task_done` (local id ?1, ?2 = now).
 pub const EVENT_DELIVERED: &str = "INSERT INTO event (at, task, queue, name, kind, old, new, worker, error_type)
     SELECT ?2, id, queue, name, 2, status, status, NULL, NULL FROM task_done WHERE id = ?1";
 
-/// A shard's events after position ?1, of queue ?2 (NULL = any), at most ?3.
-pub const EVENTS_AFTER: &str = "SELECT seq, at, task, queue, name, kind, old, new, worker, error_type
+/// A shard's event rows holding positions after ?1, of queue ?2 (NULL =
+/// any), at most ?3 rows.
+pub const EVENTS_AFTER: &str = "SELECT seq, at, task, queue, name, kind, old, new, worker, error_type, tasks
     FROM event WHERE seq > ?1 AND (?2 IS NULL OR queue = ?2) ORDER BY seq LIMIT ?3";
 
 /// A shard's newest position (0 when it has recorded none).

@@ -11,6 +11,7 @@
 //! they are separate commits, so a crash between them leaves no task
 //! running, never two.
 
+use super::events;
 use super::tx::WriteTx;
 use super::{sql, SqliteStore};
 use crate::error::Result;
@@ -59,7 +60,11 @@ impl SqliteStore {
         let now = self.clock.now_ms();
         let started = self.query_tasks(tx, s, sql::START, params![local, x.worker, now + lease_ms, now])?.pop();
         match started {
-            Some(t) => Ok(Ok(t)),
+            Some(t) => {
+                // The triggers leave claims out (see `sql::EVENT_TRIGGERS`).
+                events::record_claims(self, tx, &[&t])?;
+                Ok(Ok(t))
+            }
             None => Ok(Err(self.explain(tx, x.id, local, Some(&x.worker), Guard::Queued, "start")?)),
         }
     }

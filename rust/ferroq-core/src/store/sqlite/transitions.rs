@@ -3,6 +3,7 @@
 //! statement in its shard's transaction; when the guard matches no row,
 //! `explain` reads the task's status and `rules::explain` names the error.
 
+use super::events::{self, Moves};
 use super::tx::WriteTx;
 use super::{sql, SqliteStore};
 use crate::error::{Error, Result};
@@ -13,6 +14,7 @@ use crate::store::{
 };
 use crate::task::Status;
 use rusqlite::{params, OptionalExtension};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// A running task whose lease ended, as `EXPIRED_LEASES` reads it:
@@ -57,9 +59,31 @@ impl SqliteStore {
     }
 
     /// Moves a task to `task_done` if it is in status `from` (and held by
-    /// `worker` when given). True when it moved.
+    /// `worker` when given), and records the finish. True when it moved.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn move_to_done(
+        &self,
+        tx: &WriteTx,
+        local: i64,
+        to: Status,
+        result: Option<&[u8]>,
+        error: Option<&str>,
+        from: Status,
+        worker: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let moved = self.move_to_done_unrecorded(tx, local, to, result, error, from, worker, now)?;
+        if moved {
+            events::record_moves(self, tx, Moves::Finished, &[local])?;
+        }
+        Ok(moved)
+    }
+
+    /// [`Self::move_to_done`] without recording the finish: the caller
+    /// records it (`events::record_moves`) before its transaction
+    /// records anything else, so the feed keeps the order of the moves.
+    #[allow(clippy::too_many_arguments)]
+    fn move_to_done_unrecorded(
         &self,
         tx: &WriteTx,
         local: i64,
@@ -129,10 +153,13 @@ pub(super) fn progress(store: &SqliteStore, p: &[ProgressParams]) -> Result<Vec<
     )
 }
 
-/// [`Store::complete`](crate::store::Store::complete).
+/// [`Store::complete`](crate::store::Store::complete). A shard's
+/// completions record their events together, at the end of its
+/// transaction (nothing else in it records any).
 pub(super) fn complete(store: &SqliteStore, p: &[CompleteParams]) -> Result<Vec<Result<()>>> {
     let now = store.clock.now_ms();
-    store.per_item(
+    let moved = RefCell::new(Vec::with_capacity(p.len()));
+    store.per_item_then(
         p,
         |x| x.id,
         |tx, _, local, x| {
@@ -142,12 +169,15 @@ pub(super) fn complete(store: &SqliteStore, p: &[CompleteParams]) -> Result<Vec<
             // A task whose cancel was asked ends cancelled, its result kept
             // (see `sql::MOVE_TO_DONE`).
             let worker = holder(&x.worker, x.force);
-            if store.move_to_done(tx, local, Status::Done, Some(&x.result), None, Status::Running, worker, now)? {
+            let result = Some(x.result.as_slice());
+            if store.move_to_done_unrecorded(tx, local, Status::Done, result, None, Status::Running, worker, now)? {
+                moved.borrow_mut().push(local);
                 return Ok(Ok(()));
             }
             let guard = rules::held_or_forced(x.force);
             Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), guard, "complete")?))
         },
+        |tx, _| events::record_moves(store, tx, Moves::Finished, &std::mem::take(&mut *moved.borrow_mut())),
     )
 }
 
