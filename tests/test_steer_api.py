@@ -136,3 +136,78 @@ def test_status_hooks_see_moves_made_elsewhere(queue: Queue) -> None:
             time.sleep(0.01)
     assert (h.id, "queued", "running") in seen
     assert (h.id, "running", "done") in seen
+
+
+def test_cancel_of_the_active_task_hands_out_the_next(queue: Queue) -> None:
+    queue.set_queue_options("p", serial=True)
+    a, b, c = (queue.put("p", i) for i in range(3))
+    t = queue.active("p", worker="web")
+    assert t is not None and t.id == a.id
+    assert t.cancel() == "cancelled"  # as its holder: ends now
+    nxt = queue.active("p", worker="web")
+    assert nxt is not None and nxt.id == b.id
+    # An operator, not the holder: a plain cancel only asks; force ends it.
+    assert queue.cancel(b.id) == "running"
+    assert queue.cancel(b.id, force=True) == "cancelled"
+    last = queue.active("p", worker="web")
+    assert last is not None and last.id == c.id
+
+
+def test_hooks_see_each_move_once_and_as_the_store_ended_it(queue: Queue) -> None:
+    from ferroq import QueueScheduler
+
+    moves: list[tuple[int, str, str]] = []
+    started = threading.Event()
+    go_on = threading.Event()
+
+    @queue.task(name="hooked.slow")
+    def slow() -> str:
+        started.set()
+        go_on.wait(10)  # never looks at is_cancelled()
+        return "finished anyway"
+
+    @queue.task(name="hooked.fast")
+    def fast() -> int:
+        return 1
+
+    with QueueScheduler(queue, concurrency=2, hooks=[lambda *m: moves.append(m)]):
+        f = fast.send()
+        assert f.result(timeout=10) == 1
+        h = slow.send()
+        assert started.wait(10)
+        queue.cancel(h.id)  # asked after the task's last check
+        go_on.set()
+        deadline = time.monotonic() + 10
+        while h.status() == "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # let the feed catch up: nothing more may come
+    assert h.status() == "cancelled"
+    assert moves.count((f.id, "queued", "running")) == 1
+    assert moves.count((f.id, "running", "done")) == 1
+    assert (h.id, "running", "done") not in moves
+    assert moves.count((h.id, "running", "cancelled")) == 1
+
+
+def test_hooks_see_an_operator_finish_a_task_the_scheduler_holds(queue: Queue) -> None:
+    from ferroq import QueueScheduler
+
+    moves: list[tuple[int, str, str]] = []
+    started = threading.Event()
+    go_on = threading.Event()
+
+    @queue.task(name="hooked.held")
+    def held() -> str:
+        started.set()
+        go_on.wait(10)
+        return "late"
+
+    with QueueScheduler(queue, concurrency=1, hooks=[lambda *m: moves.append(m)]):
+        h = held.send()
+        assert started.wait(10)
+        queue.complete(h.id, "by operator", worker="ops", force=True)
+        go_on.set()
+        deadline = time.monotonic() + 10
+        while (h.id, "running", "done") not in moves and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert h.result(timeout=1) == "by operator"
+    assert moves.count((h.id, "running", "done")) == 1

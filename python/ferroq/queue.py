@@ -213,9 +213,15 @@ class Queue(Connection):
         """The stored record of the task with this key in ``queue``, or None."""
         return self._store.get_by_key(queue, key)
 
-    def cancel(self, id: int) -> str:
-        """Cancels a task (see :meth:`TaskHandle.cancel`)."""
-        return self._store.cancel(id)
+    def cancel(self, id: int, *, force: bool = False) -> str:
+        """Cancels a task: a queued one at once. A running one is asked to
+        stop (its worker ends it ``cancelled`` at its next check, and no
+        later outcome can revive it); with ``force`` it ends ``cancelled``
+        now, whoever holds it (an operator's override; a worker still
+        running it loses its lease). Returns the status it has then."""
+        if not force:
+            return self._store.cancel(id)
+        return steer.cancel_now(self, id)
 
     def retry(self, id: int) -> None:
         """Requeues a failed, cancelled or expired task with fresh attempts."""

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from ._checks import seconds_to_ms
-from ._errors import InvalidArgumentError
+from ._errors import InvalidArgumentError, LeaseLostError
 from .handle import TaskHandle
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RECORD",
     "ExternalTask",
+    "cancel_now",
     "QueueOptions",
     "external_error",
     "metadata_json",
@@ -56,12 +57,29 @@ def when_ms(conn: Connection, delay: Optional[float], run_at: Optional[datetime]
     return None
 
 
+def cancel_now(conn: Connection, id: int) -> str:
+    """Ends task ``id`` ``cancelled`` now, whoever holds it: a cancel as
+    its current holder (read, then guarded by that worker name, so a task
+    that changed hands in between is read again)."""
+    store = conn._store
+    for _ in range(5):
+        t = store.get(id)
+        if t is None or t.status != "running" or t.worker is None:
+            return store.cancel(id)
+        try:
+            return store.cancel(id, t.worker)
+        except LeaseLostError:
+            continue  # it changed hands (or went back): look again
+    return store.cancel(id)
+
+
 def metadata_json(value: Any) -> Optional[str]:
-    """User metadata as stored: JSON text (None stays None)."""
+    """User metadata as stored: JSON text (None stays None; NaN and
+    infinities, which JSON has not, are refused)."""
     if value is None:
         return None
     try:
-        return json.dumps(value)
+        return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
 
@@ -207,6 +225,8 @@ class ExternalTask:
             raise err
 
     def cancel(self) -> str:
-        """Cancels the task; it ends ``cancelled`` and never runs again."""
-        return self.queue._store.cancel(self.id)
+        """Cancels the task as its holder: it ends ``cancelled`` now and
+        never runs again (the next task of a serial queue can be handed
+        out)."""
+        return self.queue._store.cancel(self.id, self.worker)
 

@@ -218,7 +218,7 @@ class TaskCall(Generic[P, R]):
         metadata = None
         if o.metadata is not None:
             try:
-                metadata = json.dumps(o.metadata)
+                metadata = json.dumps(o.metadata, allow_nan=False)
             except (TypeError, ValueError) as e:
                 raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from e
         queue_name = o.queue or d.queue

@@ -51,6 +51,9 @@ log = logging.getLogger("ferroq.scheduler")
 
 Mode = Literal["thread", "process", "asyncio"]
 _MODES = ("thread", "process", "asyncio")
+# How long a move read back from the feed under this scheduler's name waits
+# for the loop that made it to pass it on itself.
+_OWN_MOVE_WAIT_S = 0.1
 # Schedulers started and not yet stopped (stopped at interpreter exit).
 _running: weakref.WeakSet[QueueScheduler] = weakref.WeakSet()
 
@@ -168,16 +171,31 @@ class QueueScheduler:
         verbs by id from outside, recoveries). Sends and purges are in the
         feed only (:meth:`Queue.follow`)."""
         self.state.hooks.append(hook)
+        if self._started and self._feed is None:
+            self._feed = EventFollower(self.state.store, None, self._feed_event, start_at="now")
+            self._feed.start()
         return hook
 
     def _feed_event(self, event: Event) -> None:
         """Passes a move made elsewhere to the status hooks."""
         s = self.state
-        if event.worker == s.worker_id or event.old is None or event.new is None:
-            return  # our own moves were emitted already; sends and purges are not moves
-        if event.old == event.new:
-            return
-        s.emit(event.task_id, event.old, event.new)
+        if event.old is None or event.new is None or event.old == event.new:
+            return  # sends, purges and cancel requests are not moves
+        key = (event.task_id, event.old, event.new)
+        # A move of our own may be read back before the loop that made it
+        # has passed it on: give that loop a moment (only for moves under
+        # our worker name, which are nearly always ours).
+        deadline = time.monotonic() + (_OWN_MOVE_WAIT_S if event.worker == s.worker_id else 0.0)
+        while True:
+            with s.lock:
+                ours = key in s.emitted
+                if ours:
+                    del s.emitted[key]
+            if ours or time.monotonic() >= deadline:
+                break
+            time.sleep(0.002)
+        if not ours:  # a move made elsewhere, or one this scheduler did not see end so
+            s.emit(event.task_id, event.old, event.new, seen=True)
 
     def _publish_limits(self) -> None:
         for t in registered().values():

@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .. import _core
@@ -24,6 +25,8 @@ __all__ = ["StatusHook", "WorkerState"]
 
 log = logging.getLogger("ferroq.scheduler")
 
+# Moves remembered for matching against the event feed.
+_EMITTED_KEPT = 10_000
 # How long a resource probe's answer is reused.
 _PROBE_TTL_S = 5.0
 
@@ -68,6 +71,9 @@ class WorkerState:
         self._probe = probe
         self._resources_json: Optional[str] = None
         self._probed_at = -_PROBE_TTL_S
+        #: Moves this scheduler passed to the hooks, not yet read back from
+        #: the event feed (see :meth:`emit`).
+        self.emitted: OrderedDict[tuple[int, str, str], None] = OrderedDict()
         #: Renews the leases of claimed tasks on a Rust thread (no GIL).
         self.keeper: Optional[_core.LeaseKeeper] = None
 
@@ -136,8 +142,16 @@ class WorkerState:
         """True when a status hook is registered (hot paths skip emitting otherwise)."""
         return bool(self.hooks)
 
-    def emit(self, task_id: int, old: str, new: str) -> None:
-        """Calls the status hooks; a hook that raises is logged, not propagated."""
+    def emit(self, task_id: int, old: str, new: str, *, seen: bool = False) -> None:
+        """Calls the status hooks; a hook that raises is logged, not
+        propagated. A move this scheduler made is remembered (a bounded
+        number of them) so that the same move read back from the event feed
+        is not passed on twice; ``seen`` marks one read from the feed."""
+        if not seen and self.hooks:
+            with self.lock:
+                self.emitted[(task_id, old, new)] = None
+                while len(self.emitted) > _EMITTED_KEPT:
+                    self.emitted.popitem(last=False)
         for hook in self.hooks:
             try:
                 hook(task_id, old, new)

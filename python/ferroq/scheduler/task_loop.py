@@ -195,6 +195,14 @@ class ClaimingLoop:
         s = self.state
         errors = s.store.complete_many(ids, s.worker_id, results)
         hooks = s.has_hooks
+        finals: dict[int, str] = {}
+        if hooks and any(err is None for err in errors):
+            # What each stored result left: ``done``, or ``cancelled`` for a
+            # task whose cancel came after its last check.
+            stored = [i for i, err in zip(ids, errors) if err is None]
+            for t in s.store.get_many(stored):
+                if t is not None:
+                    finals[t.id] = t.status
         for task_id, err in zip(ids, errors):
             if isinstance(err, PayloadTooLargeError):
                 # The same function would return the same result: fail the
@@ -204,7 +212,7 @@ class ClaimingLoop:
             elif err is not None:
                 log.warning("result of task %s not stored: %s", task_id, err)
             elif hooks:
-                s.emit(task_id, "running", "done")
+                s.emit(task_id, "running", finals.get(task_id, "done"))
 
     def _fail_oversized(self, task_id: int, err: PayloadTooLargeError) -> None:
         s = self.state

@@ -24,8 +24,17 @@ pub(super) fn install(conn: &Connection, clock: Arc<dyn Clock>, on: bool) -> Res
     conn.execute_batch(sql::EVENTS_SCHEMA)?;
     // A feed made by the first build that had one has no `tasks` column;
     // adding it changes none of its rows (NULL: one event per row).
-    if conn.prepare_cached(sql::EVENTS_HAS_TASKS)?.query_row([], |r| r.get::<_, i64>(0))? == 0 {
-        conn.execute_batch(sql::EVENTS_ADD_TASKS)?;
+    let has_tasks = |conn: &Connection| -> Result<bool> {
+        Ok(conn.prepare(sql::EVENTS_HAS_TASKS)?.query_row([], |r| r.get::<_, i64>(0))? != 0)
+    };
+    if !has_tasks(conn)? {
+        if let Err(e) = conn.execute_batch(sql::EVENTS_ADD_TASKS) {
+            // Another process opening the same store added it between our
+            // look and our ALTER: that is the outcome we wanted.
+            if !has_tasks(conn)? {
+                return Err(e.into());
+            }
+        }
     }
     conn.create_scalar_function(sql::NOW_FUNCTION, 0, FunctionFlags::SQLITE_UTF8, move |_| Ok(clock.now_ms()))?;
     if on {
