@@ -15,26 +15,15 @@ __all__ = ["run_on_changes", "wake_waiters"]
 
 # Longest wait between ticks when nothing signals a change.
 IDLE_WAIT_S = 0.5
-# An id no store hands out (ids are below 2**53 on every backend).
-_NO_TASK = 2**62
 
 
 def wake_waiters(store: _core.Store) -> None:
     """Wakes every thread of this process waiting for a change of ``store``
     (in ``wait_for_change``), so a loop told to stop sees it now instead of
     at the end of its wait slice. Stopping an idle scheduler is then
-    immediate, with no shorter (busier) idle waits.
-
-    Until the store has a verb for this, progress for an id that cannot
-    exist stands in: a transaction that changes nothing (it raises
-    ``TaskNotFoundError``, ignored here) but ends like a commit on every
-    backend, which is what wakes this process's waiters."""
-    wake = getattr(store, "wake", None)
+    immediate, with no shorter (busier) idle waits."""
     try:
-        if wake is not None:
-            wake()
-        else:
-            store.progress(_NO_TASK, "ferroq:wake", 0.0)
+        store.wake()
     except Exception:
         pass  # a closed or unreachable store: the waits end on their own
 

@@ -461,7 +461,7 @@ class Queue(Connection):
         with a lease of ``lease`` seconds. Finish it with :meth:`complete` or
         :meth:`fail` under the same ``worker`` name (default: this process's)."""
         who = worker or self.external_worker
-        got = self._store.claim(queue, who, 1, seconds_to_ms(lease, "lease", minimum=0.001))
+        got = self._store.claim(queue, who, 1, steer.lease_ms(lease))
         return ExternalTask(self, got[0], who) if got else None
 
     def active(
@@ -471,7 +471,7 @@ class Queue(Connection):
         is handed out to ``worker`` (None if the queue is empty). Atomic
         store-wide: callers in any thread or process never see two."""
         who = worker or self.external_worker
-        t = self._store.active(queue, who, lease_ms=seconds_to_ms(lease, "lease", minimum=0.001))
+        t = self._store.active(queue, who, lease_ms=steer.lease_ms(lease))
         return None if t is None else ExternalTask(self, t, t.worker or who)
 
     def start(
@@ -481,7 +481,7 @@ class Queue(Connection):
         serial queue the task handed out until now goes back to the queue
         (its attempt not counted): a switch to another prompt."""
         who = worker or self.external_worker
-        t = self._store.start(id, who, lease_ms=seconds_to_ms(lease, "lease", minimum=0.001))
+        t = self._store.start(id, who, lease_ms=steer.lease_ms(lease))
         return ExternalTask(self, t, who)
 
     def complete(
@@ -502,10 +502,7 @@ class Queue(Connection):
     ) -> str:
         """Fails a handed-out task; with ``retry`` it goes back to the queue
         while attempts remain. Returns its new status."""
-        return self._store.fail(
-            id, worker or self.external_worker, steer.external_error(error),
-            "backoff" if retry else "never", force=force,
-        )
+        return steer.fail(self, id, worker or self.external_worker, error, retry=retry, force=force)
 
     def progress(
         self, id: int, fraction: float, *, worker: Optional[str] = None, force: bool = False
@@ -518,17 +515,11 @@ class Queue(Connection):
     ) -> bool:
         """Extends a handed-out task's lease (and answer deadline) to
         ``lease`` seconds from now; returns whether it was held."""
-        ((_, held, _),) = self._store.heartbeat(
-            [id], worker or self.external_worker, seconds_to_ms(lease, "lease", minimum=0.001),
-            force=force,
-        )
-        return held
+        return steer.heartbeat(self, id, worker or self.external_worker, lease, force)
 
     def release(self, id: int, *, worker: Optional[str] = None, force: bool = False) -> None:
         """Gives a handed-out task back to its queue (attempt not counted)."""
-        (err,) = self._store.release([id], worker or self.external_worker, force=force)
-        if err is not None:
-            raise err
+        steer.release(self, id, worker or self.external_worker, force)
 
     def requeue(self, id: int) -> None:
         """Puts a finished task (done, failed, cancelled or expired) back in

@@ -27,6 +27,10 @@ __all__ = [
     "RECORD",
     "ExternalTask",
     "cancel_now",
+    "fail",
+    "heartbeat",
+    "lease_ms",
+    "release",
     "QueueOptions",
     "external_error",
     "metadata_json",
@@ -55,6 +59,34 @@ def when_ms(conn: Connection, delay: Optional[float], run_at: Optional[datetime]
     if delay is not None:
         return conn._store.now_ms() + seconds_to_ms(delay, "delay")
     return None
+
+
+def lease_ms(lease: float) -> int:
+    """A lease of ``lease`` seconds (checked) in ms."""
+    return seconds_to_ms(lease, "lease", minimum=0.001)
+
+
+def fail(
+    conn: Connection, id: int, worker: str, error: str, *, retry: bool, force: bool = False
+) -> str:
+    """Fails task ``id`` as ``worker`` with the message ``error``; with
+    ``retry`` it goes back to its queue while attempts remain."""
+    return conn._store.fail(
+        id, worker, external_error(error), "backoff" if retry else "never", force=force
+    )
+
+
+def heartbeat(conn: Connection, id: int, worker: str, lease: float, force: bool = False) -> bool:
+    """Extends task ``id``'s lease as ``worker``; whether it was held."""
+    ((_, held, _),) = conn._store.heartbeat([id], worker, lease_ms(lease), force=force)
+    return held
+
+
+def release(conn: Connection, id: int, worker: str, force: bool = False) -> None:
+    """Gives task ``id`` back to its queue as ``worker`` (attempt not counted)."""
+    (err,) = conn._store.release([id], worker, force=force)
+    if err is not None:
+        raise err
 
 
 def cancel_now(conn: Connection, id: int) -> str:
@@ -202,9 +234,7 @@ class ExternalTask:
     def fail(self, error: str, *, retry: bool = False) -> str:
         """Fails the task; with ``retry`` it goes back to the queue while
         attempts remain. Returns its new status."""
-        return self.queue._store.fail(
-            self.id, self.worker, external_error(error), "backoff" if retry else "never"
-        )
+        return fail(self.queue, self.id, self.worker, error, retry=retry)
 
     def progress(self, fraction: float) -> None:
         """Records progress, 0..1."""
@@ -213,16 +243,11 @@ class ExternalTask:
     def heartbeat(self, lease: float = 300.0) -> bool:
         """Extends the hand-out by ``lease`` seconds (a slow person keeps
         the task); returns whether it was still held."""
-        ((_, held, _),) = self.queue._store.heartbeat(
-            [self.id], self.worker, seconds_to_ms(lease, "lease", minimum=0.001)
-        )
-        return held
+        return heartbeat(self.queue, self.id, self.worker, lease)
 
     def release(self) -> None:
         """Gives the task back to its queue, the attempt not counted."""
-        (err,) = self.queue._store.release([self.id], self.worker)
-        if err is not None:
-            raise err
+        release(self.queue, self.id, self.worker)
 
     def cancel(self) -> str:
         """Cancels the task as its holder: it ends ``cancelled`` now and

@@ -1038,6 +1038,15 @@ impl PyStore {
         self.call(py, |store| store.change_token())
     }
 
+    /// Wakes every thread of this process waiting on this store, as a
+    /// commit would, writing nothing (a loop told to stop sees it at once).
+    fn wake(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |store| {
+            store.wake();
+            Ok(())
+        })
+    }
+
     /// Waits up to `timeout` seconds (`inf`: until it does) for the change
     /// token to move; true if it did.
     fn wait_for_change(&self, py: Python<'_>, token: Int<u64>, timeout: f64) -> PyResult<bool> {

@@ -230,6 +230,10 @@ pub trait Store: Send + Sync {
     fn listen_cursor_get(&self, consumer: &str) -> Result<Option<i64>>;
     /// An opaque value that changes whenever any process commits to the store.
     fn change_token(&self) -> Result<u64>;
+    /// Wakes every thread of this process waiting on this store (in
+    /// `wait_for_change`, `claim_wait`, `wait_finished`) as a commit would,
+    /// writing nothing: a loop told to stop sees it at once.
+    fn wake(&self);
     /// Waits until the change token differs from `token` or `timeout` passes;
     /// true when something changed.
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool>;

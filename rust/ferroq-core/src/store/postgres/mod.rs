@@ -237,6 +237,9 @@ impl Store for PostgresStore {
     fn change_token(&self) -> Result<u64> {
         notify::change_token(self)
     }
+    fn wake(&self) {
+        self.wake.bump()
+    }
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         notify::wait_for_change(self, token, timeout)
     }

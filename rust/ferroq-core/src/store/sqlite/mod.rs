@@ -407,6 +407,9 @@ impl Store for SqliteStore {
     fn change_token(&self) -> Result<u64> {
         wake::change_token(self)
     }
+    fn wake(&self) {
+        self.wake.bump()
+    }
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         wake::wait_for_change(self, token, timeout)
     }

@@ -68,13 +68,9 @@ fn insert_values<'a>(t: &'a NewTask, now: &'a i64, x: &'a RowExtras) -> [&'a dyn
     ]
 }
 
-/// [`Store::enqueue`](crate::store::Store::enqueue).
-pub(super) fn enqueue(store: &SqliteStore, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
-    for t in tasks {
-        t.validate(store.config.max_payload)?;
-    }
-    store.check_capacity(tasks)?;
-    let now = store.clock.now_ms();
+/// The tasks (by index) each shard takes: a keyed task goes where its key
+/// lives, the others round-robin.
+pub(super) fn route(store: &SqliteStore, tasks: &[NewTask]) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); store.shards.len()];
     for (i, t) in tasks.iter().enumerate() {
         let s = match &t.key {
@@ -83,6 +79,17 @@ pub(super) fn enqueue(store: &SqliteStore, tasks: &[NewTask]) -> Result<Vec<Enqu
         };
         groups[s].push(i);
     }
+    groups
+}
+
+/// [`Store::enqueue`](crate::store::Store::enqueue).
+pub(super) fn enqueue(store: &SqliteStore, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
+    for t in tasks {
+        t.validate(store.config.max_payload)?;
+    }
+    store.check_capacity(tasks)?;
+    let now = store.clock.now_ms();
+    let groups = route(store, tasks);
     // Local ids for the batch, in input order (see the module doc); a
     // shard whose own sequence is ahead (another process, or another
     // thread's batch committed first) continues from there instead.

@@ -23,14 +23,7 @@ pub(in super::super) fn enqueue_strict(store: &SqliteStore, tasks: &[NewTask]) -
     }
     store.check_capacity(tasks)?;
     let now = store.clock.now_ms();
-    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); store.shards.len()];
-    for (i, t) in tasks.iter().enumerate() {
-        let s = match &t.key {
-            Some(k) => store.route_key(&t.queue, k),
-            None => store.next_shard.fetch_add(1, Ordering::Relaxed) % store.shards.len(),
-        };
-        groups[s].push(i);
-    }
+    let groups = super::route(store, tasks);
     let busy: Vec<usize> = (0..groups.len()).filter(|s| !groups[*s].is_empty()).collect();
     for &s in &busy {
         store.check_healthy(s)?;
