@@ -37,6 +37,7 @@ LAYERS: list[list[str]] = [
     ["ferroq._connection", "ferroq._default", "ferroq.listen"],
     # L3: tasks and what is sent or read back in bulk.
     [
+        "ferroq.records",
         "ferroq.handle",
         "ferroq.steer",
         "ferroq.task_function",

@@ -15,7 +15,6 @@ and run on worker threads::
         print(add.send(2, 3).result(timeout=10))
 """
 
-from ._core import Task as TaskRecord
 from ._core import TokenBucket
 from ._core import __version__ as __version__
 from ._errors import (
@@ -47,6 +46,7 @@ from .events import Event, EventFollower
 from .frames import FrameSummary
 from .handle import TaskHandle
 from .listen import listener
+from .records import TaskRecord
 from .queue import (
     ExternalTask,
     Queue,

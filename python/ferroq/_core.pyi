@@ -177,6 +177,7 @@ class Store:
         self, ids: list[int], worker: str, *, force: bool = False
     ) -> list[Optional[Exception]]: ...
     def retry(self, id: int) -> None: ...
+    def delete(self, id: int) -> None: ...
     def start(self, id: int, worker: str, *, lease_ms: int = 30000) -> Task: ...
     def active(
         self, queue: str, worker: str, *, lease_ms: int = 30000
@@ -214,6 +215,8 @@ class Store:
         batch: Optional[str] = None,
         after_id: Optional[int] = None,
         limit: int = 100,
+        name: Optional[str] = None,
+        key: Optional[str] = None,
     ) -> list[Task]: ...
     def results_columns(
         self,

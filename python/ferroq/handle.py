@@ -14,6 +14,7 @@ from ._errors import (
     TaskNotFoundError,
     TaskTimeoutError,
 )
+from .records import TaskRecord
 from .serialization import decode
 
 if TYPE_CHECKING:
@@ -39,12 +40,12 @@ class TaskHandle(Generic[R]):
         self.id = id
         self._fn = fn
 
-    def info(self) -> _core.Task:
-        """The stored task record."""
+    def info(self) -> TaskRecord:
+        """The stored task record, decoded (:class:`~ferroq.TaskRecord`)."""
         t = self.queue._store.get(self.id)
         if t is None:
             raise TaskNotFoundError(f"task {self.id} not found (purged after its retention?)")
-        return t
+        return TaskRecord(self.queue, t)
 
     def status(self) -> str:
         """``queued``, ``running``, ``done``, ``failed``, ``cancelled`` or ``expired``."""

@@ -10,6 +10,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Iterator,
     List,
     Literal,
     Optional,
@@ -25,7 +26,7 @@ from typing_extensions import ParamSpec
 from . import _core, _default, steer
 from ._checks import seconds, seconds_to_ms
 from ._connection import Connection, redact
-from ._errors import InvalidArgumentError
+from ._errors import InvalidArgumentError, InvalidTransitionError, TaskNotFoundError
 from ._types import STATUSES, HasId
 from .backoff import Backoff
 from .events import Event, EventFollower, read_events
@@ -33,6 +34,7 @@ from .handle import TaskHandle
 from .listen import listener
 from .options import NO_OVERRIDES, SendOptions, TaskOptions, parse_rate
 from .receive import deliver
+from .records import TaskRecord
 from .registry import lookup
 from .scheduler.eager import EagerRunner
 from .steer import ExternalTask, QueueOptions
@@ -205,13 +207,15 @@ class Queue(Connection):
         """A handle for an existing task id (typed by ``task`` when given)."""
         return TaskHandle(self, id, task)
 
-    def get(self, id: int) -> Optional[_core.Task]:
-        """The stored record of a task, or None."""
-        return self._store.get(id)
+    def get(self, id: int) -> Optional[TaskRecord]:
+        """The stored record of a task, decoded (:class:`TaskRecord`), or None."""
+        t = self._store.get(id)
+        return None if t is None else TaskRecord(self, t)
 
-    def get_by_key(self, key: str, queue: str = "default") -> Optional[_core.Task]:
+    def get_by_key(self, key: str, queue: str = "default") -> Optional[TaskRecord]:
         """The stored record of the task with this key in ``queue``, or None."""
-        return self._store.get_by_key(queue, key)
+        t = self._store.get_by_key(queue, key)
+        return None if t is None else TaskRecord(self, t)
 
     def cancel(self, id: int, *, force: bool = False) -> str:
         """Cancels a task: a queued one at once. A running one is asked to
@@ -227,20 +231,137 @@ class Queue(Connection):
         """Requeues a failed, cancelled or expired task with fresh attempts."""
         self._store.retry(id)
 
+    def delete(self, id: int) -> None:
+        """Deletes a finished task now, whatever its retention (its key is
+        free again). An unfinished task raises
+        :class:`InvalidTransitionError`: cancel it first."""
+        self._store.delete(id)
+
+    def failed(
+        self,
+        *,
+        queue: Optional[str] = None,
+        name: Optional[str] = None,
+        error_type: Optional[str] = None,
+        finished_after: Optional[datetime] = None,
+        finished_before: Optional[datetime] = None,
+        limit: Optional[int] = None,
+    ) -> Iterator[TaskRecord]:
+        """The dead letters: tasks that ended ``failed`` (attempts
+        exhausted, or failed for good), oldest id first, filtered by queue,
+        task name, error type (``module.Name`` as in
+        :attr:`TaskRecord.error_type`, or the bare class name) and finish
+        time (``finished_after <= finished_at < finished_before``; naive
+        datetimes are local time). Reads the store a page at a time."""
+        if limit is not None and limit < 0:
+            raise InvalidArgumentError(f"limit must be >= 0, got {limit}")
+        lo = None if finished_after is None else finished_after.timestamp()
+        hi = None if finished_before is None else finished_before.timestamp()
+        after: Optional[int] = None
+        given = 0
+        while limit is None or given < limit:
+            page = self._store.list_tasks(
+                queue=queue, status="failed", name=name, after_id=after, limit=1000
+            )
+            if not page:
+                return
+            after = page[-1].id
+            for t in page:
+                record = TaskRecord(self, t)
+                at = None if t.finished_at is None else t.finished_at / 1000
+                if lo is not None and (at is None or at < lo):
+                    continue
+                if hi is not None and (at is None or at >= hi):
+                    continue
+                if error_type is not None and error_type not in (
+                    record.error_type,
+                    (record.error_type or "").rsplit(".", 1)[-1],
+                ):
+                    continue
+                yield record
+                given += 1
+                if limit is not None and given >= limit:
+                    return
+
+    def retry_failed(
+        self,
+        *,
+        queue: Optional[str] = None,
+        name: Optional[str] = None,
+        error_type: Optional[str] = None,
+        finished_after: Optional[datetime] = None,
+        finished_before: Optional[datetime] = None,
+    ) -> int:
+        """Requeues every dead letter matching the filters of
+        :meth:`failed` with fresh attempts; returns how many went back.
+        Each move is guarded: a task retried or deleted meanwhile by
+        someone else is skipped, not an error."""
+        ids = [
+            r.id
+            for r in self.failed(
+                queue=queue,
+                name=name,
+                error_type=error_type,
+                finished_after=finished_after,
+                finished_before=finished_before,
+            )
+        ]
+        moved = 0
+        for task_id in ids:
+            try:
+                self._store.retry(task_id)
+            except (InvalidTransitionError, TaskNotFoundError):
+                continue
+            moved += 1
+        return moved
+
     def list(
         self,
         *,
         queue: Optional[str] = None,
         status: Optional[str] = None,
         batch: Optional[str] = None,
+        name: Optional[str] = None,
+        key: Optional[str] = None,
         after_id: Optional[int] = None,
         limit: int = 100,
-    ) -> list[_core.Task]:
-        """A page of task records in id order; pass the last id as
-        ``after_id`` for the next page."""
-        return self._store.list_tasks(
-            queue=queue, status=status, batch=batch, after_id=after_id, limit=limit
-        )
+    ) -> list[TaskRecord]:
+        """A page of task records (:class:`TaskRecord`) in id order,
+        filtered by queue, status, batch, task name and key; pass the last
+        id as ``after_id`` for the next page."""
+        return [
+            TaskRecord(self, t)
+            for t in self._store.list_tasks(
+                queue=queue,
+                status=status,
+                batch=batch,
+                name=name,
+                key=key,
+                after_id=after_id,
+                limit=limit,
+            )
+        ]
+
+    def members(
+        self, queue: Optional[str] = None, *, limit: int = 100_000
+    ) -> dict[str, dict[str, List[int]]]:
+        """Task ids per queue and status, ``{queue: {status: [ids]}}`` (every
+        status present), at most ``limit`` ids in all: the member lists
+        beside :meth:`stats`' totals, read a page at a time."""
+        out: dict[str, dict[str, List[int]]] = {}
+        after: Optional[int] = None
+        seen = 0
+        while seen < limit:
+            page = self._store.list_tasks(
+                queue=queue, after_id=after, limit=min(10_000, limit - seen)
+            )
+            if not page:
+                break
+            after = page[-1].id
+            seen += len(page)
+            for t in page:
+                out.setdefault(t.queue, {s: [] for s in STATUSES})[t.status].append(t.id)
+        return out
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Task counts per queue and status, every status present:

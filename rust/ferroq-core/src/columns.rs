@@ -118,7 +118,14 @@ pub fn read_page(
     limit: u32,
     out: &mut ResultColumns,
 ) -> crate::Result<Option<(i64, u32)>> {
-    let p = ListParams { queue: q.queue.clone(), status: q.store_status(), batch: q.batch.clone(), after_id, limit };
+    let p = ListParams {
+        queue: q.queue.clone(),
+        status: q.store_status(),
+        batch: q.batch.clone(),
+        after_id,
+        limit,
+        ..Default::default()
+    };
     let page = store.list(&p)?;
     let Some(last) = page.last().map(|t| t.id) else { return Ok(None) };
     let n = page.len();

@@ -632,6 +632,14 @@ impl PyStore {
         one(py, out, "retry")?.py(py)
     }
 
+    /// Deletes a finished task now, whatever its retention (its key is
+    /// freed). An unfinished task is an invalid transition.
+    fn delete(&self, py: Python<'_>, id: Int<i64>) -> PyResult<()> {
+        let id: i64 = id.0;
+        let out = self.call(py, |store| store.delete(&[id]))?;
+        one(py, out, "delete")?.py(py)
+    }
+
     /// Hands a chosen queued task to `worker` (marks it running, whatever
     /// its run_at) and returns it. On a serial queue, the task running
     /// there goes back to 'queued' first (its attempt not counted).
@@ -775,8 +783,9 @@ impl PyStore {
     }
 
     /// A page of tasks in id order.
-    #[pyo3(signature = (*, queue=None, status=None, batch=None, after_id=None, limit=Int(100)),
-        text_signature = "($self, *, queue=None, status=None, batch=None, after_id=None, limit=100)")]
+    #[pyo3(signature = (*, queue=None, status=None, batch=None, after_id=None, limit=Int(100), name=None, key=None),
+        text_signature = "($self, *, queue=None, status=None, batch=None, after_id=None, limit=100, name=None, key=None)")]
+    #[allow(clippy::too_many_arguments)]
     fn list_tasks<'py>(
         &self,
         py: Python<'py>,
@@ -785,13 +794,17 @@ impl PyStore {
         batch: Option<Text>,
         after_id: Option<Int<i64>>,
         limit: Int<u32>,
+        name: Option<Text>,
+        key: Option<Text>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let name: Option<String> = name.map(String::from);
+        let key: Option<String> = key.map(String::from);
         let after_id: Option<i64> = after_id.map(|i| i.0);
         let queue: Option<String> = queue.map(String::from);
         let status: Option<String> = status.map(String::from);
         let batch: Option<String> = batch.map(String::from);
         let status = status.as_deref().map(Status::parse).transpose().py(py)?;
-        let p = ListParams { queue, status, batch, after_id, limit: limit.0 };
+        let p = ListParams { queue, status, batch, name, key, after_id, limit: limit.0 };
         let out = self.call(py, |store| store.list(&p))?;
         tasks_to_py(py, out)
     }

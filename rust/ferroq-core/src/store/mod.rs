@@ -145,6 +145,10 @@ pub trait Store: Send + Sync {
     fn release(&self, p: &[ReleaseParams]) -> Result<Vec<Result<()>>>;
     /// Puts failed, cancelled or expired tasks back in the queue with fresh attempts.
     fn retry(&self, p: &[RetryParams]) -> Result<Vec<Result<()>>>;
+    /// Deletes finished tasks (done, failed, cancelled or expired) now,
+    /// whatever their retention, freeing their keys. An unfinished task
+    /// is `InvalidTransition` (cancel it first); an unknown id `NotFound`.
+    fn delete(&self, ids: &[i64]) -> Result<Vec<Result<()>>>;
     /// Moves running tasks with expired leases (or all of a given worker's)
     /// back to `queued`, or to `failed` when no attempts remain (see
     /// [`RECOVERY_MIN_ATTEMPTS`]). A task whose cancel was asked ends

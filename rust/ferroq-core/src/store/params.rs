@@ -201,6 +201,10 @@ pub struct ListParams {
     pub status: Option<Status>,
     /// Only this batch.
     pub batch: Option<String>,
+    /// Only tasks of this function name.
+    pub name: Option<String>,
+    /// Only the task with this idempotency key.
+    pub key: Option<String>,
     /// Only ids greater than this (the last id of the previous page).
     pub after_id: Option<i64>,
     /// At most this many (1..=100,000).

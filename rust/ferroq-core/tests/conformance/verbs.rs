@@ -39,6 +39,8 @@ crate::conformance!(
     get_unknown_ids_are_none,
     get_by_key_finds_unfinished_and_finished,
     list_filters_by_queue_status_and_batch,
+    list_filters_by_name_and_key,
+    delete_removes_finished_tasks_and_frees_their_keys,
     list_pages_by_after_id_without_gaps,
     counts_and_unfinished_follow_transitions,
     purge_removes_tasks_past_retention,
@@ -680,6 +682,61 @@ fn list_filters_by_queue_status_and_batch(b: Backend) {
     assert_eq!(list(page(5)), sorted[..5].to_vec());
     assert_invalid(env.store.list(&page(0)));
     assert_invalid(env.store.list(&page(100_001)));
+}
+
+fn list_filters_by_name_and_key(b: Backend) {
+    let env = b.open();
+    let mut resize = Vec::new();
+    for i in 0..9 {
+        let name = if i % 3 == 0 { "resize" } else { "crop" };
+        let id = env.enqueue(NewTask::new("q", name, b"p".to_vec())).id;
+        if name == "resize" {
+            resize.push(id);
+        }
+    }
+    let k = env.enqueue(keyed("q", "the-key")).id;
+    env.enqueue(keyed("other", "the-key"));
+    let done = env.claim("q", "w", 20);
+    for t in &done {
+        env.complete(t.id, "w", b"").unwrap();
+    }
+    let list = |p: ListParams| -> Vec<i64> { env.store.list(&p).unwrap().iter().map(|t| t.id).collect() };
+    resize.sort();
+    assert_eq!(list(ListParams { name: Some("resize".into()), limit: 100, ..Default::default() }), resize);
+    assert_eq!(
+        list(ListParams { key: Some("the-key".into()), queue: Some("q".into()), limit: 100, ..Default::default() }),
+        vec![k]
+    );
+    assert_eq!(list(ListParams { key: Some("the-key".into()), limit: 100, ..Default::default() }).len(), 2);
+    assert!(list(ListParams { name: Some("nothing".into()), limit: 100, ..Default::default() }).is_empty());
+    let both = ListParams { name: Some("resize".into()), status: Some(Status::Done), limit: 2, ..Default::default() };
+    assert_eq!(list(both), resize[..2].to_vec());
+}
+
+fn delete_removes_finished_tasks_and_frees_their_keys(b: Backend) {
+    let env = b.open();
+    let done = env.enqueue(keyed("q", "k")).id;
+    let failed = env.enqueue(attempts("q", 1)).id;
+    let running = env.add("q");
+    env.claim("q", "w", 3);
+    env.complete(done, "w", b"r").unwrap();
+    env.fail(failed, "w", "boom", Retry::Backoff).unwrap();
+    let queued = env.add("q");
+    let out = env.store.delete(&[done, failed, running, queued, UNKNOWN]).unwrap();
+    assert!(out[0].is_ok() && out[1].is_ok(), "{out:?}");
+    for (r, id, status) in [(&out[2], running, Status::Running), (&out[3], queued, Status::Queued)] {
+        match r {
+            Err(Error::InvalidTransition { id: got, status: s, .. }) => assert_eq!((*got, *s), (id, status)),
+            other => panic!("delete of a {status} task: {other:?}"),
+        }
+        assert_eq!(env.get(id).status, status);
+    }
+    assert!(matches!(out[4], Err(Error::NotFound(_))), "{:?}", out[4]);
+    assert!(env.store.get(&[done, failed]).unwrap().iter().all(Option::is_none));
+    assert!(env.store.delete(&[done]).unwrap()[0].is_err(), "a second delete finds nothing");
+    // The key is free again, and the deleted ids are never handed out again.
+    let again = env.enqueue(keyed("q", "k")).id;
+    assert!(![done, failed, running, queued].contains(&again));
 }
 
 fn list_pages_by_after_id_without_gaps(b: Backend) {

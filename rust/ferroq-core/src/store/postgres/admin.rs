@@ -4,7 +4,7 @@
 use super::pool::PgResult;
 use super::{sql, PostgresStore};
 use crate::error::{Error, Result};
-use crate::store::rules::{self, LimitWrite};
+use crate::store::rules::{self, Guard, LimitWrite};
 use crate::store::{
     CapacityParams, FunctionLimit, ListenChange, ListenChangesParams, ListenSetParams, PurgeParams, WorkerInfo,
 };
@@ -39,6 +39,22 @@ pub(super) fn purge(store: &PostgresStore, p: &PurgeParams) -> Result<u64> {
         super::events::prune(store, db, now)?;
         Ok(n.max(0) as u64)
     })
+}
+
+/// [`Store::delete`](crate::store::Store::delete).
+pub(super) fn delete(store: &PostgresStore, ids: &[i64]) -> Result<Vec<Result<()>>> {
+    store.guarded_batch(
+        ids,
+        |x| *x,
+        |_| None,
+        |_| Guard::Finished,
+        "delete",
+        |_| None,
+        |db, idx, _| {
+            let todo: Vec<i64> = idx.iter().map(|i| ids[*i]).collect();
+            db.query(sql::DELETE_FINISHED, &[&todo])?.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        },
+    )
 }
 
 /// [`Store::listen_set`](crate::store::Store::listen_set).

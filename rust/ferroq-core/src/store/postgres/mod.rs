@@ -189,6 +189,9 @@ impl Store for PostgresStore {
     fn purge(&self, p: &PurgeParams) -> Result<u64> {
         admin::purge(self, p)
     }
+    fn delete(&self, ids: &[i64]) -> Result<Vec<Result<()>>> {
+        admin::delete(self, ids)
+    }
     fn listen_set(&self, p: &ListenSetParams) -> Result<i64> {
         admin::listen_set(self, p)
     }

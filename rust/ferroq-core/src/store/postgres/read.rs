@@ -84,9 +84,10 @@ pub(super) fn list(store: &PostgresStore, p: &ListParams) -> Result<Vec<Task>> {
     let (active, done) = rules::list_tables(p.status);
     let status = p.status.map(|s| s.code() as i16);
     store.run(true, |db| {
-        read_tasks(
-            &db.query(sql::LIST, &[&p.queue, &status, &p.batch, &p.after_id, &(p.limit as i64), &active, &done])?,
-        )
+        read_tasks(&db.query(
+            sql::LIST,
+            &[&p.queue, &status, &p.batch, &p.after_id, &(p.limit as i64), &active, &done, &p.name, &p.key],
+        )?)
     })
 }
 

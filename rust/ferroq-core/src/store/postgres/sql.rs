@@ -569,18 +569,21 @@ pub const STATUS_OF: &str = "SELECT id, status FROM task WHERE id = ANY($1::bigi
 pub const REPLAY_ROWS: &str = "SELECT id, status, worker, result, error FROM task WHERE id = ANY($1::bigint[])
     UNION ALL SELECT id, status, worker, result, error FROM task_done WHERE id = ANY($1::bigint[])";
 
-/// A page of tasks, filtered by queue `$1`, status `$2`, batch `$3` (NULL
-/// = any), with ids above `$4` (NULL = from the start), at most `$5`.
+/// A page of tasks, filtered by queue `$1`, status `$2`, batch `$3`, name
+/// `$8`, key `$9` (NULL = any), with ids above `$4` (NULL = from the
+/// start), at most `$5`.
 /// `$6` / `$7` pick the tables to read.
 pub const LIST: &str = concat!(
     "SELECT * FROM (SELECT ",
     task_columns!(),
     " FROM task WHERE $6 AND ($4::bigint IS NULL OR id > $4) AND ($1::text IS NULL OR queue = $1)
         AND ($2::smallint IS NULL OR status = $2) AND ($3::text IS NULL OR batch = $3)
+        AND ($8::text IS NULL OR name = $8) AND ($9::text IS NULL OR key = $9)
     UNION ALL SELECT ",
     task_columns!(),
     " FROM task_done WHERE $7 AND ($4::bigint IS NULL OR id > $4) AND ($1::text IS NULL OR queue = $1)
-        AND ($2::smallint IS NULL OR status = $2) AND ($3::text IS NULL OR batch = $3)) AS t
+        AND ($2::smallint IS NULL OR status = $2) AND ($3::text IS NULL OR batch = $3)
+        AND ($8::text IS NULL OR name = $8) AND ($9::text IS NULL OR key = $9)) AS t
     ORDER BY id LIMIT $5"
 );
 
@@ -600,6 +603,14 @@ pub const PURGE: &str = "WITH gone AS (DELETE FROM task_done
     freed AS (DELETE FROM task_key k USING gone g
         WHERE g.key IS NOT NULL AND k.queue = g.queue AND k.key = g.key AND k.id = g.id)
     SELECT count(*) FROM gone";
+
+/// Deletes the finished tasks among `$1` and frees their keys; returns
+/// the ids deleted.
+pub const DELETE_FINISHED: &str = "WITH gone AS (DELETE FROM task_done WHERE id = ANY($1::bigint[])
+        RETURNING id, queue, key),
+    freed AS (DELETE FROM task_key k USING gone g
+        WHERE g.key IS NOT NULL AND k.queue = g.queue AND k.key = g.key AND k.id = g.id)
+    SELECT id FROM gone";
 
 /// Appends a listen-data change. The table lock makes versions commit in
 /// the order they are handed out, so a follower reading "after version v"

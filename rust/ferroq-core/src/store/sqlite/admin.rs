@@ -4,7 +4,7 @@
 use super::claim::read_limits;
 use super::{schema, sql, SqliteStore};
 use crate::error::Result;
-use crate::store::rules::{self, LimitWrite};
+use crate::store::rules::{self, Guard, LimitWrite};
 use crate::store::{
     CapacityParams, FunctionLimit, ListenChange, ListenChangesParams, ListenSetParams, PurgeParams, WorkerInfo,
 };
@@ -34,6 +34,24 @@ pub(super) fn purge(store: &SqliteStore, p: &PurgeParams) -> Result<u64> {
         })?;
     }
     Ok(total)
+}
+
+/// [`Store::delete`](crate::store::Store::delete).
+pub(super) fn delete(store: &SqliteStore, ids: &[i64]) -> Result<Vec<Result<()>>> {
+    store.per_item(
+        ids,
+        |x| *x,
+        |tx, _, local, x| {
+            // Keep the shard's highest id on record, as purge does, so a
+            // deleted newest task's id is never handed out again.
+            let high = schema::last_local_id(tx)?;
+            tx.prepare_cached(sql::SET_HIGH_ID)?.execute([high.to_string()])?;
+            if tx.prepare_cached(sql::DELETE_DONE)?.execute([local])? == 1 {
+                return Ok(Ok(()));
+            }
+            Ok(Err(store.explain(tx, *x, local, None, Guard::Finished, "delete")?))
+        },
+    )
 }
 
 /// [`Store::listen_set`](crate::store::Store::listen_set).

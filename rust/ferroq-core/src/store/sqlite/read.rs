@@ -154,7 +154,7 @@ pub(super) fn list(store: &SqliteStore, p: &ListParams) -> Result<Vec<Task>> {
                 conn,
                 s,
                 sql::LIST,
-                params![p.queue, p.status.map(Status::code), p.batch, from_local, p.limit, active, done],
+                params![p.queue, p.status.map(Status::code), p.batch, from_local, p.limit, active, done, p.name, p.key],
             )
         })?);
     }

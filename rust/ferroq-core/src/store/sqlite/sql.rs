@@ -576,17 +576,20 @@ pub const GET_BY_KEY: &str = concat!(
 pub const STATUS_OF: &str = "SELECT status, worker FROM task WHERE id = ?1
     UNION ALL SELECT status, worker FROM task_done WHERE id = ?1";
 
-/// A page of tasks, filtered by queue ?1, status ?2, batch ?3 (NULL = any),
-/// from local id ?4 on, at most ?5. ?6 / ?7 pick the tables to read.
+/// A page of tasks, filtered by queue ?1, status ?2, batch ?3, name ?8,
+/// key ?9 (NULL = any), from local id ?4 on, at most ?5. ?6 / ?7 pick the
+/// tables to read.
 pub const LIST: &str = concat!(
     "SELECT * FROM (SELECT ",
     task_row!(),
     " FROM task WHERE ?6 AND id >= ?4 AND (?1 IS NULL OR queue = ?1)
         AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR batch = ?3)
+        AND (?8 IS NULL OR name = ?8) AND (?9 IS NULL OR key = ?9)
     UNION ALL SELECT ",
     task_row!(),
     " FROM task_done WHERE ?7 AND id >= ?4 AND (?1 IS NULL OR queue = ?1)
-        AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR batch = ?3))
+        AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR batch = ?3)
+        AND (?8 IS NULL OR name = ?8) AND (?9 IS NULL OR key = ?9))
     ORDER BY id LIMIT ?5"
 );
 
