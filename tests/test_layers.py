@@ -26,12 +26,12 @@ LAYERS: list[list[str]] = [
         "ferroq.backoff",
         "ferroq.serialization",
         "ferroq.context",
+        "ferroq.resources",
         "ferroq.options",
         "ferroq.resilience",
         "ferroq.receive",
         "ferroq.events",
         "ferroq.progress",
-        "ferroq.resources",
     ],
     # L2: the connection lower layers take instead of a Queue, and what hangs off it.
     ["ferroq._connection", "ferroq._default", "ferroq.listen"],

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 from ._checks import seconds
 from ._errors import InvalidArgumentError
 from .backoff import Backoff
+from .resources import Requirement, stored_requirements
 from .serialization import serializer_name
 
 __all__ = [
@@ -36,7 +37,7 @@ class TaskOptions:
     serializer: str = "json"
     concurrency: Optional[int] = None
     rate_limit: Optional[float] = None
-    requires: Optional[dict[str, float]] = None
+    requires: Optional[Mapping[str, Requirement]] = None
 
 
 def parse_rate(rate: Union[str, float, None]) -> Optional[float]:
@@ -105,8 +106,6 @@ def check_options(options: TaskOptions) -> TaskOptions:
     ):
         raise InvalidArgumentError(f"concurrency must be an int >= 1, got {options.concurrency!r}")
     if options.requires is not None:
-        for k, v in options.requires.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
-                raise InvalidArgumentError(f"requires[{k!r}] must be a number >= 0, got {v!r}")
+        stored_requirements(options.requires)
     serializer_name(options.serializer)
     return options

@@ -28,6 +28,7 @@ from ._errors import InvalidArgumentError, QueueFullError
 from .context import TaskContext, _current
 from .handle import TaskHandle
 from .options import NO_OVERRIDES, SendOptions, TaskOptions, check_retries
+from .resources import stored_requirements
 from .serialization import ArgBinder, decode, encode
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ class TaskFunction(Generic[P, R]):
             if d.result_ttl is not None:
                 opts["result_ttl_ms"] = int(d.result_ttl * 1000)
             if d.requires is not None:
-                opts["requires"] = json.dumps(d.requires)
+                opts["requires"] = json.dumps(stored_requirements(d.requires))
             self._enqueue_defaults = opts
         return self._enqueue_defaults
 
@@ -232,7 +233,9 @@ class TaskCall(Generic[P, R]):
             metadata=metadata,
             backoff=d.backoff.encode() if d.backoff is not None else None,
             result_ttl_ms=int(d.result_ttl * 1000) if d.result_ttl is not None else None,
-            requires=json.dumps(d.requires) if d.requires is not None else None,
+            requires=None
+            if d.requires is None
+            else json.dumps(stored_requirements(d.requires)),
         )
         wait = None if o.wait is None else seconds(o.wait, "wait", inf_ok=True)
         deadline = None if wait is None else time.monotonic() + wait

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from .. import _core
 from .._connection import StatusHook
 from ..registry import Overlay, registered
+from ..resources import offered
 
 if TYPE_CHECKING:
     from .._connection import Connection
@@ -130,7 +131,7 @@ class WorkerState:
         now = time.monotonic()
         if self._resources_json is None or now - self._probed_at > _PROBE_TTL_S:
             try:
-                self._resources_json = json.dumps(self._probe())
+                self._resources_json = json.dumps(offered(self._probe()))
             except Exception:
                 log.exception("resource probe failed; offering none")
                 self._resources_json = "{}"
