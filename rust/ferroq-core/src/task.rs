@@ -14,6 +14,7 @@ use std::fmt;
 /// | `Failed`    | fail or recover with attempts exhausted (dead letters) | retry, requeue, purge |
 /// | `Cancelled` | cancel; any end of a running task whose cancel was asked | retry, requeue, purge |
 /// | `Expired`   | expire (deadline passed before it ran); an answer deadline with the `expire` policy | retry, requeue, purge |
+/// | `Waiting`   | enqueue with dependencies (`enqueue_flow`) that are not all done | the finish of its last parent, or a release sweep (to `Queued`); a parent that ends otherwise, or cancel (to `Cancelled`) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Status {
@@ -29,12 +30,22 @@ pub enum Status {
     Cancelled = 4,
     /// Its deadline passed before it ran.
     Expired = 5,
+    /// Waiting for the tasks it depends on to finish (see `Store::enqueue_flow`);
+    /// never claimed in this status.
+    Waiting = 6,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 6] =
-        [Status::Queued, Status::Running, Status::Done, Status::Failed, Status::Cancelled, Status::Expired];
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Running,
+        Status::Done,
+        Status::Failed,
+        Status::Cancelled,
+        Status::Expired,
+        Status::Waiting,
+    ];
 
     /// The lower-case name.
     pub fn as_str(self) -> &'static str {
@@ -45,6 +56,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
             Status::Expired => "expired",
+            Status::Waiting => "waiting",
         }
     }
 
@@ -73,7 +85,7 @@ impl Status {
     /// True for statuses a task never leaves on its own (done, failed,
     /// cancelled, expired).
     pub fn is_finished(self) -> bool {
-        !matches!(self, Status::Queued | Status::Running)
+        !matches!(self, Status::Queued | Status::Running | Status::Waiting)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::errors::{invalid, seconds, to_py, Int, IntoPyResult, Text};
 use crate::task::PyTask;
 use ferroq_core::columns::{first_page, read_page, ResultColumns, ResultQuery, TextColumn};
 use ferroq_core::store::{
-    ActiveParams, EnqueueParams, OnDuplicate, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams,
+    ActiveParams, Dep, EnqueueParams, FlowTask, OnDuplicate, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams,
     SetPriorityParams, SetRunAtParams, StartParams,
 };
 use ferroq_core::store::{
@@ -732,6 +732,61 @@ impl PyStore {
         let p = RecoverParams { worker };
         let out = self.call(py, |store| store.recover(&p))?;
         Ok(out.into_iter().map(|(id, s)| (id, s.as_str())).collect())
+    }
+
+    /// Enqueues the steps of a flow in one call: each step is (queue,
+    /// name, payload, priority, max_attempts, key, backoff, metadata,
+    /// after), where `after` lists the step's parents: a task id (>= 0),
+    /// or `-(i + 1)` for step `i` of this call (an earlier one). A step
+    /// with unfinished parents is 'waiting' until they are all done.
+    /// Returns (ids, inserted flags).
+    #[allow(clippy::type_complexity)]
+    fn enqueue_flow(
+        &self,
+        py: Python<'_>,
+        steps: Vec<(Text, Text, Blob, Int<i64>, Int<u32>, Option<Text>, Option<Text>, Option<Text>, Vec<Int<i64>>)>,
+    ) -> PyResult<(Vec<i64>, Vec<bool>)> {
+        let mut plain = Vec::with_capacity(steps.len());
+        for (queue, name, payload, priority, max_attempts, key, backoff, metadata, after) in steps {
+            let after: Vec<Dep> = after
+                .into_iter()
+                .map(|d| if d.0 >= 0 { Dep::Task(d.0) } else { Dep::Earlier((-(d.0 + 1)) as usize) })
+                .collect();
+            plain.push((
+                queue.0,
+                name.0,
+                payload.0,
+                priority.0,
+                max_attempts.0,
+                key.map(String::from),
+                backoff.map(String::from),
+                metadata.map(String::from),
+                after,
+            ));
+        }
+        let out = self.call(py, |store| {
+            let mut tasks = Vec::with_capacity(plain.len());
+            for (queue, name, payload, priority, max_attempts, key, backoff, metadata, after) in plain {
+                let task = NewTask {
+                    priority,
+                    max_attempts,
+                    key,
+                    metadata,
+                    backoff: parse_backoff(backoff.as_deref())?,
+                    ..NewTask::new(queue, name, payload)
+                };
+                tasks.push(FlowTask { task, after });
+            }
+            store.enqueue_flow(&tasks)
+        })?;
+        Ok(out.into_iter().map(|e| (e.id, e.inserted)).unzip())
+    }
+
+    /// The parents of each task (in the order the flow gave them; empty
+    /// for a task without).
+    fn dependencies(&self, py: Python<'_>, ids: Vec<Int<i64>>) -> PyResult<Vec<Vec<i64>>> {
+        let ids: Vec<i64> = ids.into_iter().map(|i| i.0).collect();
+        self.call(py, |store| store.dependencies(&ids))
     }
 
     /// Moves queued tasks past their deadline to 'expired'; returns their ids.

@@ -33,6 +33,18 @@
 //! fail, release, lease expiry or a dead worker (`recover`), an answer
 //! deadline, or being switched out of a serial queue — and never runs again.
 //!
+//! Flows (chains, groups, chords) are task dependencies kept in the
+//! store: [`Store::enqueue_flow`] stores a task with its parents; while a
+//! parent is unfinished the task is `waiting` (never claimed). The
+//! transaction that finishes its last parent releases it to `queued`
+//! where the backend can (PostgreSQL; SQLite when the parents live on the
+//! child's shard); otherwise the finishing call releases it right after
+//! its commit, and `recover` sweeps waiting tasks so that a crash between
+//! the two loses nothing. A parent that ends in any other way (failed,
+//! cancelled, expired) cancels its dependents, transitively, naming it. A
+//! finished parent is not purged while a dependent is unfinished: the
+//! dependent reads its result when it runs.
+//!
 //! Serial queues (`QueueOptions::serial`) have at most one running task,
 //! store-wide: claims, `start` and `active` of a serial queue are
 //! serialised (SQLite: on shard 0's write lock, across processes;
@@ -55,7 +67,7 @@ pub use limits::FunctionLimit;
 pub(crate) use limits::{allowances, StoredLimit};
 pub use params::ShardCheck;
 pub use params::{
-    ActiveParams, EnqueueParams, OnDuplicate, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams,
+    ActiveParams, Dep, EnqueueParams, FlowTask, OnDuplicate, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams,
     SetPriorityParams, SetRunAtParams, StartParams,
 };
 pub use params::{
@@ -102,6 +114,18 @@ pub trait Store: Send + Sync {
     /// checksum) is not returned: it moves to `failed` with the damage as
     /// its error, and the rest of the batch is claimed.
     fn claim(&self, p: &ClaimParams) -> Result<Vec<Task>>;
+    /// Enqueues the steps of a flow: each task with the tasks it waits
+    /// for (ids already stored, or earlier tasks of this batch). A task
+    /// with parents starts `waiting`, or `queued` when they are all done
+    /// already, or is `cancelled` at once when one of them ended otherwise.
+    /// A parent id that names no task is [`NotFound`](crate::Error::NotFound)
+    /// and stores nothing; a task whose key is taken reports the existing
+    /// task and adds no dependency. Keys dedupe as in [`Store::enqueue`].
+    fn enqueue_flow(&self, tasks: &[FlowTask]) -> Result<Vec<Enqueued>>;
+    /// The parents of each task (empty for a task without), in the order
+    /// they were given to [`Store::enqueue_flow`]; a task that does not
+    /// exist has none.
+    fn dependencies(&self, ids: &[i64]) -> Result<Vec<Vec<i64>>>;
     /// Hands chosen queued tasks to a worker (marks them running, counting
     /// an attempt), whatever their `run_at`; returns each task as started.
     /// On a serial queue, the task running there goes back to `queued`

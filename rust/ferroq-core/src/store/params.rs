@@ -423,3 +423,23 @@ pub struct QueueOptions {
     /// still comes first. Applies to tasks finishing after it is set.
     pub retention_ms: Option<i64>,
 }
+
+/// A task one step of a flow depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dep {
+    /// A task already in the store, by id.
+    Task(i64),
+    /// An earlier task of the same [`enqueue_flow`](super::Store::enqueue_flow)
+    /// batch, by its index there.
+    Earlier(usize),
+}
+
+/// A task to enqueue with the tasks it waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowTask {
+    /// The task.
+    pub task: NewTask,
+    /// Its parents, in order (the order [`dependencies`](super::Store::dependencies)
+    /// reports them in). Empty: an ordinary task.
+    pub after: Vec<Dep>,
+}

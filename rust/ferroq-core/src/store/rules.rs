@@ -187,6 +187,64 @@ pub(crate) fn abandon(
     }
 }
 
+/// What becomes of a waiting task, given its parents as they are now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// A parent is unfinished: keep waiting.
+    Wait,
+    /// Every parent is done: to `queued`.
+    Release,
+    /// A parent ended otherwise (or is gone): to `cancelled`, with this error.
+    Cancel(String),
+}
+
+/// Decides a waiting task's fate from its parents' `(id, status)`, status
+/// None for a parent no longer stored. The first parent that ended in
+/// anything but `done` decides (a dependency can never be met again);
+/// otherwise any unfinished parent keeps it waiting.
+pub(crate) fn settle(parents: &[(i64, Option<Status>)]) -> Settle {
+    for &(id, status) in parents {
+        match status {
+            None => return Settle::Cancel(format!("dependency {id} is gone (purged before this task was released)")),
+            Some(s) if s.is_finished() && s != Status::Done => {
+                return Settle::Cancel(format!("dependency {id} ended {s}"));
+            }
+            _ => {}
+        }
+    }
+    if parents.iter().all(|(_, s)| *s == Some(Status::Done)) {
+        Settle::Release
+    } else {
+        Settle::Wait
+    }
+}
+
+/// Checks the dependencies of a flow batch: an earlier index must point
+/// before the task naming it.
+pub(crate) fn check_flow(tasks: &[super::FlowTask]) -> Result<()> {
+    for (i, t) in tasks.iter().enumerate() {
+        for d in &t.after {
+            if let super::Dep::Earlier(j) = *d {
+                if j >= i {
+                    return Err(Error::InvalidArgument(format!(
+                        "task {i} of the flow depends on task {j}, which is not before it"
+                    )));
+                }
+            }
+        }
+        if t.after.len() > MAX_PARENTS {
+            return Err(Error::InvalidArgument(format!(
+                "task {i} of the flow has {} dependencies; the limit is {MAX_PARENTS}",
+                t.after.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The most parents one task may have.
+pub(crate) const MAX_PARENTS: usize = 100_000;
+
 /// The error text of a handed-out task whose answer deadline passed.
 pub(crate) const ANSWER_DEADLINE_PASSED: &str = "answer deadline passed";
 
@@ -586,6 +644,16 @@ mod tests {
         assert!(matches!(&e, Error::DuplicateKey { id: Some(9), .. }));
         assert!(e.to_string().contains("task 9"), "{e}");
         assert!(duplicate_key("a", "1", None).to_string().contains("twice"));
+    }
+
+    #[test]
+    fn waiting_tasks_settle_on_their_parents() {
+        use Status::*;
+        assert_eq!(settle(&[(1, Some(Done)), (2, Some(Done))]), Settle::Release);
+        assert_eq!(settle(&[(1, Some(Done)), (2, Some(Running))]), Settle::Wait);
+        assert_eq!(settle(&[(1, Some(Queued)), (2, Some(Failed))]), Settle::Cancel("dependency 2 ended failed".into()));
+        assert!(matches!(settle(&[(3, None)]), Settle::Cancel(m) if m.contains("gone")));
+        assert_eq!(settle(&[]), Settle::Release);
     }
 
     #[test]

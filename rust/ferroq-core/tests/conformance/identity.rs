@@ -131,9 +131,19 @@ fn make_old_format(dir: &Path, shards: u32) {
     }
 }
 
+/// Turns a store back into one written by schema version 3: no
+/// dependency table, user_version 3.
+fn make_v3_format(dir: &Path, shards: u32) {
+    for i in 0..shards {
+        let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
+        c.execute_batch("DROP TABLE task_dep; PRAGMA user_version = 3;").unwrap();
+    }
+}
+
 /// Turns a store back into one written by schema version 2: no queue
 /// options columns, user_version 2.
 fn make_v2_format(dir: &Path, shards: u32) {
+    make_v3_format(dir, shards);
     for i in 0..shards {
         let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
         c.execute_batch(
@@ -169,7 +179,27 @@ fn store_of_schema_2_gains_queue_options_and_keeps_capacities() {
         assert_eq!(s.queue_options("q").unwrap(), o);
         assert_eq!(s.capacity("q").unwrap(), Some(100), "options keep the capacity");
         drop(s);
-        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 3));
+        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 4));
+    }
+}
+
+#[test]
+fn store_of_schema_3_gains_flows_and_keeps_its_tasks() {
+    for shards in [1u32, 4] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir: PathBuf = tmp.path().join("store");
+        let ids = make_store(&dir, shards, 5);
+        checkpoint(&dir, shards);
+        make_v3_format(&dir, shards);
+        let s = open(&dir).unwrap();
+        assert!(s.get(&ids).unwrap().iter().all(Option::is_some));
+        use ferroq_core::store::{Dep, FlowTask};
+        let step = |after| FlowTask { task: task("q"), after };
+        let got = s.enqueue_flow(&[step(vec![Dep::Task(ids[0])]), step(vec![Dep::Earlier(0)])]).unwrap();
+        assert_eq!(s.get(&[got[1].id]).unwrap()[0].as_ref().unwrap().status, Status::Waiting);
+        assert_eq!(s.dependencies(&[got[1].id]).unwrap(), vec![vec![got[0].id]]);
+        drop(s);
+        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 4));
     }
 }
 
@@ -222,7 +252,7 @@ fn store_of_the_previous_schema_opens_and_keeps_its_tasks() {
         assert!(ids.iter().all(|id| *id != new));
         drop(s);
         let stamped = store_ids(&dir, shards);
-        assert!(stamped.iter().all(|(v, id)| *v == 3 && id.is_some()), "{stamped:?}");
+        assert!(stamped.iter().all(|(v, id)| *v == 4 && id.is_some()), "{stamped:?}");
         assert!(stamped.iter().all(|(_, id)| *id == stamped[0].1), "one store id in every shard: {stamped:?}");
         // And it opens again as a store of the new version.
         assert!(open(&dir).unwrap().get(&[new]).unwrap()[0].is_some());

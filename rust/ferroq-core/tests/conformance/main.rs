@@ -20,6 +20,7 @@ mod bad_input;
 mod concurrency;
 mod durability;
 mod events;
+mod flow;
 mod harness;
 mod identity;
 mod integrity;

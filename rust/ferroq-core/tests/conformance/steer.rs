@@ -443,6 +443,8 @@ fn postgres_store_of_schema_1_is_migrated() {
              ALTER TABLE task_done ALTER COLUMN priority TYPE integer;
              ALTER TABLE queue_setting DROP COLUMN serial, DROP COLUMN answer_timeout_ms,
                  DROP COLUMN on_timeout, DROP COLUMN retention_ms;
+             DROP TRIGGER task_finished_settle ON task_done; DROP FUNCTION settle_dependents();
+             DROP FUNCTION settle_waiting(bigint[]); DROP TABLE task_dep;
              UPDATE meta SET value = '1' WHERE name = 'schema_version';"
         ))
         .unwrap();
@@ -455,5 +457,9 @@ fn postgres_store_of_schema_1_is_migrated() {
     assert!(store.queue_options("q").unwrap().serial);
     let version: String =
         admin.query_one(&format!("SELECT value FROM {schema}.meta WHERE name = 'schema_version'"), &[]).unwrap().get(0);
-    assert_eq!(version, "2");
+    assert_eq!(version, "3");
+    // Migrated to version 3 too: flows work.
+    use ferroq_core::store::{Dep, FlowTask};
+    let got = store.enqueue_flow(&[FlowTask { task: task("q"), after: vec![Dep::Task(old)] }]).unwrap();
+    assert_eq!(store.get(&[got[0].id]).unwrap()[0].as_ref().unwrap().status, Status::Waiting);
 }

@@ -33,6 +33,7 @@ pub mod config;
 mod enqueue;
 mod events;
 mod exec;
+mod flow;
 mod notify;
 mod pool;
 mod read;
@@ -105,6 +106,12 @@ impl Drop for PostgresStore {
 }
 
 impl Store for PostgresStore {
+    fn enqueue_flow(&self, tasks: &[crate::store::FlowTask]) -> Result<Vec<Enqueued>> {
+        flow::enqueue_flow(self, tasks)
+    }
+    fn dependencies(&self, ids: &[i64]) -> Result<Vec<Vec<i64>>> {
+        flow::dependencies(self, ids)
+    }
     fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
         enqueue::enqueue(self, tasks)
     }
@@ -163,7 +170,9 @@ impl Store for PostgresStore {
         transitions::retry(self, p)
     }
     fn recover(&self, p: &RecoverParams) -> Result<Vec<(i64, Status)>> {
-        transitions::recover(self, p)
+        let out = transitions::recover(self, p)?;
+        flow::sweep(self)?;
+        Ok(out)
     }
     fn expire(&self) -> Result<Vec<i64>> {
         transitions::expire(self)

@@ -19,7 +19,7 @@
 
 /// The schema version this build writes (`meta.schema_version`).
 /// Version 2: 64-bit priorities and the queue options ([`MIGRATE_V2`]).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The columns of both task tables, in the order `read::read_task` reads
 /// them (the positions of `rules::TaskCol`).
@@ -192,6 +192,89 @@ ALTER TABLE queue_setting ADD COLUMN serial boolean NOT NULL DEFAULT false,
     ADD COLUMN on_timeout smallint NOT NULL DEFAULT 0,
     ADD COLUMN retention_ms bigint;
 ";
+
+/// Schema version 3: task dependencies (flows). A row says task `child`
+/// waits for task `parent` (`pos`: its place among the child's parents).
+/// A task with unfinished parents has status 6 (`waiting`), outside the
+/// ready index. The statement that finishes tasks (any insert into
+/// `task_done`) settles their waiting dependents in the same transaction
+/// (`settle_waiting`, through a statement-level trigger that costs one
+/// probe of an empty `task_dep` when there are no flows): each is locked
+/// first, in id order, so that two transactions finishing the last two
+/// parents take turns and the second sees the first's commit; then those
+/// whose parents are all done go to `queued`, and those with a parent
+/// that ended otherwise go to `cancelled`, naming it, which in turn
+/// settles their own dependents. A cancelled dependent takes the purge
+/// time of the parent that ended it (the trigger cannot see the store's
+/// default retention).
+pub const MIGRATE_V3: &str = "
+CREATE TABLE task_dep (
+    parent bigint NOT NULL,
+    child bigint NOT NULL,
+    pos integer NOT NULL,
+    PRIMARY KEY (parent, child)
+);
+CREATE INDEX task_dep_child ON task_dep (child, pos);
+CREATE FUNCTION settle_waiting(children bigint[]) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM task WHERE id = ANY(children) AND status = 6 ORDER BY id FOR UPDATE;
+    RETURN QUERY UPDATE task t SET status = 0 WHERE t.id = ANY(children) AND t.status = 6
+        AND NOT EXISTS (SELECT 1 FROM task_dep d WHERE d.child = t.id
+            AND NOT EXISTS (SELECT 1 FROM task_done p WHERE p.id = d.parent AND p.status = 2))
+        RETURNING t.id;
+    RETURN QUERY WITH bad AS (
+        SELECT DISTINCT ON (d.child) d.child, d.parent, p.status, p.finished_at, p.purge_at
+        FROM task_dep d JOIN task_done p ON p.id = d.parent
+        WHERE d.child = ANY(children) AND p.status IN (3, 4, 5) ORDER BY d.child, d.pos),
+    moved AS (DELETE FROM task t USING bad WHERE t.id = bad.child AND t.status = 6
+        RETURNING t.*, bad.parent AS dep, bad.status AS dep_status, bad.finished_at AS dep_at,
+            bad.purge_at AS dep_purge)
+    INSERT INTO task_done (id, queue, name, payload, priority, status, run_at, attempts, max_attempts,
+        lease_until, worker, key, batch, progress, result, error, created_at, started_at, finished_at,
+        expires_at, metadata, cancel_requested, backoff, result_ttl, purge_at, requires)
+    SELECT id, queue, name, payload, priority, 4, run_at, attempts, max_attempts, NULL, NULL, key, batch,
+        progress, NULL, 'dependency ' || dep || ' ended '
+            || CASE dep_status WHEN 3 THEN 'failed' WHEN 4 THEN 'cancelled' ELSE 'expired' END,
+        created_at, started_at, dep_at, expires_at, metadata, false, backoff, result_ttl, dep_purge, requires
+    FROM moved RETURNING id;
+END $$;
+CREATE FUNCTION settle_dependents() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    children bigint[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM task_dep) THEN RETURN NULL; END IF;
+    SELECT array_agg(DISTINCT d.child) INTO children FROM task_dep d JOIN finished f ON d.parent = f.id;
+    IF children IS NOT NULL THEN
+        PERFORM settle_waiting(children);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER task_finished_settle AFTER INSERT ON task_done REFERENCING NEW TABLE AS finished
+    FOR EACH STATEMENT EXECUTE FUNCTION settle_dependents();
+";
+
+/// Inserts one flow task with id `$1` and status `$15` (queued or
+/// waiting); `$12` = now.
+pub const INSERT_FLOW_TASK: &str = "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
+        attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl, requires)
+    VALUES ($1, $2, $3, $4, $5, $15, coalesce($6::bigint, $12::bigint), 0, $7, $8, $9, $12, $10, $11, $13, $14,
+        $16)";
+/// Takes the next task id.
+pub const NEXT_ID: &str = "SELECT nextval('task_id_seq')";
+/// Locks unfinished parents `$1` against finishing while their dependents
+/// are stored (a finished parent stays finished).
+pub const LOCK_PARENTS: &str = "SELECT id FROM task WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE";
+/// Records that task `$2` waits for task `$1` (its `$3`-th parent).
+pub const DEP_INSERT: &str = "INSERT INTO task_dep (parent, child, pos) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+/// The parents of tasks `$1`, in order: (child, parent).
+pub const DEPS_OF: &str = "SELECT child, parent FROM task_dep WHERE child = ANY($1::bigint[]) ORDER BY child, pos";
+/// Settles every waiting task (the sweep; settling is also done by the
+/// finishing statement, so this finds work only after a manual change).
+pub const SETTLE_ALL: &str = "SELECT settle_waiting(array_agg(id)) FROM task WHERE status = 6";
+/// Forgets the dependency rows of finished (or gone) tasks: their parents'
+/// results are no longer needed.
+pub const DEPS_FORGET: &str = "DELETE FROM task_dep d WHERE NOT EXISTS
+    (SELECT 1 FROM task t WHERE t.id = d.child)";
 
 /// Subscribes a connection to the store's wake-ups.
 pub const LISTEN: &str = "LISTEN ferroq_{schema}";
@@ -596,9 +679,12 @@ pub const COUNT_UNFINISHED: &str = "SELECT queue, count(*) FROM task
     WHERE queue = ANY($1::text[]) GROUP BY queue";
 
 /// Deletes finished tasks past their retention (`$1` = now) or finished
-/// before `$2`, and frees their keys; returns how many tasks went.
+/// before `$2`, except the parents of unfinished dependents (their result
+/// is read when the dependent runs), and frees their keys; returns how
+/// many tasks went.
 pub const PURGE: &str = "WITH gone AS (DELETE FROM task_done
-        WHERE purge_at <= $1 OR ($2::bigint IS NOT NULL AND finished_at < $2)
+        WHERE (purge_at <= $1 OR ($2::bigint IS NOT NULL AND finished_at < $2))
+            AND NOT EXISTS (SELECT 1 FROM task_dep d WHERE d.parent = task_done.id)
         RETURNING id, queue, key),
     freed AS (DELETE FROM task_key k USING gone g
         WHERE g.key IS NOT NULL AND k.queue = g.queue AND k.key = g.key AND k.id = g.id)

@@ -231,6 +231,13 @@ pub(super) fn cancel(store: &PostgresStore, p: &[CancelParams]) -> Result<Vec<Re
         if !moved.is_empty() {
             return Ok(Ok(Status::Cancelled));
         }
+        let moved = db.query(
+            sql::MOVE_TO_DONE,
+            &[&ids, &none, &why, &anyone, &cancelled, &from(Status::Waiting), &now, &retention],
+        )?;
+        if !moved.is_empty() {
+            return Ok(Ok(Status::Cancelled));
+        }
         if db.execute(sql::FLAG_CANCEL, &[&x.id])? == 1 {
             return Ok(Ok(Status::Running));
         }

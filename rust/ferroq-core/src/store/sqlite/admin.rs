@@ -23,7 +23,8 @@ pub(super) fn purge(store: &SqliteStore, p: &PurgeParams) -> Result<u64> {
         total += store.write(s, |tx| {
             let high = schema::last_local_id(tx)?;
             tx.prepare_cached(sql::SET_HIGH_ID)?.execute([high.to_string()])?;
-            let n = tx.prepare_cached(sql::PURGE)?.execute(params![now, p.finished_before])?;
+            let shards = i64::from(store.shard_count());
+            let n = tx.prepare_cached(sql::PURGE)?.execute(params![now, p.finished_before, shards, s as i64])?;
             super::events::prune(store, tx, now)?;
             if s == 0 {
                 if let Some(r) = store.config.retention_ms {

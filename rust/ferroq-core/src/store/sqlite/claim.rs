@@ -126,8 +126,9 @@ impl SqliteStore {
             return Err(damaged.error);
         }
         let local = damaged.id / i64::from(self.shard_count());
+        let shard = (damaged.id % i64::from(self.shard_count())) as usize;
         let why = damaged.error.to_string();
-        self.move_to_done(tx, local, Status::Failed, None, Some(&why), Status::Running, None, now)?;
+        self.move_to_done(tx, shard, local, Status::Failed, None, Some(&why), Status::Running, None, now)?;
         Ok(())
     }
 

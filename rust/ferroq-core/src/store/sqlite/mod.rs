@@ -29,6 +29,7 @@ mod check;
 mod claim;
 mod enqueue;
 mod events;
+mod flow;
 mod read;
 mod schema;
 mod shard;
@@ -49,8 +50,8 @@ use wake::Wake;
 use super::config::{StoreConfig, MAX_SHARDS};
 use super::rules;
 use super::{
-    ActiveParams, EnqueueParams, OnDuplicate, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams,
-    SetRunAtParams, StartParams,
+    ActiveParams, EnqueueParams, FlowTask, OnDuplicate, QueueOptions, RequeueParams, SetMetadataParams,
+    SetPriorityParams, SetRunAtParams, StartParams,
 };
 use super::{
     BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, FunctionLimit,
@@ -80,6 +81,9 @@ pub struct SqliteStore {
     dir_watch: Option<watch::DirWatch>,
     /// Whether any capacity was set, and when that was read.
     capacity_seen: Mutex<Option<(bool, Instant)>>,
+    /// Dependents of finished tasks still to settle once the finishing
+    /// verb holds no shard (`flow.rs`).
+    unsettled: Mutex<Vec<i64>>,
     label: String,
 }
 
@@ -169,6 +173,7 @@ impl SqliteStore {
             wake: Arc::new(Wake::new()),
             dir_watch,
             capacity_seen: Mutex::new(None),
+            unsettled: Mutex::new(Vec::new()),
             label,
         })
     }
@@ -288,13 +293,19 @@ impl Store for SqliteStore {
         }
     }
     fn claim(&self, p: &ClaimParams) -> Result<Vec<Task>> {
-        claim::claim(self, p)
+        let out = claim::claim(self, p);
+        self.settle_pending();
+        out
     }
     fn start(&self, p: &[StartParams]) -> Result<Vec<Result<Task>>> {
-        steer::start(self, p)
+        let out = steer::start(self, p);
+        self.settle_pending();
+        out
     }
     fn active(&self, p: &ActiveParams) -> Result<Option<Task>> {
-        steer::active(self, p)
+        let out = steer::active(self, p);
+        self.settle_pending();
+        out
     }
     fn requeue(&self, p: &[RequeueParams]) -> Result<Vec<Result<()>>> {
         steer::requeue(self, p)
@@ -324,25 +335,44 @@ impl Store for SqliteStore {
         transitions::progress(self, p)
     }
     fn complete(&self, p: &[CompleteParams]) -> Result<Vec<Result<()>>> {
-        transitions::complete(self, p)
+        let out = transitions::complete(self, p);
+        self.settle_pending();
+        out
     }
     fn fail(&self, p: &[FailParams]) -> Result<Vec<Result<Status>>> {
-        transitions::fail(self, p)
+        let out = transitions::fail(self, p);
+        self.settle_pending();
+        out
     }
     fn cancel(&self, p: &[CancelParams]) -> Result<Vec<Result<Status>>> {
-        transitions::cancel(self, p)
+        let out = transitions::cancel(self, p);
+        self.settle_pending();
+        out
     }
     fn release(&self, p: &[ReleaseParams]) -> Result<Vec<Result<()>>> {
-        transitions::release(self, p)
+        let out = transitions::release(self, p);
+        self.settle_pending();
+        out
     }
     fn retry(&self, p: &[RetryParams]) -> Result<Vec<Result<()>>> {
         transitions::retry(self, p)
     }
     fn recover(&self, p: &RecoverParams) -> Result<Vec<(i64, Status)>> {
-        transitions::recover(self, p)
+        let mut out = transitions::recover(self, p)?;
+        self.settle_pending();
+        out.extend(flow::sweep(self)?);
+        Ok(out)
+    }
+    fn enqueue_flow(&self, tasks: &[FlowTask]) -> Result<Vec<Enqueued>> {
+        flow::enqueue_flow(self, tasks)
+    }
+    fn dependencies(&self, ids: &[i64]) -> Result<Vec<Vec<i64>>> {
+        flow::dependencies(self, ids)
     }
     fn expire(&self) -> Result<Vec<i64>> {
-        transitions::expire(self)
+        let out = transitions::expire(self);
+        self.settle_pending();
+        out
     }
     fn get(&self, ids: &[i64]) -> Result<Vec<Option<Task>>> {
         read::get(self, ids)

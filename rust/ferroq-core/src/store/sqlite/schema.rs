@@ -164,6 +164,7 @@ pub fn create(conn: &mut Connection, index: u32, shards: u32, store_id: &str) ->
     tx.execute_batch(sql::SCHEMA_V1)?;
     tx.execute_batch(sql::MIGRATE_V2)?;
     tx.execute_batch(sql::MIGRATE_V3)?;
+    tx.execute_batch(sql::MIGRATE_V4)?;
     tx.execute(sql::META_SET, ("app", "ferroq"))?;
     tx.execute(sql::META_SET, (META_SHARDS, shards.to_string()))?;
     tx.execute(sql::META_SET, (META_SHARD, index.to_string()))?;
@@ -182,7 +183,8 @@ pub fn create(conn: &mut Connection, index: u32, shards: u32, store_id: &str) ->
 ///
 /// Migration from version 1 adds the checksum columns and the store id:
 /// shard 0 gets a new one, every other shard the one shard 0 has. From
-/// version 2, the queue options columns.
+/// version 2, the queue options columns; from version 3, the dependency
+/// table.
 pub fn prepare(conn: &mut Connection, index: u32, store_id: Option<&str>, label: &str) -> Result<ShardInfo> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (app_id, version) = read_identity(&tx)?;
@@ -216,6 +218,9 @@ pub fn prepare(conn: &mut Connection, index: u32, store_id: Option<&str>, label:
     }
     if version < 3 {
         tx.execute_batch(sql::MIGRATE_V3)?;
+    }
+    if version < 4 {
+        tx.execute_batch(sql::MIGRATE_V4)?;
     }
     if version < sql::SCHEMA_VERSION {
         tx.execute_batch(&sql::stamp())?;

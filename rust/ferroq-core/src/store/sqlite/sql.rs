@@ -12,9 +12,10 @@ pub const APPLICATION_ID: i64 = 0x4652_5131;
 /// The schema version this build writes (`PRAGMA user_version`).
 /// Version 2 added the store identity (`meta.store_id`, see
 /// `schema::prepare`) and the payload and result checksums
-/// ([`MIGRATE_V2`]); version 3 the queue options ([`MIGRATE_V3`]). An
-/// older shard is migrated, one version at a time, when it is opened.
-pub const SCHEMA_VERSION: i64 = 3;
+/// ([`MIGRATE_V2`]); version 3 the queue options ([`MIGRATE_V3`]);
+/// version 4 task dependencies and the `waiting` status ([`MIGRATE_V4`]).
+/// An older shard is migrated, one version at a time, when it is opened.
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The columns of both task tables, in the order `read::read_task` reads
 /// them (the positions of `rules::TaskCol`).
@@ -222,6 +223,40 @@ ALTER TABLE queue_setting ADD COLUMN on_timeout INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE queue_setting ADD COLUMN retention_ms INTEGER;
 ";
 
+/// Schema version 4: task dependencies (flows). A row says task `child`
+/// waits for task `parent` (both store-wide ids), `pos` its place among
+/// the child's parents. The row is kept in the child's shard (its parents,
+/// in order: `DEPS_OF`) and, when the parent lives elsewhere, in the
+/// parent's shard too (its dependents: `DEPENDENTS_OF`; and the purge
+/// guard of its result). Rows go once the child has finished (the sweep,
+/// `flow.rs`). A task with unfinished parents has status 6 (`waiting`),
+/// outside the ready index. A new table: no row is rewritten.
+pub const MIGRATE_V4: &str = "
+CREATE TABLE task_dep (
+    parent INTEGER NOT NULL,
+    child INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
+CREATE INDEX task_dep_child ON task_dep (child, pos);
+";
+
+/// Records that task ?2 waits for task ?1 (its ?3-th parent).
+pub const DEP_INSERT: &str = "INSERT OR IGNORE INTO task_dep (parent, child, pos) VALUES (?1, ?2, ?3)";
+/// Whether the shard holds any dependency (a finish skips the lookup of
+/// dependents when none does).
+pub const DEPS_ANY: &str = "SELECT EXISTS (SELECT 1 FROM task_dep)";
+/// The dependents of task ?1 recorded in this shard.
+pub const DEPENDENTS_OF: &str = "SELECT child FROM task_dep WHERE parent = ?1";
+/// The parents of task ?1, in order (complete in the child's shard).
+pub const DEPS_OF: &str = "SELECT parent FROM task_dep WHERE child = ?1 ORDER BY pos";
+/// Every task this shard holds dependency rows for.
+pub const DEP_CHILDREN: &str = "SELECT DISTINCT child FROM task_dep";
+/// Forgets the dependency rows of task ?1 in this shard.
+pub const DEPS_DELETE: &str = "DELETE FROM task_dep WHERE child = ?1";
+/// Releases waiting task ?1 (its parents are all done).
+pub const RELEASE_WAITING: &str = "UPDATE task SET status = 0 WHERE id = ?1 AND status = 6";
+
 /// SQLite's own check of a shard file's structure: one row `ok`, or one
 /// row per problem found (at most 100).
 pub const INTEGRITY_CHECK: &str = "PRAGMA integrity_check(100)";
@@ -323,6 +358,12 @@ pub const INSERT_TASK_ALONE: &str = concat!(
     " VALUES (max(?14, 1 + ",
     last_local_id!(),
     "), ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16)"
+);
+/// Inserts a flow task with local id ?14 and status ?17 (queued or
+/// waiting); otherwise as [`INSERT_TASK`].
+pub const INSERT_FLOW_TASK: &str = concat!(
+    insert_task_columns!(),
+    " VALUES (?14, ?1, ?2, ?3, ?4, ?17, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16)"
 );
 /// Records the id high-water mark before a purge deletes rows.
 pub const SET_HIGH_ID: &str = "INSERT OR REPLACE INTO meta (name, value) VALUES ('high_id', ?1)";
@@ -601,8 +642,11 @@ pub const COUNTS: &str = "SELECT queue, status, count(*) FROM task GROUP BY queu
 pub const COUNT_UNFINISHED: &str = "SELECT count(*) FROM task WHERE queue = ?1";
 
 /// Deletes finished tasks past their retention (?1 = now) or finished
-/// before ?2.
-pub const PURGE: &str = "DELETE FROM task_done WHERE purge_at <= ?1 OR (?2 IS NOT NULL AND finished_at < ?2)";
+/// before ?2, except the parents of unfinished dependents (their result is
+/// read when the dependent runs): ?3 shards, ?4 this shard's index, to
+/// make a local id store-wide.
+pub const PURGE: &str = "DELETE FROM task_done WHERE (purge_at <= ?1 OR (?2 IS NOT NULL AND finished_at < ?2))
+    AND NOT EXISTS (SELECT 1 FROM task_dep WHERE parent = task_done.id * ?3 + ?4)";
 
 /// Appends a listen-data change.
 pub const LISTEN_SET: &str = "INSERT INTO listen_log (key, value, at) VALUES (?1, ?2, ?3) RETURNING version";

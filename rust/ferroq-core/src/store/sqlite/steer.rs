@@ -44,10 +44,10 @@ impl SqliteStore {
     /// Puts running task `local` of shard `s` back in the queue without
     /// counting the attempt (it is cancelled instead when its cancel was
     /// asked: a cancel sticks).
-    fn switch_out(&self, tx: &WriteTx, local: i64, cancel: bool, now: i64) -> Result<()> {
+    fn switch_out(&self, tx: &WriteTx, s: usize, local: i64, cancel: bool, now: i64) -> Result<()> {
         if cancel {
             let why = Some(rules::CANCELLED);
-            self.move_to_done(tx, local, Status::Cancelled, None, why, Status::Running, None, now)?;
+            self.move_to_done(tx, s, local, Status::Cancelled, None, why, Status::Running, None, now)?;
         } else {
             tx.prepare_cached(sql::SWITCH_OUT)?.execute(params![local, Option::<&str>::None])?;
         }
@@ -111,7 +111,7 @@ impl SqliteStore {
                     .query_map([&queue], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<_>>()?;
                 for (other, cancel) in running {
-                    self.switch_out(tx, other, cancel != 0, now)?;
+                    self.switch_out(tx, sh, other, cancel != 0, now)?;
                 }
                 Ok(())
             })?;

@@ -58,12 +58,14 @@ impl SqliteStore {
         Ok(rules::explain(status, id, worker, guard, action))
     }
 
-    /// Moves a task to `task_done` if it is in status `from` (and held by
-    /// `worker` when given), and records the finish. True when it moved.
+    /// Moves a task of shard `shard` to `task_done` if it is in status
+    /// `from` (and held by `worker` when given), records the finish, and
+    /// settles its dependents (`flow.rs`). True when it moved.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn move_to_done(
         &self,
         tx: &WriteTx,
+        shard: usize,
         local: i64,
         to: Status,
         result: Option<&[u8]>,
@@ -75,6 +77,7 @@ impl SqliteStore {
         let moved = self.move_to_done_unrecorded(tx, local, to, result, error, from, worker, now)?;
         if moved {
             events::record_moves(self, tx, Moves::Finished, &[local])?;
+            self.after_finish(tx, shard, &[local])?;
         }
         Ok(moved)
     }
@@ -177,7 +180,11 @@ pub(super) fn complete(store: &SqliteStore, p: &[CompleteParams]) -> Result<Vec<
             let guard = rules::held_or_forced(x.force);
             Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), guard, "complete")?))
         },
-        |tx, _| events::record_moves(store, tx, Moves::Finished, &std::mem::take(&mut *moved.borrow_mut())),
+        |tx, s| {
+            let moved = std::mem::take(&mut *moved.borrow_mut());
+            events::record_moves(store, tx, Moves::Finished, &moved)?;
+            store.after_finish(tx, s, &moved)
+        },
     )
 }
 
@@ -187,7 +194,7 @@ pub(super) fn fail(store: &SqliteStore, p: &[FailParams]) -> Result<Vec<Result<S
     store.per_item(
         p,
         |x| x.id,
-        |tx, _, local, x| {
+        |tx, s, local, x| {
             let Some((attempts, max_attempts, backoff, cancel, worker)) = held(tx, local, holder(&x.worker, x.force))?
             else {
                 let guard = rules::held_or_forced(x.force);
@@ -197,7 +204,7 @@ pub(super) fn fail(store: &SqliteStore, p: &[FailParams]) -> Result<Vec<Result<S
             if cancel {
                 // A cancel sticks: the attempt's end is the task's end.
                 let why = Some(x.error.as_str());
-                store.move_to_done(tx, local, Status::Cancelled, None, why, Status::Running, worker, now)?;
+                store.move_to_done(tx, s, local, Status::Cancelled, None, why, Status::Running, worker, now)?;
                 return Ok(Ok(Status::Cancelled));
             }
             let delay =
@@ -206,7 +213,7 @@ pub(super) fn fail(store: &SqliteStore, p: &[FailParams]) -> Result<Vec<Result<S
                 tx.prepare_cached(sql::REQUEUE)?.execute(params![local, worker, now + d, x.error])?;
                 return Ok(Ok(Status::Queued));
             }
-            store.move_to_done(tx, local, Status::Failed, None, Some(&x.error), Status::Running, worker, now)?;
+            store.move_to_done(tx, s, local, Status::Failed, None, Some(&x.error), Status::Running, worker, now)?;
             Ok(Ok(Status::Failed))
         },
     )
@@ -218,15 +225,18 @@ pub(super) fn cancel(store: &SqliteStore, p: &[CancelParams]) -> Result<Vec<Resu
     store.per_item(
         p,
         |x| x.id,
-        |tx, _, local, x| {
+        |tx, s, local, x| {
             let why = Some(rules::CANCELLED);
             if let Some(w) = &x.worker {
-                if store.move_to_done(tx, local, Status::Cancelled, None, why, Status::Running, Some(w), now)? {
+                if store.move_to_done(tx, s, local, Status::Cancelled, None, why, Status::Running, Some(w), now)? {
                     return Ok(Ok(Status::Cancelled));
                 }
                 return Ok(Err(store.explain(tx, x.id, local, Some(w), Guard::Held, "cancel")?));
             }
-            if store.move_to_done(tx, local, Status::Cancelled, None, why, Status::Queued, None, now)? {
+            if store.move_to_done(tx, s, local, Status::Cancelled, None, why, Status::Queued, None, now)? {
+                return Ok(Ok(Status::Cancelled));
+            }
+            if store.move_to_done(tx, s, local, Status::Cancelled, None, why, Status::Waiting, None, now)? {
                 return Ok(Ok(Status::Cancelled));
             }
             if tx.prepare_cached(sql::FLAG_CANCEL)?.execute([local])? == 1 {
@@ -243,7 +253,7 @@ pub(super) fn release(store: &SqliteStore, p: &[ReleaseParams]) -> Result<Vec<Re
     store.per_item(
         p,
         |x| x.id,
-        |tx, _, local, x| {
+        |tx, s, local, x| {
             let Some((_, _, _, cancel, worker)) = held(tx, local, holder(&x.worker, x.force))? else {
                 let guard = rules::held_or_forced(x.force);
                 return Ok(Err(store.explain(tx, x.id, local, Some(&x.worker), guard, "release")?));
@@ -253,7 +263,7 @@ pub(super) fn release(store: &SqliteStore, p: &[ReleaseParams]) -> Result<Vec<Re
                 // does not go back to the queue.
                 let why = Some(rules::CANCELLED);
                 let w = worker.as_deref();
-                store.move_to_done(tx, local, Status::Cancelled, None, why, Status::Running, w, now)?;
+                store.move_to_done(tx, s, local, Status::Cancelled, None, why, Status::Running, w, now)?;
             } else {
                 tx.prepare_cached(sql::RELEASE)?.execute(params![local, worker])?;
             }
@@ -312,7 +322,7 @@ pub(super) fn recover(store: &SqliteStore, p: &RecoverParams) -> Result<Vec<(i64
                         Status::Queued
                     }
                     Abandon::Finish(to) => {
-                        store.move_to_done(tx, local, to, None, Some(&why), Status::Running, None, now)?;
+                        store.move_to_done(tx, s, local, to, None, Some(&why), Status::Running, None, now)?;
                         to
                     }
                 };
@@ -341,7 +351,7 @@ pub(super) fn expire(store: &SqliteStore) -> Result<Vec<i64>> {
             let why = Some(rules::DEADLINE_PASSED);
             let mut moved = Vec::new();
             for local in due {
-                if store.move_to_done(tx, local, Status::Expired, None, why, Status::Queued, None, now)? {
+                if store.move_to_done(tx, s, local, Status::Expired, None, why, Status::Queued, None, now)? {
                     moved.push(store.global(s, local));
                 }
             }

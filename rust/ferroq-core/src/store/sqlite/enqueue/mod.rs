@@ -33,21 +33,25 @@ fn insert_rows_sql() -> &'static str {
 
 /// What each row insert binds beside the task itself: its local id, its
 /// backoff as text, and its payload's checksum (`rules::checksum`).
-struct RowExtras {
+pub(super) struct RowExtras {
     local: i64,
     backoff: Option<String>,
     sum: i64,
 }
 
 impl RowExtras {
-    fn new(t: &NewTask, local: i64) -> Self {
+    pub(super) fn new(t: &NewTask, local: i64) -> Self {
         RowExtras { local, backoff: t.backoff.map(|b| b.encode()), sum: rules::checksum(&t.payload) }
     }
 }
 
 /// The values of `sql::INSERT_TASK` (and `INSERT_TASK_ALONE`) for task `t`
 /// enqueued at `now`.
-fn insert_values<'a>(t: &'a NewTask, now: &'a i64, x: &'a RowExtras) -> [&'a dyn ToSql; sql::INSERT_TASK_PARAMS] {
+pub(super) fn insert_values<'a>(
+    t: &'a NewTask,
+    now: &'a i64,
+    x: &'a RowExtras,
+) -> [&'a dyn ToSql; sql::INSERT_TASK_PARAMS] {
     [
         &t.queue,
         &t.name,
@@ -261,7 +265,7 @@ impl SqliteStore {
     /// Refuses a batch that would take a capped queue over its capacity.
     /// Checked before writing; producers in other processes racing this one
     /// can overshoot by their own in-flight sends.
-    fn check_capacity(&self, tasks: &[NewTask]) -> Result<()> {
+    pub(super) fn check_capacity(&self, tasks: &[NewTask]) -> Result<()> {
         // Whether any queue has a capacity is read at most every
         // CAPACITY_RECHECK (and at once after a change in this process):
         // a send should not pay a query for a feature it does not use.
