@@ -11,8 +11,9 @@ __all__ = ["FINISHED", "STATUSES", "HasId", "SentTask"]
 
 R_co = TypeVar("R_co", covariant=True)
 
-#: Every task status, in the order a task moves through them.
-STATUSES = ("queued", "running", "done", "failed", "cancelled", "expired")
+#: Every task status, in the order a task moves through them (``waiting``:
+#: a flow step whose parents have not all finished).
+STATUSES = ("waiting", "queued", "running", "done", "failed", "cancelled", "expired")
 #: The final statuses: a task in one of them never moves again by itself.
 FINISHED = ("done", "failed", "cancelled", "expired")
 

@@ -48,7 +48,8 @@ class TaskHandle(Generic[R]):
         return TaskRecord(self.queue, t)
 
     def status(self) -> str:
-        """``queued``, ``running``, ``done``, ``failed``, ``cancelled`` or ``expired``."""
+        """The status: ``waiting``, ``queued``, ``running``, ``done``, ``failed``,
+        ``cancelled`` or ``expired``."""
         return self.info().status
 
     def progress(self) -> Optional[float]:
