@@ -1,6 +1,9 @@
 """DataFrames in and out: enqueue_frame, results_frame, process() (threads,
-asyncio, qps, Ctrl+C and SIGKILL resume) and with_resilience, on every
-backend the `queue` fixture gives."""
+asyncio, qps, Ctrl+C and SIGKILL resume), on every backend the `queue`
+fixture gives; what users of a DataFrame batch runner expect (the function
+given is the one run, rows alone, one input column passed positionally,
+failed rows re-run, one batch however a job is started, completion order,
+Ctrl+C that returns). with_resilience has tests/test_resilience.py."""
 
 from __future__ import annotations
 
@@ -269,38 +272,6 @@ def test_qps_holds_across_threads() -> None:
     assert max_in_any_second(calls) <= 16, max_in_any_second(calls)
 
 
-def test_with_resilience_retries_named_errors_only() -> None:
-    seen: list[str] = []
-
-    @with_resilience(max_retries=3, base_delay=0.001, max_delay=0.01)
-    def call(kind: str) -> str:
-        seen.append(kind)
-        if kind == "conn" and seen.count("conn") < 3:
-            raise ConnectionError("reset")
-        if kind == "timeout":
-            raise TimeoutError("slow")
-        if kind == "value":
-            raise ValueError("bad input")
-        return "ok"
-
-    assert call("conn") == "ok" and seen.count("conn") == 3
-    with pytest.raises(TimeoutError):
-        call("timeout")
-    assert seen.count("timeout") == 4  # the first call and 3 retries
-    with pytest.raises(ValueError):
-        call("value")
-    assert seen.count("value") == 1
-
-    @with_resilience(max_retries=2, base_delay=0.001, retry_on=(KeyError,))
-    def custom() -> None:
-        seen.append("custom")
-        raise KeyError("k")
-
-    with pytest.raises(KeyError):
-        custom()
-    assert seen.count("custom") == 3
-
-
 def test_with_resilience_async_and_rate_limited() -> None:
     seen: list[float] = []
 
@@ -310,26 +281,17 @@ def test_with_resilience_async_and_rate_limited() -> None:
         if i == 0 and len(seen) < 2:
             raise asyncio.TimeoutError()
         if i == 1:
-            raise ValueError("no")
+            raise TypeError("no")  # a programming error: not retried
         return i
 
     async def main() -> list[object]:
         return await asyncio.gather(*(call(i) for i in range(30)), return_exceptions=True)
 
     results = asyncio.run(main())
-    assert results[0] == 0 and isinstance(results[1], ValueError)
+    assert results[0] == 0 and isinstance(results[1], TypeError)
     assert results[2:] == list(range(2, 30))
     assert len(seen) == 31  # one retry of row 0, none of row 1
     assert max_in_any_second(seen) <= 21
-
-
-def test_with_resilience_rejects_bad_options() -> None:
-    with pytest.raises(InvalidArgumentError):
-        with_resilience(max_retries=-1)
-    with pytest.raises(InvalidArgumentError):
-        with_resilience(retry_on=ValueError)  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgumentError):
-        with_resilience(qps=0)
 
 
 # -- asyncio ---------------------------------------------------------------------
@@ -484,3 +446,188 @@ def test_sigkill_then_rerun_runs_the_rest(kind: str, tmp_path: Path) -> None:
     twice = len(calls) - ROWS
     assert 0 <= twice <= 4 * 32, twice
 
+
+
+# -- what users of a DataFrame batch runner expect ---------------------------------
+
+
+def summarize_v1(text: str) -> str:
+    return "v1:" + text
+
+
+def summarize_v2(text: str) -> str:
+    return "v2:" + text
+
+
+def test_process_runs_the_function_given_or_refuses(queue: Queue) -> None:
+    df = pl.DataFrame({"id": [1, 2, 3], "text": ["a", "b", "c"]})
+    queue.enqueue_frame(df, task=summarize_v1, key="id", batch="sum")
+    with pytest.raises(InvalidArgumentError, match="summarize_v1.*rebind=True"):
+        queue.process(summarize_v2, batch="sum", progress=False)
+    assert queue.stats()["batch:sum"]["queued"] == 3  # nothing ran
+    with pytest.raises(InvalidArgumentError, match="summarize_v1"):
+        queue.process(summarize_v2, df, key="id", batch="sum", progress=False)
+    out = queue.process(summarize_v2, batch="sum", rebind=True, progress=False).sort("id")
+    assert out["result"].to_list() == ["v2:a", "v2:b", "v2:c"]
+    # The function the rows were enqueued for runs them as before.
+    again = queue.process(summarize_v1, pl.DataFrame({"id": [4], "text": ["d"]}), key="id",
+                          batch="sum", progress=False).sort("id")
+    assert again["result"].to_list() == ["v2:a", "v2:b", "v2:c", "v1:d"]
+
+
+def my_processor(text: str) -> str:
+    return text.upper()
+
+
+def test_rows_alone_and_the_input_column_positionally(queue: Queue) -> None:
+    # The batch runner's rows: batch_id, input_text; the worker's one
+    # parameter is not called input_text.
+    df = pl.DataFrame({"batch_id": ["B1", "B1", "B2"], "input_text": ["x", "y", "x"]})
+    summary = queue.enqueue_frame(df, key=["batch_id", "input_text"], batch="rows")
+    assert (summary.inserted, summary.skipped) == (3, 0)
+    assert queue.enqueue_frame(df, key=["batch_id", "input_text"], batch="rows").skipped == 3
+    out = queue.process(my_processor, batch="rows", progress=False, concurrency=2)
+    got = sorted(out.select("batch_id", "input_text", "result").rows())
+    assert got == [("B1", "x", "X"), ("B1", "y", "Y"), ("B2", "x", "X")]
+    # With the function at enqueue time, the payload is positional: any
+    # worker can run it, not only process().
+    direct = queue.process(my_processor, df, key=["batch_id", "input_text"], batch="direct",
+                           progress=False)
+    assert sorted(direct["result"].to_list()) == ["X", "X", "Y"]
+    with pytest.raises(InvalidArgumentError, match="batch="):
+        queue.enqueue_frame(df)
+    with pytest.raises(InvalidArgumentError, match="needs parameters"):
+        queue.process(measure, batch="rows", progress=False)  # parameters not in the rows
+
+
+class Switch:
+    broken = True
+    calls: list[int] = []
+
+
+def fragile(n: int) -> int:
+    Switch.calls.append(n)
+    if Switch.broken and n % 3 == 0:
+        raise RuntimeError("the API key expired")
+    return n * 10
+
+
+def test_failed_rows_run_again_when_asked(queue: Queue) -> None:
+    Switch.broken, Switch.calls = True, []
+    df = pl.DataFrame({"n": range(9)})
+    out = queue.process(fragile, df, key="n", retries=0, progress=False)
+    assert out.filter(pl.col("status") == "failed")["n"].to_list() == [0, 3, 6]
+    Switch.broken, Switch.calls = False, []  # the cause is fixed
+    again = queue.process(fragile, df, key="n", retries=0, progress=False)
+    assert Switch.calls == [] and again.filter(pl.col("status") == "failed").height == 3
+    fixed = queue.process(fragile, df, key="n", retries=0, progress=False, retry_failed=True)
+    assert sorted(Switch.calls) == [0, 3, 6]  # only the failed rows ran again
+    assert fixed["status"].unique().to_list() == ["done"]
+    assert fixed.sort("n")["result"].to_list() == [n * 10 for n in range(9)]
+
+
+def slow_by(n: int, wait: float) -> int:
+    time.sleep(wait)
+    return n
+
+
+def test_results_in_completion_order_with_finish_times(queue: Queue) -> None:
+    df = pl.DataFrame({"n": [0, 1, 2], "wait": [0.9, 0.0, 0.4]})
+    out = queue.process(slow_by, df, key="n", concurrency=3, order="finished", progress=False)
+    assert out["n"].to_list() == [1, 2, 0]
+    assert out.schema["finished_at"] == pl.Datetime("ms", "UTC")
+    assert out["finished_at"].is_sorted() and out["finished_at"].null_count() == 0
+    assert out["result"].to_list() == [1, 2, 0]
+    typed = queue.results_frame(f"{__name__}:slow_by", order="finished", model=Typed)
+    assert typed["n"].to_list() == [1, 2, 0]
+
+
+JOB = textwrap.dedent("""
+    import os, sys
+    import polars as pl
+    from ferroq import Queue
+
+    def work(n: int) -> int:
+        fd = os.open(os.environ["CALLS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, b"%d\\n" % n)
+        os.close(fd)
+        return n
+
+    def main() -> None:
+        q = Queue(os.environ["STORE"])
+        out = q.process(work, pl.DataFrame({"n": range(20)}), progress=False)
+        print("batch", q.stats() and sorted(q.stats()), out.height)
+        q.close()
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def test_a_job_run_as_a_script_or_imported_is_one_batch(tmp_path: Path) -> None:
+    pkg = tmp_path / "jobs"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "job.py").write_text(JOB)
+    env = {**python_env(), "STORE": str(tmp_path / "store"), "CALLS": str(tmp_path / "calls")}
+    runs = [
+        [sys.executable, str(pkg / "job.py")],  # python jobs/job.py
+        [sys.executable, "-m", "jobs.job"],  # python -m jobs.job
+        [sys.executable, "-c", "import jobs.job as j; j.main()"],  # imported as jobs.job
+        [sys.executable, "-c", "import job; job.main()"],  # imported as job, from jobs/
+    ]
+    outs = []
+    for i, cmd in enumerate(runs):
+        done = subprocess.run(cmd, cwd=pkg if i == 3 else tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outs.append(done.stdout.strip())
+    assert outs == ["batch ['batch:job:work'] 20"] * 4, outs
+    calls = (tmp_path / "calls").read_text().split()
+    assert sorted(int(c) for c in calls) == list(range(20))  # each row ran once
+
+
+STOPPABLE = textwrap.dedent("""
+    import os, sys, time
+    import polars as pl
+    from ferroq import Queue
+
+    def work(n: int) -> int:
+        fd = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, b"%d\\n" % n)
+        os.close(fd)
+        time.sleep(0.3)
+        return n
+
+    if __name__ == "__main__":
+        q = Queue(sys.argv[1])
+        out = q.process(work, pl.DataFrame({"n": range(200)}), concurrency=4, grace=30,
+                        on_interrupt="return", progress="plain")
+        done = out.filter(pl.col("status") == "done").height
+        print("returned", out.height, done, q.stats()["batch:run:work"]["done"])
+""")
+
+
+def test_ctrl_c_can_return_what_is_done(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(STOPPABLE)
+    log = tmp_path / "calls.log"
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "store"), str(log)],
+                            env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not log.exists() or len(log.read_text().split()) < 8:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err  # returned, not raised
+    _, height, done, stored = out.split()
+    started = len(log.read_text().split())
+    # Every row that started finished in the grace period, and is returned.
+    assert int(done) == int(height) == int(stored) == started < 200
+    assert "stopped with" in err
+    # The last progress line counts the rows finished during the grace period.
+    last = [line for line in err.splitlines() if "/200" in line][-1]
+    assert f"{started}/200" in last, last

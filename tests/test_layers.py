@@ -25,6 +25,8 @@ LAYERS: list[list[str]] = [
         "ferroq._loops",
         "ferroq.backoff",
         "ferroq.serialization",
+        "ferroq.logs",
+        "ferroq.tracing",
         "ferroq.context",
         "ferroq.resources",
         "ferroq.options",
@@ -32,6 +34,9 @@ LAYERS: list[list[str]] = [
         "ferroq.receive",
         "ferroq.events",
         "ferroq.progress",
+        "ferroq._watch",
+        # Worker processes under a supervisor; it runs a child target given by reference.
+        "ferroq.supervisor",
     ],
     # L2: the connection lower layers take instead of a Queue, and what hangs off it.
     ["ferroq._connection", "ferroq._default", "ferroq.listen"],
@@ -39,9 +44,12 @@ LAYERS: list[list[str]] = [
     [
         "ferroq.records",
         "ferroq.handle",
+        "ferroq.waiting",
         "ferroq.steer",
+        "ferroq.flow",
         "ferroq.task_function",
         "ferroq.registry",
+        "ferroq.periodic",
         "ferroq.task",
         "ferroq.frame_models",
         "ferroq.frames",
@@ -58,14 +66,36 @@ LAYERS: list[list[str]] = [
         "ferroq.scheduler.monitor",
         "ferroq.scheduler.cleanup",
         "ferroq.scheduler.listen_loop",
+        "ferroq.scheduler.periodic_loop",
         "ferroq.scheduler",
     ],
     # L5
     ["ferroq.process"],
-    # L6: the facade.
-    ["ferroq.queue"],
+    # L6: the facade, and what reads a Queue from outside it.
+    ["ferroq.queue", "ferroq.metrics"],
     # L7: entry points.
-    ["ferroq", "ferroq.cli"],
+    [
+        "ferroq",
+        # The web dashboard (an optional extra), below the CLI that serves it.
+        "ferroq.dashboard.views",
+        "ferroq.dashboard.security",
+        "ferroq.dashboard.monitor",
+        "ferroq.dashboard.inbox",
+        "ferroq.dashboard.app",
+        "ferroq.dashboard.server",
+        "ferroq.dashboard",
+        "ferroq.cli._common",
+        "ferroq.cli.stats",
+        "ferroq.cli.store",
+        "ferroq.cli.tasks",
+        "ferroq.cli.queues",
+        "ferroq.cli.worker",
+        "ferroq.cli.dashboard",
+        "ferroq.cli",
+        "ferroq.cli.__main__",
+        "ferroq.__main__",
+        "ferroq.qt",
+    ],
     # L8: for testing code that uses ferroq (the pytest plugin on top).
     ["ferroq.testing", "ferroq.testing.plugin"],
 ]

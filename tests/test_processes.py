@@ -32,7 +32,7 @@ def test_cli_worker_and_stats(tmp_path: Path) -> None:
         out, _ = worker.communicate(timeout=30)
     assert worker.returncode == 0, out.decode()
     shouted = q.get(other)
-    assert shouted is not None and shouted.result == b'J"HI"'
+    assert shouted is not None and shouted.result == "HI" and shouted.raw.result == b'J"HI"'
     stats = subprocess.run(
         [sys.executable, "-m", "ferroq.cli", "stats", "--url", url],
         env=python_env(),
@@ -40,9 +40,11 @@ def test_cli_worker_and_stats(tmp_path: Path) -> None:
         text=True,
         check=True,
     ).stdout
-    lines = {line.split()[0]: line.split()[1:] for line in stats.splitlines()[1:]}
-    assert lines["default"][2] == "20"  # done column
-    assert lines["other"][2] == "1"
+    header, *rows = stats.splitlines()
+    done = header.split().index("done")
+    lines = {line.split()[0]: line.split() for line in rows if line.strip()}
+    assert lines["default"][done] == "20"
+    assert lines["other"][done] == "1"
     q.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 from typing_extensions import assert_type
 
+import ferroq
 from ferroq import Queue, TaskHandle, task
 
 
@@ -34,3 +35,32 @@ def check_types(queue: Queue) -> None:
         return s.upper()
 
     assert_type(shout.send("a"), TaskHandle[str])
+
+
+@task
+async def fetch(url: str) -> bytes:
+    return url.encode()
+
+
+async def check_bulk_and_async_types(queue: Queue) -> None:
+    # An async def task's handles carry the value it returns when awaited.
+    assert_type(fetch.send("u"), TaskHandle[bytes])
+    assert_type(fetch.options(priority=1).send("u"), TaskHandle[bytes])
+    assert_type(fetch.send("u").result(), bytes)
+    assert_type(await fetch.send("u"), bytes)
+    assert_type(await fetch.asend("u"), TaskHandle[bytes])
+    assert_type(await double.asend(1), TaskHandle[int])
+    assert_type(fetch.map([("a",), {"url": "b"}]), list[TaskHandle[bytes]])
+    assert_type(double.map([(1,), (2,)], key=lambda item: str(item)), list[TaskHandle[int]])
+    assert_type(double.options(batch="b").map([(1,)]), list[TaskHandle[int]])
+    assert_type(queue.send_many(double, [(1,)]), list[TaskHandle[int]])
+    assert_type(queue.send_many(fetch, [("a",)]), list[TaskHandle[bytes]])
+    assert_type(await double.send(1), int)
+    assert_type(await double.send(1).aresult(timeout=1), int)
+    result = ferroq.wait(double.map([(1,)]), timeout=1, return_when=ferroq.FIRST_COMPLETED)
+    assert_type(result, ferroq.WaitResult[int])
+    done, pending = result
+    assert_type(done, list[TaskHandle[int]])
+    assert_type(result.pending[0].result(), int)
+    for h in ferroq.as_completed(fetch.map([("a",)])):
+        assert_type(h, TaskHandle[bytes])

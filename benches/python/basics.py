@@ -79,7 +79,7 @@ def drain_rate(n: int, url: str) -> tuple[float, bool]:
             while q._store.unfinished("default"):
                 time.sleep(0.002)
         dt = time.perf_counter() - t0
-        done = q.list(status="done", limit=n)
+        done = q._store.list_tasks(status="done", limit=n)
         ok = len(done) == n and all(t.result == b"J%d" % (int(t.payload[3:-5])) for t in done)
         return n / dt, ok
 

@@ -27,7 +27,7 @@ def drain(mode: str, n: int, concurrency: int) -> None:
             while q._store.unfinished("default"):
                 time.sleep(0.002)
         dt = time.perf_counter() - t0
-        done = q.list(status="done", limit=n)
+        done = q._store.list_tasks(status="done", limit=n)
         ok = len(done) == n and all(t.result == b"J%d" % int(t.payload[3:-5]) for t in done)
         print(
             f"{mode:<8} c={concurrency:<4} {n:>7} no-op tasks  {n / dt:>9,.0f} tasks/s "

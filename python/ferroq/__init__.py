@@ -41,12 +41,24 @@ from ._errors import (
     UnknownTaskError,
 )
 from .backoff import Backoff
-from .context import Retry, TaskContext, current_task
+from .context import Fail, Retry, TaskContext, current_task
 from .events import Event, EventFollower
+from .flow import (
+    Chain,
+    Chord,
+    FlowHandle,
+    Group,
+    GroupFailedError,
+    GroupHandle,
+    Signature,
+    chain,
+    chord,
+    group,
+)
 from .frames import FrameSummary
 from .handle import TaskHandle
 from .listen import listener
-from .records import TaskRecord
+from .periodic import ScheduleRecord
 from .queue import (
     ExternalTask,
     Queue,
@@ -56,22 +68,41 @@ from .queue import (
     default_queue,
     set_default_queue,
 )
-from .resilience import RateLimit, with_resilience
+from .records import TaskRecord
+from .resilience import RateLimit, is_retryable, is_transient, with_resilience
 from .resources import default_probe, gpu_probe
 from .scheduler import CleanupIntervals, QueueScheduler
-from .task import TaskFunction, discover, task
+from .task import TaskFunction, discover, periodic, task
+from .waiting import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    WaitResult,
+    as_completed,
+    wait,
+)
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "AlreadyFinishedError",
     "Backoff",
+    "Chain",
+    "Chord",
     "CleanupIntervals",
     "CorruptStoreError",
     "DuplicateKeyError",
     "Event",
     "EventFollower",
     "ExternalTask",
+    "Fail",
     "FerroqError",
+    "FlowHandle",
     "FrameSummary",
+    "Group",
+    "GroupFailedError",
+    "GroupHandle",
     "InvalidArgumentError",
     "InvalidTransitionError",
     "LeaseLostError",
@@ -83,8 +114,10 @@ __all__ = [
     "QueueScheduler",
     "RateLimit",
     "Retry",
+    "ScheduleRecord",
     "SerializationError",
     "ShardCheck",
+    "Signature",
     "ShardMismatchError",
     "StoreError",
     "StorePermissionError",
@@ -100,14 +133,23 @@ __all__ = [
     "TaskTimeoutError",
     "TokenBucket",
     "UnknownTaskError",
+    "WaitResult",
     "WorkerRecord",
+    "chain",
+    "chord",
     "current_task",
     "default_probe",
+    "as_completed",
     "default_queue",
     "discover",
     "gpu_probe",
+    "group",
+    "is_retryable",
+    "is_transient",
     "listener",
+    "periodic",
     "set_default_queue",
     "task",
+    "wait",
     "with_resilience",
 ]

@@ -19,7 +19,7 @@ from typing_extensions import Self
 
 from . import _core
 from ._errors import FerroqError
-from .receive import ReceiveLoop
+from .receive import ReceiveLoop, check_threads
 from .serialization import decode, encode, serializer_name
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class Connection:
         _open.add(self)
         self._receiver: Optional[ReceiveLoop] = None
         self._receiver_lock = threading.Lock()
+        self._callback_threads = 1
         # ``@queue.listener`` functions: (registration order, key, function).
         # Kept here, not in a global list, so they go away with the queue.
         self._listeners: list[tuple[int, str, Callable[[Any], Any]]] = []
@@ -92,11 +93,29 @@ class Connection:
         ``handle``. :class:`~ferroq.Queue` implements it."""
         raise FerroqError(f"eager mode needs a ferroq.Queue, not {type(self).__name__}")
 
+    @property
+    def callback_threads(self) -> int:
+        """How many send-time callbacks may run at once (1 by default: one
+        after another, on one thread, in the order their tasks finish).
+        Set it higher (``queue.callback_threads = 4``) so that slow
+        callbacks overlap; it may be changed at any time, and applies to
+        callbacks of tasks that finish from then on. Raises
+        :class:`InvalidArgumentError` for anything but an int >= 1."""
+        return self._callback_threads
+
+    @callback_threads.setter
+    def callback_threads(self, n: int) -> None:
+        n = check_threads(n)
+        with self._receiver_lock:
+            self._callback_threads = n
+            if self._receiver is not None:
+                self._receiver.threads = n
+
     def _receive_loop(self) -> ReceiveLoop:
         """The loop that calls send-time callbacks, started on first use."""
         with self._receiver_lock:
             if self._receiver is None:
-                self._receiver = ReceiveLoop(self._store)
+                self._receiver = ReceiveLoop(self._store, threads=self._callback_threads)
                 self._receiver.start()
             return self._receiver
 

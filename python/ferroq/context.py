@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ._checks import seconds
 from ._errors import InvalidArgumentError, TaskCancelledError
@@ -13,7 +14,7 @@ from ._errors import InvalidArgumentError, TaskCancelledError
 if TYPE_CHECKING:
     from . import _core
 
-__all__ = ["DetachedTask", "Retry", "TaskContext", "current_task"]
+__all__ = ["DetachedTask", "Fail", "Retry", "TaskContext", "current_task"]
 
 _current: ContextVar[Optional[TaskContext]] = ContextVar("ferroq_current_task", default=None)
 
@@ -32,6 +33,34 @@ class Retry(Exception):
         self.reason = reason
 
 
+class Fail:
+    """Return (not raise) from a task to end the attempt as failed, for
+    handlers written to report failure as a value::
+
+        @task(retries=3)
+        def charge(order: int) -> object:
+            if not approved(order):
+                return Fail("card declined", details={"order": order})
+            return "charged"
+
+    The task fails for good unless ``retry=True`` (then it retries by its
+    backoff while attempts remain). Its record's ``error`` is ``message``,
+    ``error_type`` is ``ferroq.Fail``, and ``details`` (any JSON value) is
+    kept beside them (:attr:`TaskRecord.error_details`); ``handle.result()``
+    raises :class:`TaskFailedError` with that message.
+    """
+
+    __slots__ = ("details", "message", "retry")
+
+    def __init__(self, message: str, *, details: Any = None, retry: bool = False) -> None:
+        self.message = str(message)
+        self.details = details
+        self.retry = bool(retry)
+
+    def __repr__(self) -> str:
+        return f"Fail({self.message!r}, details={self.details!r}, retry={self.retry})"
+
+
 @dataclass(frozen=True)
 class DetachedTask:
     """What a task function called directly (``fn(...)``, not sent) sees of
@@ -44,6 +73,8 @@ class DetachedTask:
     attempts: int = 1
     key: Optional[str] = None
     batch: Optional[str] = None
+    #: The task's ``@task(meta=...)`` as JSON, if any.
+    metadata: Optional[str] = None
 
 
 class TaskContext:
@@ -72,9 +103,12 @@ class TaskContext:
         self._checked = time.monotonic()
 
     @classmethod
-    def detached(cls, name: str, queue: str, max_attempts: int) -> TaskContext:
-        """The context of a task function called directly, not by a worker."""
-        return cls(None, DetachedTask(name, queue, max_attempts), "")
+    def detached(
+        cls, name: str, queue: str, max_attempts: int, metadata: Optional[str] = None
+    ) -> TaskContext:
+        """The context of a task function called directly, not by a worker
+        (``metadata``: its ``@task(meta=...)`` as JSON)."""
+        return cls(None, DetachedTask(name, queue, max_attempts, metadata=metadata), "")
 
     @property
     def detached_call(self) -> bool:
@@ -111,6 +145,15 @@ class TaskContext:
     def batch(self) -> Optional[str]:
         """Its batch label, if any."""
         return self._task.batch
+
+    @property
+    def metadata(self) -> Any:
+        """Its metadata, decoded (None when it has none): the task's
+        ``@task(meta=...)`` with the send's ``metadata`` over it, as stored
+        when it was sent (a function called directly sees its ``meta``)."""
+        # A process-mode child's record carries only the fields it needs.
+        raw: Optional[str] = getattr(self._task, "metadata", None)
+        return None if raw is None else json.loads(raw)
 
     def progress(self, value: float) -> None:
         """Records progress (0..1), readable through ``handle.progress()``

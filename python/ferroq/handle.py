@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
 from . import _errors
+from ._checks import seconds
 from ._errors import (
     TaskCancelledError,
     TaskExpiredError,
@@ -14,6 +17,7 @@ from ._errors import (
     TaskNotFoundError,
     TaskTimeoutError,
 )
+from ._watch import AsyncWatch
 from .records import TaskRecord
 from .serialization import decode
 
@@ -33,12 +37,20 @@ _FOREVER_SLICE = 3600.0
 class TaskHandle(Generic[R]):
     """A sent task: its id, status, progress, and (once done) its result."""
 
-    __slots__ = ("_fn", "id", "queue")
+    __slots__ = ("_final", "_fn", "id", "queue")
 
     def __init__(self, queue: Connection, id: int, fn: Optional[SentTask[R]] = None) -> None:
         self.queue = queue
         self.id = id
         self._fn = fn
+        # The record of the task once seen done (by ferroq.wait and friends):
+        # a done task never changes, so result() needs no further read.
+        self._final: Optional[_core.Task] = None
+
+    def _remember(self, t: _core.Task) -> None:
+        """Keeps a record read elsewhere that shows the task done."""
+        if t.status == "done":
+            self._final = t
 
     def info(self) -> TaskRecord:
         """The stored task record, decoded (:class:`~ferroq.TaskRecord`)."""
@@ -70,6 +82,9 @@ class TaskHandle(Generic[R]):
         ``TimeoutError``) when ``timeout`` seconds pass first. ``None`` or
         ``inf`` waits as long as it takes; a timeout <= 0 looks once.
         """
+        if self._final is not None:
+            done: R = outcome(self._final, self._fn, allow_pickle=self.queue.allow_pickle)
+            return done
         store = self.queue._store
         if timeout is None:
             t = store.wait_finished(self.id, _FOREVER_SLICE)
@@ -81,6 +96,40 @@ class TaskHandle(Generic[R]):
             t = store.wait_finished(self.id, timeout)
         value: R = outcome(t, self._fn, allow_pickle=self.queue.allow_pickle)
         return value
+
+    async def aresult(self, timeout: Optional[float] = None) -> R:
+        """:meth:`result` for asyncio code: waits without blocking the event
+        loop (one thread per store watches every awaited task of this
+        process, reading them in batches after each change of the store).
+        ``await handle`` is ``await handle.aresult()``. Cancelling the
+        awaiting coroutine stops the wait, not the task."""
+        if self._final is None:
+            if timeout is not None:
+                timeout = seconds(timeout, "timeout", inf_ok=True)
+            future = AsyncWatch.add(self.queue._store, self.id)
+            try:
+                t = await asyncio.wait_for(
+                    future, None if timeout is None or timeout == float("inf") else timeout
+                )
+            except asyncio.TimeoutError:
+                raise TaskTimeoutError(
+                    f"task {self.id} still unfinished after {timeout} s"
+                ) from None
+            if t is None:
+                raise TaskNotFoundError(
+                    f"task {self.id} not found (deleted, purged, or its store closed)"
+                )
+            self._remember(t)
+            if self._final is None:
+                value: R = outcome(t, self._fn, allow_pickle=self.queue.allow_pickle)
+                return value
+        done: R = outcome(self._final, self._fn, allow_pickle=self.queue.allow_pickle)
+        return done
+
+    def __await__(self) -> Generator[Any, None, R]:
+        """``await handle``: the task's result, waited for without blocking
+        the event loop (see :meth:`aresult`)."""
+        return self.aresult().__await__()
 
     def __repr__(self) -> str:
         name = self._fn.name if self._fn else "?"

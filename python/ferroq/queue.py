@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Coroutine,
+    Iterable,
     Iterator,
     List,
     Literal,
+    Mapping,
     Optional,
     Sequence,
     TypeVar,
@@ -32,14 +35,15 @@ from .backoff import Backoff
 from .events import Event, EventFollower, read_events
 from .handle import TaskHandle
 from .listen import listener
-from .options import NO_OVERRIDES, SendOptions, TaskOptions, parse_rate
+from .options import NO_OVERRIDES, TaskOptions, parse_rate
+from .periodic import ScheduleRecord, add_schedule, make_schedule, schedules
 from .receive import deliver
 from .records import TaskRecord
-from .registry import lookup
+from .resources import Requirement
 from .scheduler.eager import EagerRunner
 from .steer import ExternalTask, QueueOptions
-from .task import make_task
-from .task_function import TaskCall, TaskFunction
+from .task import make_task, resolve, send_call
+from .task_function import CallArgs, TaskCall, TaskFunction
 
 if TYPE_CHECKING:
     import polars as pl
@@ -60,6 +64,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 F = TypeVar("F", bound=Callable[[Any], Any])
 H = TypeVar("H", bound=HasId)
 
@@ -77,7 +82,8 @@ class Queue(Connection):
     sending thread, as a worker would (see :meth:`run_eager`); ``clock``
     (a :class:`ferroq.testing.ManualClock`) makes the store read its time
     from that clock, so delays, leases, retries and deadlines move only
-    when the test advances it.
+    when the test advances it. ``callback_threads`` is how many send-time
+    callbacks run at once (1: one at a time, in the order tasks finish).
     """
 
     def __init__(
@@ -87,8 +93,10 @@ class Queue(Connection):
         serializer: str = "json",
         eager: bool = False,
         clock: Optional[_core.ManualClock] = None,
+        callback_threads: int = 1,
     ) -> None:
         super().__init__(url, serializer=serializer, clock=clock, eager=eager)
+        self.callback_threads = callback_threads
         #: The worker name :meth:`claim` uses when none is given.
         self.external_worker = f"external:{socket.gethostname()}:{os.getpid()}"
         self._eager_runner: Optional[EagerRunner] = None
@@ -114,7 +122,9 @@ class Queue(Connection):
         serializer: Optional[str] = None,
         concurrency: Optional[int] = None,
         rate_limit: Union[str, float, None] = None,
-        requires: Optional[dict[str, float]] = None,
+        requires: Optional[Mapping[str, Requirement]] = None,
+        meta: Optional[dict[str, Any]] = None,
+        schedule: Union[str, timedelta, None] = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
     def task(
@@ -133,7 +143,9 @@ class Queue(Connection):
         serializer: Optional[str] = None,
         concurrency: Optional[int] = None,
         rate_limit: Union[str, float, None] = None,
-        requires: Optional[dict[str, float]] = None,
+        requires: Optional[Mapping[str, Requirement]] = None,
+        meta: Optional[dict[str, Any]] = None,
+        schedule: Union[str, timedelta, None] = None,
     ) -> Union[TaskFunction[P, R], Callable[[Callable[P, R]], TaskFunction[P, R]]]:
         """``@queue.task``: like :func:`ferroq.task`, bound to this queue, so
         ``fn.send(...)`` always enqueues here."""
@@ -150,25 +162,105 @@ class Queue(Connection):
             rate_limit=parse_rate(rate_limit),
             requires=requires,
         )
-        if fn is not None:
-            return make_task(fn, self, name, options)
+        every_run = None
+        if schedule is not None:
+            # Checked before anything is registered: a bad schedule leaves no task.
+            every_run = make_schedule(
+                every=schedule if isinstance(schedule, timedelta) else None,
+                cron=None if isinstance(schedule, timedelta) else schedule,
+            )
 
         def decorate(f: Callable[P, R]) -> TaskFunction[P, R]:
-            return make_task(f, self, name, options)
+            tf = make_task(f, self, name, options, meta)
+            if every_run is not None:
+                add_schedule(tf, every_run)
+            return tf
 
-        return decorate
+        return decorate(fn) if fn is not None else decorate
 
     def send(
-        self, task: Union[TaskFunction[P, R], str], /, *args: Any, **kwargs: Any
+        self,
+        task: Union[TaskFunction[P, R], TaskCall[P, R], str],
+        /,
+        *args: Any,
+        **kwargs: Any,
     ) -> TaskHandle[Any]:
-        """Enqueues ``task`` (a task function or its registered name) with
-        these arguments in this queue."""
-        fn = lookup(task) if isinstance(task, str) else task
-        if not isinstance(fn, TaskFunction):
-            raise InvalidArgumentError(f"send() needs a @task function or its name, got {task!r}")
-        callback = kwargs.pop("callback", None)
-        opts = NO_OVERRIDES if callback is None else SendOptions(callback=callback)
-        return TaskCall(fn, opts).send_to(self, *args, **kwargs)
+        """Enqueues ``task`` — a task function, ``fn.options(...)``, or a
+        task's name — in this queue; returns its handle once it is durable.
+
+        Two forms. Short: ``queue.send(task, *args, **kwargs)`` passes every
+        argument to the task (``callback=`` aside); a keyword named like a
+        send option (``priority=``, ``key=``, ``queue=``...) is refused with
+        :class:`InvalidArgumentError` as ambiguous, and a name no task of
+        this process is registered under raises :class:`UnknownTaskError`
+        (a typo is caught here, not by a worker). Explicit:
+        ``queue.send(task, args=[...], kwargs={...}, priority=5, ...)``
+        keeps the task's arguments apart from the send options (those of
+        :meth:`TaskFunction.options`, including ``callback`` and
+        ``by_reference``), and also sends a name this process has not
+        registered, as it is, for a worker that has it (like Celery's
+        ``send_task``). A name is a task's registered name
+        (``module:qualname``, or its ``name=``), or the part after the
+        colon when exactly one registered task has it."""
+        return send_call(self, task, args, kwargs)
+
+    @overload
+    def send_many(
+        self,
+        task: Union[
+            TaskFunction[P, Coroutine[Any, Any, T]], TaskCall[P, Coroutine[Any, Any, T]]
+        ],
+        items: Iterable[CallArgs],
+        /,
+        *,
+        key: Optional[Callable[[Any], Optional[str]]] = None,
+        keys: Optional[Sequence[Optional[str]]] = None,
+    ) -> list[TaskHandle[T]]: ...
+
+    @overload
+    def send_many(
+        self,
+        task: Union[TaskFunction[P, R], TaskCall[P, R]],
+        items: Iterable[CallArgs],
+        /,
+        *,
+        key: Optional[Callable[[Any], Optional[str]]] = None,
+        keys: Optional[Sequence[Optional[str]]] = None,
+    ) -> list[TaskHandle[R]]: ...
+
+    @overload
+    def send_many(
+        self,
+        task: str,
+        items: Iterable[CallArgs],
+        /,
+        *,
+        key: Optional[Callable[[Any], Optional[str]]] = None,
+        keys: Optional[Sequence[Optional[str]]] = None,
+    ) -> list[TaskHandle[Any]]: ...
+
+    def send_many(
+        self,
+        task: Union[TaskFunction[Any, Any], TaskCall[Any, Any], str],
+        items: Iterable[CallArgs],
+        /,
+        *,
+        key: Optional[Callable[[Any], Optional[str]]] = None,
+        keys: Optional[Sequence[Optional[str]]] = None,
+    ) -> list[TaskHandle[Any]]:
+        """Sends one task per item into this queue and returns their handles,
+        in order, one store call per chunk: :meth:`TaskFunction.map` with
+        the queue given (``task``: a task function, ``fn.options(...)``, or
+        the name of a task registered here). Each item is a tuple of
+        positional arguments or a dict of keyword arguments; ``key`` (a
+        function of the item) or ``keys`` (one per item) make the sends
+        idempotent."""
+        if isinstance(task, TaskCall):
+            call: TaskCall[Any, Any] = task
+        else:
+            fn = resolve(task, remote_ok=False, serializer=self.serializer)
+            call = TaskCall(fn, NO_OVERRIDES)
+        return call.map_to(self, items, key=key, keys=keys)
 
     def run_eager(
         self, handle: H, callback: Optional[Callable[[Any], None]]
@@ -425,7 +517,7 @@ class Queue(Connection):
         self,
         df: Any,
         *,
-        task: Union[Callable[..., Any], str],
+        task: Union[Callable[..., Any], str, None] = None,
         key: Union[str, Sequence[str], None] = None,
         batch: Optional[str] = None,
         priority: Optional[int] = None,
@@ -436,13 +528,19 @@ class Queue(Connection):
         """Sends each row of a Polars DataFrame as one task whose keyword
         arguments are the row's columns, in one call into the store per
         100,000 rows (no Python loop over rows). ``task`` is a task function,
-        a plain function (registered as a task) or a registered name. With
-        ``key`` (one column or several, of any common type) a row whose key
-        is already in the queue is skipped, so sending the same frame again
-        stores nothing new; key columns the function does not take are not
-        passed to it. ``batch`` labels the rows (default: the task's
-        name); they go to the queue
-        ``batch:<batch>`` unless ``queue`` names another. Returns a
+        a plain function (registered as a task) or a registered name; a
+        function of one parameter gets the one argument column positionally,
+        whatever it is called. Without ``task`` the rows are stored alone
+        (``batch`` is then required), to be run by ``process(fn,
+        batch=...)``. With ``key`` (one column or several, of any common
+        type) a row whose key is already in the queue is skipped, so sending
+        the same frame again stores nothing new; key columns the function
+        does not take are not passed to it. ``batch`` labels the rows
+        (default: the task's name, or the store's batch of the same function
+        imported under another module path); they
+        go to the queue ``batch:<batch>`` unless ``queue`` names another.
+        A batch holds one function's rows: another function is refused
+        (:class:`InvalidArgumentError`). Returns a
         :class:`~ferroq.frames.FrameSummary` (inserted, skipped). Needs
         ``pip install 'ferroq[frames]'``."""
         from .frames import enqueue_frame
@@ -459,6 +557,7 @@ class Queue(Connection):
         queue: Optional[str] = None,
         model: Optional[type[Any]] = None,
         include: Union[str, Sequence[str], None] = ("done", "failed", "cancelled", "expired"),
+        order: Literal["id", "finished"] = "id",
     ) -> pl.DataFrame:
         """A batch's tasks as a Polars DataFrame, in id order: ``task_id``, the
         key columns (with their types), ``status``, ``attempts``, ``error``
@@ -466,10 +565,13 @@ class Queue(Connection):
         ``model`` (a Pydantic model) validates the results in one batch
         into one typed column per field instead of ``result``; rows that
         fail are kept, with the reason in ``validation_error``. ``include``
-        lists the statuses to return (None: all)."""
+        lists the statuses to return (None: all). ``order="finished"``
+        adds ``finished_at`` (UTC) and sorts by it: completion order."""
         from .frames import results_frame
 
-        return results_frame(self, batch, queue_name=queue, model=model, include=include)
+        return results_frame(
+            self, batch, queue_name=queue, model=model, include=include, order=order
+        )
 
     def process(
         self,
@@ -483,36 +585,55 @@ class Queue(Connection):
         qps: Optional[float] = None,
         retries: int = 3,
         backoff: Optional[Backoff] = None,
-        progress: bool = True,
+        progress: Union[bool, Literal["auto", "rich", "plain"]] = True,
         model: Optional[type[Any]] = None,
         include: Union[str, Sequence[str], None] = ("done", "failed", "cancelled", "expired"),
         lease: float = 30.0,
         grace: float = 10.0,
+        retry_failed: bool = False,
+        rebind: bool = False,
+        on_interrupt: Literal["raise", "return"] = "raise",
+        order: Literal["id", "finished"] = "id",
     ) -> pl.DataFrame:
         """Runs ``fn`` over every row of ``frame`` (keyword arguments from
-        the columns) and returns :meth:`results_frame`, blocking until
-        every row is done or has failed ``retries + 1`` times.
+        the columns; a function of one parameter gets the one argument
+        column positionally) and returns :meth:`results_frame`, blocking
+        until every row is done or has failed ``retries + 1`` times.
 
         Plain functions run on ``concurrency`` threads, ``async def`` ones
         as up to ``concurrency`` coroutines on one event loop. ``qps``
-        limits calls per second across all of them. A progress bar (done,
-        failed, rate, ETA) is drawn on stderr unless ``progress=False``.
+        limits calls per second across all of them, retries made in place by
+        :func:`with_resilience` included. A progress display (done, failed,
+        waiting to retry, rate, ETA) is drawn on stderr: with rich when
+        installed (``progress="rich"``/``"plain"`` to choose), none with
+        ``progress=False``.
+
+        ``fn`` is what runs, on every row of the batch: rows enqueued alone
+        are fitted to it; rows enqueued for another function are refused
+        (:class:`InvalidArgumentError`) unless ``rebind=True``.
 
         Resumable: rows are keyed by ``key`` columns, or by their position
         when ``key`` is None, so running the same call again skips rows
-        already finished. Ctrl+C lets running rows finish (``grace``
-        seconds), puts claimed ones back and raises ``KeyboardInterrupt``;
-        after a crash or SIGKILL the next run takes over the dead run's rows
-        at once. ``batch`` defaults to the function's task name; with
-        ``frame=None`` the rows already enqueued in the batch are run.
-        ``model`` (default: the function's return annotation when it is a
-        Pydantic model) is passed to :meth:`results_frame`."""
+        already finished; ``retry_failed=True`` also runs the failed ones
+        again (fresh attempts). Ctrl+C lets running rows finish (``grace``
+        seconds), puts claimed ones back, then raises ``KeyboardInterrupt``
+        (``on_interrupt="raise"``) or returns the rows finished so far
+        (``"return"``); after a crash or SIGKILL the next run takes over the
+        dead run's rows at once. ``batch`` defaults to the function's task
+        name, or to the store's batch of the same function under another
+        module path (``job:fn`` run as ``python job.py``, ``app.job:fn``
+        imported): one batch however the job is started; with
+        ``frame=None`` the rows already enqueued in
+        the batch are run. ``model`` (default: the function's return
+        annotation when it is a Pydantic model) and ``order`` are passed to
+        :meth:`results_frame`."""
         from .process import process
 
         return process(
             self, fn, frame, batch=batch, key=key, queue_name=queue,
             concurrency=concurrency, qps=qps, retries=retries, backoff=backoff,
             progress=progress, model=model, include=include, lease=lease, grace=grace,
+            retry_failed=retry_failed, rebind=rebind, on_interrupt=on_interrupt, order=order,
         )
 
     # -- listen data ---------------------------------------------------------
@@ -719,6 +840,12 @@ class Queue(Connection):
         event, its place saved in the store under ``consumer`` (call
         ``start()`` or use it as a context manager)."""
         return EventFollower(self._store, consumer, handler, queue=queue, start_at=start_at)
+
+    def schedules(self) -> List[ScheduleRecord]:
+        """The periodic tasks this queue's schedulers send (``@task(schedule=
+        ...)``, ``@periodic``, registered in this process), each with its
+        next run and, read from the store, its last."""
+        return schedules(self)
 
     def listen_data_all(self) -> dict[str, Any]:
         """Every listen key with its latest value."""

@@ -210,6 +210,11 @@ class TaskRecord:
         return None if kind is None else str(kind)
 
     @property
+    def error_details(self) -> Any:
+        """The ``details`` a task gave :class:`~ferroq.Fail`, if any."""
+        return self._error_doc().get("details")
+
+    @property
     def traceback(self) -> Optional[str]:
         """The last error's traceback, as the worker formatted it."""
         tb = self._error_doc().get("traceback")
@@ -276,6 +281,7 @@ class TaskRecord:
             out["args"] = list(out["args"])
         out["error"] = self.error
         out["error_type"] = self.error_type
+        out["error_details"] = self.error_details
         out["traceback"] = self.traceback
         for field in (
             "created_at", "run_at", "started_at", "finished_at", "lease_until", "expires_at",

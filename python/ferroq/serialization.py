@@ -10,6 +10,10 @@ wrote the payload.
 
 Every payload starts with one byte naming its serializer (``J`` or ``P``),
 so a worker never has to guess, and refuses pickle it did not opt into.
+A payload sent inside a trace is wrapped once more (:func:`with_context`):
+``C``, two bytes of length, the trace context as a JSON object, then the
+payload itself. :func:`decode` skips that header, so every reader sees the
+same ``[args, kwargs]`` whether or not a trace was carried.
 """
 
 from __future__ import annotations
@@ -25,12 +29,24 @@ from pydantic import TypeAdapter
 
 from ._errors import SerializationError
 
-__all__ = ["JSON", "PICKLE", "ArgBinder", "decode", "encode", "serializer_name"]
+__all__ = [
+    "JSON",
+    "PICKLE",
+    "ArgBinder",
+    "decode",
+    "encode",
+    "serializer_name",
+    "split_context",
+    "with_context",
+]
 
 JSON = "json"
 PICKLE = "pickle"
 _PREFIX = {JSON: b"J", PICKLE: b"P"}
 _NAMES = {ord("J"): JSON, ord("P"): PICKLE}
+# The tag of a payload carrying a trace context ahead of the payload proper.
+_CONTEXT = ord("C")
+_CONTEXT_MAX = 0xFFFF
 
 
 def serializer_name(name: Optional[str]) -> str:
@@ -65,6 +81,10 @@ def decode(data: bytes, *, allow_pickle: bool) -> Any:
     """Deserialises bytes written by :func:`encode` into plain values."""
     if not data:
         raise SerializationError("empty payload")
+    if data[0] == _CONTEXT:
+        data = split_context(data)[1]
+        if not data:
+            raise SerializationError("empty payload")
     kind = _NAMES.get(data[0])
     body = data[1:]
     if kind == JSON:
@@ -79,6 +99,33 @@ def decode(data: bytes, *, allow_pickle: bool) -> Any:
             )
         return pickle.loads(body)
     raise SerializationError(f"payload has unknown serializer tag {data[:1]!r}")
+
+
+def with_context(payload: bytes, context: dict[str, str]) -> bytes:
+    """``payload`` with a trace context (W3C ``traceparent``/``tracestate``
+    headers) carried ahead of it, outside the arguments. A context too large
+    to carry is left out: tracing never makes a send fail."""
+    header = pydantic_core.to_json(context)
+    if not context or len(header) > _CONTEXT_MAX:
+        return payload
+    return b"C" + len(header).to_bytes(2, "big") + header + payload
+
+
+def split_context(data: bytes) -> tuple[Optional[dict[str, str]], bytes]:
+    """The trace context a payload carries (None when it carries none) and
+    the payload without it."""
+    if not data or data[0] != _CONTEXT:
+        return None, data
+    size = int.from_bytes(data[1:3], "big")
+    if len(data) < 3 + size:
+        raise SerializationError("payload has a truncated trace context header")
+    try:
+        context = pydantic_core.from_json(data[3 : 3 + size])
+    except ValueError as e:
+        raise SerializationError(f"payload has an unreadable trace context: {e}") from e
+    if not isinstance(context, dict):
+        context = None
+    return context, data[3 + size :]
 
 
 # Annotations whose JSON form is already the value: no validation needed.

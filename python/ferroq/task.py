@@ -5,16 +5,20 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from datetime import datetime, timedelta
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar, Union, overload
 
 from typing_extensions import ParamSpec
 
-from ._errors import InvalidArgumentError
+from ._errors import InvalidArgumentError, UnknownTaskError
 from .backoff import Backoff
-from .options import TaskOptions, check_options, parse_rate
+from .handle import TaskHandle
+from .options import NO_OVERRIDES, SendOptions, TaskOptions, check_options, parse_rate
+from .periodic import CatchUp, add_schedule, make_schedule
 from .registry import discover, lookup, register, registered
-from .task_function import TaskCall, TaskFunction
+from .resources import Requirement
+from .task_function import SEND_OPTIONS, TaskCall, TaskFunction, remote_task
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -27,7 +31,10 @@ __all__ = [
     "discover",
     "lookup",
     "main_module_name",
+    "periodic",
     "registered",
+    "resolve",
+    "send_call",
     "task",
 ]
 
@@ -36,7 +43,11 @@ R = TypeVar("R")
 
 
 def make_task(
-    fn: Callable[P, R], queue: Optional[Connection], name: Optional[str], options: TaskOptions
+    fn: Callable[P, R],
+    queue: Optional[Connection],
+    name: Optional[str],
+    options: TaskOptions,
+    meta: Optional[dict[str, Any]] = None,
 ) -> TaskFunction[P, R]:
     """Builds and registers a :class:`TaskFunction`."""
     if not callable(fn):
@@ -44,7 +55,7 @@ def make_task(
     if isinstance(fn, TaskFunction):
         fn = fn.fn
     task_name = name or default_name(fn, bound=queue is not None)
-    tf = TaskFunction(fn, task_name, check_options(options), queue)
+    tf = TaskFunction(fn, task_name, check_options(options), queue, meta=meta)
     register(tf)
     return tf
 
@@ -134,7 +145,9 @@ def task(
     serializer: str = "json",
     concurrency: Optional[int] = None,
     rate_limit: Union[str, float, None] = None,
-    requires: Optional[dict[str, float]] = None,
+    requires: Optional[Mapping[str, Requirement]] = None,
+    meta: Optional[dict[str, Any]] = None,
+    schedule: Union[str, timedelta, None] = None,
 ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
 
@@ -153,7 +166,9 @@ def task(
     serializer: str = "json",
     concurrency: Optional[int] = None,
     rate_limit: Union[str, float, None] = None,
-    requires: Optional[dict[str, float]] = None,
+    requires: Optional[Mapping[str, Requirement]] = None,
+    meta: Optional[dict[str, Any]] = None,
+    schedule: Union[str, timedelta, None] = None,
 ) -> Union[TaskFunction[P, R], Callable[[Callable[P, R]], TaskFunction[P, R]]]:
     """Registers a function as a task, bare (``@task``) or with options.
 
@@ -171,7 +186,13 @@ def task(
     this many running at once across every worker of the store),
     ``rate_limit`` (``"100/s"``, ``"30/m"``: claims per time across every
     worker), ``requires`` (what a worker must offer, e.g.
-    ``{"gpu_memory_gb": 8}``; see ``QueueScheduler(resources=...)``).
+    ``{"gpu_memory_gb": 8}``; see ``QueueScheduler(resources=...)``),
+    ``meta`` (free-form metadata, a dict of JSON values: stored with every
+    task sent, readable in its records and, while it runs, as
+    ``current_task().metadata``), ``schedule`` (a cron expression such as
+    ``"*/5 * * * *"``, in UTC, or a timedelta: the task is also sent on that
+    schedule by every scheduler serving its queue, each tick once; see
+    :func:`periodic` for time zones and catch-up after downtime).
     """
     options = TaskOptions(
         queue=queue,
@@ -186,10 +207,184 @@ def task(
         rate_limit=parse_rate(rate_limit),
         requires=requires,
     )
-    if fn is not None:
-        return make_task(fn, None, name, options)
+    every_run = None
+    if schedule is not None:
+        # Checked before anything is registered: a bad schedule leaves no task.
+        if isinstance(schedule, timedelta):
+            every_run = make_schedule(every=schedule)
+        else:
+            every_run = make_schedule(cron=schedule)
 
     def decorate(f: Callable[P, R]) -> TaskFunction[P, R]:
-        return make_task(f, None, name, options)
+        tf = make_task(f, None, name, options, meta)
+        if every_run is not None:
+            add_schedule(tf, every_run)
+        return tf
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def periodic(
+    *,
+    cron: Optional[str] = None,
+    every: Union[timedelta, float, None] = None,
+    tz: Optional[str] = None,
+    catch_up: CatchUp = "once",
+    max_catch_up: int = 100,
+    grace: Union[timedelta, float, None] = None,
+) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+    """``@periodic(...)``: sends a task on a schedule, each tick once however
+    many schedulers run (on a plain function it also registers the task,
+    as a bare ``@task`` would; above ``@task(...)`` or ``@queue.task(...)``
+    it keeps their options).
+
+    ``cron`` (5 fields, or 6 with seconds first; ``@daily`` and the like)
+    read in ``tz`` (an IANA name, UTC by default), or ``every`` (a timedelta
+    or seconds, whole seconds: ticks at multiples of it since the epoch).
+    ``catch_up`` says what a scheduler sends for ticks missed while none
+    ran: ``"skip"`` (none: the next tick runs), ``"once"`` (one run for all
+    of them) or ``"all"`` (one run per missed tick, the latest
+    ``max_catch_up``). A tick seen within ``grace`` (default: a minute, or
+    half the gap to the next tick if shorter) is on time, not missed. A bad
+    expression, time zone, interval or policy raises
+    :class:`InvalidArgumentError` here. See docs/periodic.md.
+    """
+    schedule = make_schedule(
+        cron=cron,
+        every=every,
+        tz=tz,
+        catch_up=catch_up,
+        max_catch_up=max_catch_up,
+        grace=grace,
+    )
+
+    def decorate(fn: Callable[P, R]) -> TaskFunction[P, R]:
+        tf = fn if isinstance(fn, TaskFunction) else make_task(fn, None, None, TaskOptions())
+        add_schedule(tf, schedule)
+        return tf
 
     return decorate
+
+
+def resolve(
+    task: Union[TaskFunction[Any, Any], str], *, remote_ok: bool, serializer: str
+) -> TaskFunction[Any, Any]:
+    """The task function a send names.
+
+    A :class:`TaskFunction` is itself. A name is looked up among the tasks
+    this process registered: first exactly (``module:qualname``, or the
+    ``name=`` a task was given), then as a short name — the part after
+    the colon — when exactly one registered task has it (two or more:
+    :class:`InvalidArgumentError` naming them). A name registered nowhere
+    here is, with ``remote_ok``, sent as it is for a worker that has it
+    (:func:`~ferroq.task_function.remote_task`); without,
+    :class:`UnknownTaskError`.
+    """
+    if isinstance(task, TaskFunction):
+        return task
+    if not isinstance(task, str):
+        raise InvalidArgumentError(f"send() needs a @task function or its name, got {task!r}")
+    try:
+        return lookup(task)
+    except UnknownTaskError:
+        if ":" not in task:
+            found = [fn for n, fn in registered().items() if n.partition(":")[2] == task]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                names = ", ".join(sorted(fn.name for fn in found))
+                raise InvalidArgumentError(
+                    f"the short name {task!r} fits several registered tasks ({names}): "
+                    "send by the full name"
+                ) from None
+        if not remote_ok:
+            raise UnknownTaskError(
+                f"no task named {task!r} is registered in this process (import its module, "
+                "or use ferroq.discover(...)); to send it for a worker that has it, give "
+                "its arguments as queue.send(name, args=[...], kwargs={...})"
+            ) from None
+    return remote_task(task, serializer)
+
+
+def send_call(
+    conn: Connection,
+    task: Union[TaskFunction[Any, Any], TaskCall[Any, Any], str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> TaskHandle[Any]:
+    """What :meth:`Queue.send` does (see there for the two forms)."""
+    if "args" in kwargs or "kwargs" in kwargs:
+        # The explicit form: arguments and send options kept apart.
+        if args:
+            raise InvalidArgumentError(
+                "give the task's arguments either positionally or as args=/kwargs=, not both"
+            )
+        call_args = kwargs.pop("args", None)
+        call_kwargs = kwargs.pop("kwargs", None)
+        if call_args is None:
+            call_args = ()
+        if call_kwargs is None:
+            call_kwargs = {}
+        if isinstance(call_args, (str, bytes)) or not isinstance(call_args, (list, tuple)):
+            raise InvalidArgumentError(f"args must be a list or tuple, got {call_args!r}")
+        if not isinstance(call_kwargs, dict) or not all(isinstance(k, str) for k in call_kwargs):
+            raise InvalidArgumentError(f"kwargs must be a dict with str keys, got {call_kwargs!r}")
+        unknown = sorted(set(kwargs) - SEND_OPTIONS)
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown send option(s) {', '.join(map(repr, unknown))} (options: "
+                f"{', '.join(sorted(SEND_OPTIONS))}); the task's own keyword arguments go in "
+                "kwargs={...}"
+            )
+        options = kwargs
+        remote_ok = True
+    else:
+        # The short form: everything is the task's, except ``callback``.
+        clash = sorted(SEND_OPTIONS.intersection(kwargs) - {"callback"})
+        if clash:
+            shown = ", ".join(f"{k}=..." for k in clash)
+            raise InvalidArgumentError(
+                f"ambiguous send: {', '.join(map(repr, clash))} could be a send option or "
+                f"the task's own argument. Write queue.send(task, args=[...], kwargs={{...}}, "
+                f"{shown}) for send options, with the task's arguments in args/kwargs"
+            )
+        call_args, call_kwargs = args, kwargs
+        options = {"callback": kwargs.pop("callback")} if "callback" in kwargs else {}
+        remote_ok = False
+    options = _checked_options(options)
+    call: TaskCall[Any, Any]
+    if isinstance(task, TaskCall):
+        call = task.options(**options) if options else task
+    else:
+        fn = resolve(task, remote_ok=remote_ok, serializer=conn.serializer)
+        by_reference = bool(options.pop("by_reference", False))
+        after = options.pop("after", None)
+        overrides = SendOptions(**options) if options else NO_OVERRIDES
+        call = TaskCall(fn, overrides, by_reference=by_reference, after=after)
+    return call.send_to(conn, *call_args, **call_kwargs)
+
+
+def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Send options with timedeltas as seconds and their types checked."""
+    out = dict(options)
+    for name in ("delay", "expires"):
+        value = out.get(name)
+        if isinstance(value, timedelta):
+            out[name] = value.total_seconds()
+    priority = out.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise InvalidArgumentError(f"priority must be an int, got {priority!r}")
+    for name in ("queue", "key", "batch"):
+        value = out.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InvalidArgumentError(f"{name} must be a non-empty str, got {value!r}")
+    run_at = out.get("run_at")
+    if run_at is not None and not isinstance(run_at, datetime):
+        raise InvalidArgumentError(f"run_at must be a datetime, got {run_at!r}")
+    metadata = out.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidArgumentError(f"metadata must be a dict, got {metadata!r}")
+    callback = out.get("callback")
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
+    return out

@@ -8,7 +8,8 @@ tests can drive directly:
 * the monitor — heartbeats, cancellation delivery, soft timeouts;
 * the cleanup loop — worker records, recovery of dead workers' tasks and of
   expired leases, deadlines, retention;
-* the listen loop — ``@listener`` functions on listen-data changes.
+* the listen loop — ``@listener`` functions on listen-data changes;
+* the periodic loop — runs of periodic tasks when their ticks come.
 
 Callbacks given at send time are delivered by the sending queue's receive
 loop.
@@ -17,30 +18,36 @@ loop.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
 import weakref
 from types import FrameType
-from typing import TYPE_CHECKING, Literal, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence, Union
 
 from .._checks import seconds
+from .._default import forget, set_default
 from .._errors import InvalidArgumentError
 from .._loops import wake_waiters
 from ..events import Event, EventFollower
-from ..registry import registered
+from ..logs import configure as configure_logging
+from ..registry import discover, registered
 from ..resources import ResourceProbe, default_probe
+from ..supervisor import ChildControl, Supervisor
 from ._state import StatusHook, WorkerState
-from .async_loop import AsyncTaskLoop
+from .async_loop import AsyncTaskLoop, SharedAsyncRunner
 from .cleanup import CleanupIntervals, CleanupLoop
 from .listen_loop import ListenLoop
 from .monitor import MonitorLoop
+from .periodic_loop import PeriodicLoop
 from .process_loop import ProcessTaskLoop
-from .task_loop import ClaimingLoop, ThreadTaskLoop
+from .task_loop import ClaimingLoop, ClaimPace, ThreadTaskLoop
 
 if TYPE_CHECKING:
     from .._connection import Connection
@@ -82,7 +89,20 @@ class QueueScheduler:
     * ``listen_consumer``: a name under which the last listen change
       handled is saved in the store, so a scheduler restarted under the same
       name runs listeners for changes made while it was down, and never
-      again for those it handled.
+      again for those it handled (names starting ``ferroq:`` are reserved);
+    * ``periodic``: send the runs of the periodic tasks served
+      (``@task(schedule=...)``, ``@periodic``) when their ticks come
+      (default True; several schedulers may do so, each tick is stored once);
+    * ``processes``: run the scheduler in this many child processes under a
+      supervisor that restarts one that dies (default 1: in this process).
+      The children open the store by its URL and import ``imports``
+      (module or package names; default: the modules of every registered
+      task, refused when one is in ``__main__``); each runs a scheduler with
+      these options, listeners run in the first only, and hooks given here
+      see their moves through the store's event feed;
+    * ``home``: ``(index, count)``: this scheduler is worker ``index`` of
+      ``count`` (each child of ``processes`` gets its own); kept for claims
+      that prefer the home shards, which they do not do yet.
 
     Use ``start()`` / ``stop(grace)``, a ``with`` block, or
     ``run_forever()``, which stops gracefully on SIGINT or SIGTERM.
@@ -103,12 +123,36 @@ class QueueScheduler:
         cleanup: Optional[CleanupIntervals] = None,
         replay_listen: bool = False,
         listen_consumer: Optional[str] = None,
+        periodic: bool = True,
+        processes: int = 1,
+        imports: Optional[Sequence[str]] = None,
+        home: Optional[tuple[int, int]] = None,
     ) -> None:
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise InvalidArgumentError(f"processes must be an int >= 1, got {processes!r}")
+        if home is not None and not (
+            isinstance(home, tuple)
+            and len(home) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in home)
+            and 0 <= home[0] < home[1]
+        ):
+            raise InvalidArgumentError(
+                f"home must be (index, count) with 0 <= index < count, got {home!r}"
+            )
+        if imports is not None and processes == 1:
+            raise InvalidArgumentError(
+                "imports= names what worker processes import: it needs processes > 1"
+            )
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidArgumentError(f"concurrency must be an int >= 1, got {concurrency!r}")
         lease = seconds(lease, "lease", minimum=0.1, strict=True)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if listen_consumer is not None and listen_consumer.startswith("ferroq:"):
+            # The store keeps the marks of periodic schedules under such names.
+            raise InvalidArgumentError(
+                f"listen_consumer names starting 'ferroq:' are reserved, got {listen_consumer!r}"
+            )
         for m in [mode, *(modes or {}).values()]:
             if m not in _MODES:
                 raise InvalidArgumentError(f"mode must be one of {_MODES}, got {m!r}")
@@ -147,11 +191,38 @@ class QueueScheduler:
         self.monitor = MonitorLoop(self.state)
         self.cleanup = CleanupLoop(self.state, self._intervals)
         self.listen: Optional[ListenLoop] = None
+        self._periodic = periodic
+        #: The periodic loop (None until started, or when turned off).
+        self.periodic: Optional[PeriodicLoop] = None
         self._replay_listen = replay_listen
         self._listen_consumer = listen_consumer
         self._feed: Optional[EventFollower] = None
         self._started = False
         self._by_mode: dict[str, list[str]] = {}
+        #: How many processes run this scheduler (see :class:`Supervisor`).
+        self.processes = processes
+        #: ``(index, count)`` among worker processes, for shard-affine claims.
+        self.home = home
+        # Whether this scheduler runs the listeners (only the first of
+        # several worker processes does).
+        self._listens = True
+        #: The supervisor of the worker processes (with ``processes > 1``).
+        self.supervisor: Optional[Supervisor] = None
+        if processes > 1:
+            self.supervisor = Supervisor(
+                _run_child,
+                _child_spec(
+                    queue,
+                    imports,
+                    dict(
+                        concurrency=concurrency, queues=list(queues) if queues else None,
+                        mode=mode, modes=dict(modes or {}), lease=lease, batch_size=batch_size,
+                        resources=resources, cleanup=cleanup, replay_listen=replay_listen,
+                        listen_consumer=listen_consumer, periodic=periodic,
+                    ),
+                ),
+                processes,
+            )
 
     @property
     def worker_id(self) -> str:
@@ -224,7 +295,14 @@ class QueueScheduler:
             elif mode == "process":
                 loops += [ProcessTaskLoop(self.state, qs) for _ in range(self.concurrency)]
             else:
-                loops += [ThreadTaskLoop(self.state, qs) for _ in range(self.concurrency)]
+                # One event loop per scheduler runs the threads' async def tasks.
+                # Its threads also share what they learn of task times.
+                runner, pace = SharedAsyncRunner(self.state), ClaimPace()
+                loops += [
+                    ThreadTaskLoop(self.state, qs, runner=runner, pace=pace)
+                    for _ in range(self.concurrency)
+                ]
+                loops.append(runner)
         return loops
 
     def start(self) -> QueueScheduler:
@@ -243,6 +321,16 @@ class QueueScheduler:
         return self
 
     def _start(self) -> None:
+        if self.supervisor is not None:
+            _running.add(self)
+            self._feed = None
+            if self.state.hooks:  # every move is a child's: all come from the feed
+                self._feed = EventFollower(
+                    self.state.store, None, self._feed_event, start_at="now"
+                )
+                self._feed.start()
+            self.supervisor.start()
+            return
         self.state.stopping.clear()
         # Fresh support loops: those of an earlier run were told to stop.
         self.monitor = MonitorLoop(self.state)
@@ -253,7 +341,11 @@ class QueueScheduler:
         self.cleanup.tick(time.monotonic())  # register, and recover dead workers' tasks now
         self.loops = self._build_loops()
         self.state.on_new_queue = self._serve
-        self.listen = ListenLoop(self.state, self._replay_listen, self._listen_consumer)
+        self.listen = (
+            ListenLoop(self.state, self._replay_listen, self._listen_consumer)
+            if self._listens
+            else None
+        )
         self._feed = None
         if self.state.hooks:
             # Moves made anywhere else reach the hooks through the feed,
@@ -266,8 +358,16 @@ class QueueScheduler:
         support = [
             threading.Thread(target=self.monitor.run, name="ferroq-monitor", daemon=True),
             threading.Thread(target=self.cleanup.run, name="ferroq-cleanup", daemon=True),
-            threading.Thread(target=self.listen.run, name="ferroq-listen", daemon=True),
         ]
+        if self.listen is not None:
+            support.append(
+                threading.Thread(target=self.listen.run, name="ferroq-listen", daemon=True)
+            )
+        self.periodic = PeriodicLoop(self.state) if self._periodic else None
+        if self.periodic is not None:
+            support.append(
+                threading.Thread(target=self.periodic.run, name="ferroq-periodic", daemon=True)
+            )
         self._support = support
         for th in self._threads + support:
             th.start()
@@ -282,6 +382,15 @@ class QueueScheduler:
         worker."""
         if not self._started:
             return
+        if self.supervisor is not None:
+            # A second call while the first waits (a second Ctrl+C) forces.
+            self.supervisor.stop(grace)
+            if self._feed is not None:
+                self._feed.stop()
+                self._feed = None
+            self._started = False
+            _running.discard(self)
+            return
         state = self.state
         state.stopping.set()
         # Every loop waits for a store change between ticks: end those waits
@@ -290,6 +399,8 @@ class QueueScheduler:
         self.cleanup.signal_stop()
         if self.listen is not None:
             self.listen.signal_stop()
+        if self.periodic is not None:
+            self.periodic.stop()
         if self._feed is not None:
             self._feed.signal_stop()
         wake_waiters(state.store)
@@ -339,10 +450,16 @@ class QueueScheduler:
                 log.debug("could not stop %r at exit: %s", s, e)
 
     def run_forever(self, grace: float = 10.0) -> None:
-        """Runs until SIGINT or SIGTERM, then stops gracefully."""
+        """Runs until SIGINT or SIGTERM, then stops gracefully; a second
+        SIGINT (Ctrl+C) while stopping stops at once (``stop(0)``: claimed
+        tasks go back to the queue). A repeated SIGTERM changes nothing."""
         stop = threading.Event()
 
         def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+            if stop.is_set():
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt  # the grace period is not wanted
+                return
             log.info("signal %s: stopping", signum)
             stop.set()
 
@@ -354,7 +471,11 @@ class QueueScheduler:
             while not stop.wait(0.5):
                 pass
         finally:
-            self.stop(grace)
+            try:
+                self.stop(grace)
+            except KeyboardInterrupt:
+                log.info("second interrupt: stopping now")
+                self.stop(0.0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -366,6 +487,99 @@ class QueueScheduler:
 
     def __repr__(self) -> str:
         return f"<QueueScheduler {self.worker_id} mode={self.mode} concurrency={self.concurrency}>"
+
+
+def _child_spec(
+    queue: Connection, imports: Optional[Sequence[str]], options: dict[str, Any]
+) -> dict[str, Any]:
+    """What a worker process needs to run the scheduler the caller asked
+    for; refuses (:class:`InvalidArgumentError`) what a child cannot
+    rebuild: a store only this process can see, a task it cannot import."""
+    if queue.url.startswith("memory:") or queue.clock is not None:
+        raise InvalidArgumentError(
+            "worker processes open the store by its URL: a memory:// store, or one on a "
+            f"manual clock, lives in this process only (got {queue.url!r})"
+        )
+    cls = type(queue)
+    if cls.__module__ in ("__main__", "__mp_main__"):
+        raise InvalidArgumentError(
+            f"worker processes cannot import {cls.__name__}, defined in __main__"
+        )
+    return {
+        "cls": cls,
+        "url": queue.url,
+        "serializer": queue.serializer,
+        "imports": _child_imports(imports),
+        "path": list(sys.path),
+        "options": options,
+    }
+
+
+def _child_imports(imports: Optional[Sequence[str]]) -> list[str]:
+    """The modules each worker process imports: those named, each checked
+    to exist, or else the modules of every registered task."""
+    if imports is None:
+        found: list[str] = []
+        for name, fn in sorted(registered().items()):
+            module = fn.__module__
+            if module in ("__main__", "__mp_main__"):
+                raise InvalidArgumentError(
+                    f"task {name!r} is defined in {module}, which worker processes cannot "
+                    "import: move it into a module and name it in imports=[...]"
+                )
+            if module and module not in found:
+                found.append(module)
+        if not found:
+            raise InvalidArgumentError(
+                "no task is registered, so worker processes would import nothing: "
+                "name the task modules in imports=[...]"
+            )
+        return found
+    if isinstance(imports, str):
+        raise InvalidArgumentError(f"imports must be a list of module names, got {imports!r}")
+    names = list(imports)
+    for name in names:
+        if not isinstance(name, str) or name in ("__main__", "__mp_main__"):
+            raise InvalidArgumentError(f"imports must name importable modules, got {name!r}")
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise InvalidArgumentError(f"no module named {name!r} for worker processes to import")
+    if not names:
+        raise InvalidArgumentError("imports is empty: worker processes would have no task")
+    return names
+
+
+def _run_child(control: ChildControl, spec: dict[str, Any]) -> None:
+    """A worker process's body (the supervisor's child target): imports
+    the task modules, opens the store, and runs a scheduler as the parent
+    asked until the supervisor says stop."""
+    path = spec["path"]
+    sys.path[:] = path + [p for p in sys.path if p not in path]
+    level = os.environ.get("FERROQ_LOG")
+    if level:  # set by `ferroq worker --log-level`, or by the caller
+        try:
+            json_lines = os.environ.get("FERROQ_LOG_FORMAT") == "json"
+            configure_logging(level, "json" if json_lines else "text")
+        except InvalidArgumentError as e:
+            log.warning("FERROQ_LOG ignored: %s", e)
+    for module in spec["imports"]:
+        discover(module)
+    conn: Connection = spec["cls"](spec["url"], serializer=spec["serializer"])
+    set_default(conn)
+    try:
+        scheduler = QueueScheduler(conn, home=(control.index, control.count), **spec["options"])
+        scheduler._listens = control.index == 0
+        log.info(
+            "worker process %d/%d: %s serving %s",
+            control.index + 1, control.count, scheduler.worker_id, ",".join(scheduler.queues),
+        )
+        control.serve(scheduler.start, scheduler.stop)
+    finally:
+        forget(conn)
+        conn.close()
 
 
 # Registered after ``_connection``'s handler, so it runs before it (atexit

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from .. import _core
 from .._connection import StatusHook
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..resources import ResourceProbe
     from .inflight import InFlight
 
-__all__ = ["StatusHook", "WorkerState"]
+__all__ = ["StatusHook", "TaskMeter", "WorkerState", "meter", "set_meter"]
 
 log = logging.getLogger("ferroq.scheduler")
 
@@ -30,6 +30,30 @@ log = logging.getLogger("ferroq.scheduler")
 _EMITTED_KEPT = 10_000
 # How long a resource probe's answer is reused.
 _PROBE_TTL_S = 5.0
+
+
+class TaskMeter(Protocol):
+    """What the task loops tell about each attempt when metrics are on
+    (:mod:`ferroq.metrics` installs one with :func:`set_meter`)."""
+
+    def started(self, queue: str, name: str) -> None:
+        """An attempt of task ``name`` from ``queue`` starts running."""
+
+    def ended(self, queue: str, name: str, outcome: str, seconds: float) -> None:
+        """An attempt ended: ``outcome`` is ``done``, ``retried``,
+        ``failed``, ``cancelled`` or ``unknown`` (no function registered;
+        ``seconds`` is 0), after ``seconds`` of running."""
+
+
+#: The meter every scheduler of this process reports to; None (the default)
+#: keeps the hot path free of metrics: one global read per attempt.
+meter: Optional[TaskMeter] = None
+
+
+def set_meter(new: Optional[TaskMeter]) -> None:
+    """Installs (or, with None, removes) the process-wide :data:`meter`."""
+    global meter
+    meter = new
 
 
 class WorkerState:
@@ -121,7 +145,10 @@ class WorkerState:
                 served.add(queue)
                 self.found_queues.append(queue)
                 added.append(queue)
-                log.info("serving queue %r: it holds tasks this worker runs", queue)
+                log.info(
+                    "serving queue %r: it holds tasks this worker runs", queue,
+                    extra={"queue": queue, "worker": self.worker_id},
+                )
                 if self.on_new_queue is not None:
                     self.on_new_queue(queue)
         return added
@@ -133,7 +160,9 @@ class WorkerState:
             try:
                 self._resources_json = json.dumps(offered(self._probe()))
             except Exception:
-                log.exception("resource probe failed; offering none")
+                log.exception(
+                    "resource probe failed; offering none", extra={"worker": self.worker_id}
+                )
                 self._resources_json = "{}"
             self._probed_at = now
         return self._resources_json
@@ -157,4 +186,7 @@ class WorkerState:
             try:
                 hook(task_id, old, new)
             except Exception:
-                log.exception("status hook %r raised", hook)
+                log.exception(
+                    "status hook %r raised", hook,
+                    extra={"task_id": task_id, "worker": self.worker_id, "old": old, "new": new},
+                )

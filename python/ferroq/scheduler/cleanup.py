@@ -102,11 +102,17 @@ class CleanupLoop:
             self.recover_dead_workers()
         if self._is_due("leases", now, iv.leases):
             for task_id, status in store.recover():
-                log.info("task %s: lease expired, now %s", task_id, status)
+                log.info(
+                    "task %s: lease expired, now %s", task_id, status,
+                    extra={"task_id": task_id, "status": status, "worker": self.state.worker_id},
+                )
         if self._is_due("deadlines", now, iv.deadlines):
             expired = store.expire()
             if expired:
-                log.info("%d task(s) expired before they started", len(expired))
+                log.info(
+                    "%d task(s) expired before they started", len(expired),
+                    extra={"task_ids": list(expired), "worker": self.state.worker_id},
+                )
         if self._is_due("purge", now, iv.purge):
             store.purge()
         if self._is_due("queues", now, iv.queues) and self.state.find_queues():
@@ -132,6 +138,7 @@ class CleanupLoop:
                     wid,
                     "process exited" if dead_here else "heartbeat stale",
                     len(recovered),
+                    extra={"gone_worker": wid, "worker": self.state.worker_id},
                 )
         return gone
 
@@ -143,7 +150,7 @@ class CleanupLoop:
             except Exception:
                 if self.state.store.closed:
                     return
-                log.exception("cleanup error; retrying")
+                log.exception("cleanup error; retrying", extra={"worker": self.state.worker_id})
             self._stopped.wait(0.1)
 
     def signal_stop(self) -> None:

@@ -15,8 +15,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
-from .. import _core
+from .. import _core, logs
+from . import _state
 from .execute import timeout_outcome
+from .task_loop import log_attempt, outcome_of
 
 if TYPE_CHECKING:
     from ._state import WorkerState
@@ -85,10 +87,20 @@ class MonitorLoop:
             try:
                 status = s.store.fail(t.id, s.worker_id, outcome.error or "", outcome.retry)
             except Exception as e:
-                log.warning("could not record timeout of task %s: %s", t.id, e)
+                log.warning(
+                    "could not record timeout of task %s: %s", t.id, e,
+                    extra=logs.task_fields(
+                        t.id, t.name, t.queue, t.attempts, t.max_attempts, s.worker_id
+                    ),
+                )
                 continue
             if item.ctx is not None:
                 item.ctx._flag_cancelled()
+            ran = now - item.started if item.started is not None else 0.0
+            log_attempt(s, t, outcome_of(status), ran, outcome.error)
+            meter = _state.meter
+            if meter is not None:
+                meter.ended(t.queue, t.name, outcome_of(status), ran)
             s.emit(t.id, "running", status)
 
     def heartbeat(self) -> None:
@@ -101,12 +113,18 @@ class MonitorLoop:
         if keeper is None:
             return
         for err in keeper.errors():
-            log.warning("lease renewal failed: %s", err)
+            log.warning("lease renewal failed: %s", err, extra={"worker": s.worker_id})
         lost, cancel = keeper.lost(), keeper.cancel_requested()
         for task_id in lost:
             item = s.claimed.get(task_id)
             if item is not None and not item.abandoned:
-                log.warning("lease of task %s lost; its outcome will be dropped", task_id)
+                t = item.task
+                log.warning(
+                    "lease of task %s lost; its outcome will be dropped", task_id,
+                    extra=logs.task_fields(
+                        t.id, t.name, t.queue, t.attempts, t.max_attempts, s.worker_id
+                    ),
+                )
                 item.abandoned = True
         if lost:
             # Seen and acted on: the keeper forgets them (a task that ended
@@ -144,7 +162,7 @@ class MonitorLoop:
             except Exception:
                 if self.state.store.closed:
                     return
-                log.exception("monitor error; retrying")
+                log.exception("monitor error; retrying", extra={"worker": self.state.worker_id})
 
     def signal_stop(self) -> None:
         """Tells the loop to stop (it ends its current wait at once)."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .._errors import FerroqError
 from ..registry import find, registered
-from .execute import Outcome, error_text, execute_sync, timeout_outcome
+from .execute import Outcome, error_text, execute_sync, flow_payload, timeout_outcome
 from .task_loop import WAIT_SLICE_S, ClaimingLoop
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def child_main(conn: Connection, modules: list[str], parent_pid: Optional[int] =
         try:
             importlib.import_module(name)
         except Exception as e:  # reported per task, when a task needs it
-            log.warning("child could not import %s: %s", name, e)
+            log.warning("child could not import %s: %s", name, e, extra={"task_module": name})
     # Timeouts count from here: starting an interpreter is not the task's time.
     conn.send(("ready",))
     while True:
@@ -181,7 +181,9 @@ class ProcessTaskLoop(ClaimingLoop):
                 except Exception:
                     if self.state.store.closed:
                         return
-                    log.exception("process loop error; retrying")
+                    log.exception(
+                        "process loop error; retrying", extra={"worker": self.state.worker_id}
+                    )
                     self.state.stopping.wait(0.5)
             self.flush()
         finally:
@@ -203,7 +205,11 @@ class ProcessTaskLoop(ClaimingLoop):
             # fails with the cause, instead of the task staying claimed here
             # (its lease renewed) forever.
             self._kill()
-            log.warning("task %s could not run in a worker process: %s", t.id, e)
+            log.warning(
+                "task %s could not run in a worker process: %s", t.id, e,
+                extra={"task_id": t.id, "task_name": t.name, "queue": t.queue,
+                       "worker": self.state.worker_id},
+            )
             outcome = Outcome(error=error_text(e, ""), retry="backoff")
         self.observe(time.monotonic() - (item.started or time.monotonic()))
         self.record(t, item, outcome)
@@ -211,7 +217,8 @@ class ProcessTaskLoop(ClaimingLoop):
     def _run_in_child(self, t: _core.Task, item: InFlight, fn: TaskFunction[Any, Any]) -> Outcome:
         conn = self._child()
         fields = (t.id, t.name, t.queue, t.attempts, t.max_attempts, t.key, t.batch)
-        conn.send((fields, t.payload, self.state.worker_id))
+        # A flow step gets its parents' results here: the child has no store.
+        conn.send((fields, flow_payload(self.state.store, t, fn), self.state.worker_id))
         timeout = fn.defaults.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         outcome: Optional[Outcome] = None
@@ -230,7 +237,10 @@ class ProcessTaskLoop(ClaimingLoop):
                     try:
                         self.state.store.progress(msg[1], self.state.worker_id, msg[2])
                     except Exception as e:
-                        log.warning("progress of task %s not stored: %s", msg[1], e)
+                        log.warning(
+                            "progress of task %s not stored: %s", msg[1], e,
+                            extra={"task_id": msg[1], "worker": self.state.worker_id},
+                        )
                 else:
                     _, result, error, retry, cancelled = msg
                     outcome = Outcome(result, error, retry, cancelled)

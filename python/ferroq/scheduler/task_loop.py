@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
+from .. import logs
 from .._errors import PayloadTooLargeError, UnknownTaskError
 from ..context import TaskContext
+from . import _state
 from .execute import Outcome, error_text, execute_sync
 from .inflight import InFlight
 
@@ -20,9 +22,18 @@ if TYPE_CHECKING:
     from ..task_function import TaskFunction
     from ._state import WorkerState
 
-__all__ = ["ClaimingLoop", "ThreadTaskLoop", "error_text"]
+__all__ = [
+    "ClaimPace",
+    "ClaimingLoop",
+    "CoroutineRunner",
+    "ThreadTaskLoop",
+    "error_text",
+    "log_attempt",
+    "outcome_of",
+]
 
 log = logging.getLogger("ferroq.worker")
+task_log = logging.getLogger("ferroq.task")
 
 # How much work (seconds) one claim should fetch, judged by recent task times.
 _CLAIM_SECONDS = 0.05
@@ -33,6 +44,77 @@ WAIT_SLICE_S = 0.25
 # re-run work finished in the last few milliseconds.
 _FLUSH_AFTER_S = 0.002
 _FLUSH_AT = 64
+# A thread still running its batch this long after claiming it (slower
+# tasks than the claim was sized for) gives the tasks it has not started
+# back to the queue, for idle threads: a batch claimed after fast tasks
+# must not run 100 ms tasks one after another while other threads wait.
+_GIVE_BACK_AFTER_S = 2 * _CLAIM_SECONDS
+# The level of the line for each way an attempt ends (others: INFO).
+_LEVELS = {"retried": logging.WARNING, "failed": logging.ERROR, "unknown": logging.ERROR}
+
+
+def outcome_of(status: str) -> str:
+    """The outcome an attempt's failure left, from the status the store
+    gave it: ``retried`` (queued again), ``failed`` (for good), or the
+    status itself (``cancelled``...)."""
+    return "retried" if status == "queued" else status
+
+
+def log_attempt(
+    state: WorkerState,
+    t: _core.Task,
+    outcome: str,
+    seconds: float,
+    error: Optional[str] = None,
+) -> None:
+    """Logs one finished attempt on ``ferroq.task``: INFO when done or
+    cancelled, WARNING with the traceback when it will be retried, ERROR
+    with the traceback when it failed for good. The task's fields ride on
+    the record (``extra``), the traceback also as its ``exc_text`` so any
+    formatter prints it."""
+    level = _LEVELS.get(outcome, logging.INFO)
+    if not task_log.isEnabledFor(level):
+        return
+    ms = round(seconds * 1000, 3)
+    fields = logs.task_fields(
+        t.id, t.name, t.queue, t.attempts, t.max_attempts, state.worker_id,
+        outcome=outcome, duration_ms=ms,
+    )
+    err = logs.error_fields(error)
+    fields.update(err)
+    what = {"retried": "failed", "failed": "failed for good"}.get(outcome, outcome)
+    then = ", will retry" if outcome == "retried" else ""
+    msg = "task %s %s %s in %.1f ms%s (queue %s, attempt %d/%d)"
+    args: tuple[object, ...] = (
+        t.id, t.name, what, ms, then, t.queue, t.attempts, t.max_attempts
+    )
+    if err:
+        msg += ": %s: %s"
+        args += (err.get("error_type") or "error", err.get("error"))
+    record = task_log.makeRecord(task_log.name, level, __file__, 0, msg, args, None, extra=fields)
+    if err.get("traceback"):
+        record.exc_text = str(err["traceback"]).rstrip()
+    task_log.handle(record)
+
+
+def _log_unknown(state: WorkerState, t: _core.Task) -> None:
+    """The loud line for a task no function is registered for here: which
+    module to import so this worker knows it."""
+    module = t.name.partition(":")[0] if ":" in t.name else None
+    how = (
+        f"import {module!r} in the worker (ferroq worker {module} ..., or "
+        f"ferroq.discover({module!r})) so its @task functions are registered"
+        if module
+        else "register a function under this name (@task(name=...)) in the worker"
+    )
+    task_log.error(
+        "task %s failed: no task named %r is registered in worker %s; %s",
+        t.id, t.name, state.worker_id, how,
+        extra=logs.task_fields(
+            t.id, t.name, t.queue, t.attempts, t.max_attempts, state.worker_id,
+            outcome="unknown", duration_ms=0.0, task_module=module,
+        ),
+    )
 
 
 class ClaimingLoop:
@@ -45,6 +127,11 @@ class ClaimingLoop:
         self._avg_seconds = _CLAIM_SECONDS  # start by claiming one task
         self._done_ids: list[int] = []
         self._done_results: list[bytes] = []
+        # (task, seconds it ran) of each buffered result, for its log line
+        # and metrics once stored.
+        self._done_runs: list[tuple[_core.Task, float]] = []
+        # Tasks being failed because no function is registered for them.
+        self._unknown: set[int] = set()
         self._first_done_at = 0.0
 
     def batch_limit(self) -> int:
@@ -110,7 +197,10 @@ class ClaimingLoop:
         try:
             s.store.release([t.id for t in left], s.worker_id)
         except Exception as e:
-            log.warning("%d claimed task(s) left to lease expiry: %s", len(left), e)
+            log.warning(
+                "%d claimed task(s) left to lease expiry: %s", len(left), e,
+                extra={"worker": s.worker_id, "task_ids": [t.id for t in left]},
+            )
 
     def begin(self, t: _core.Task) -> Optional[tuple[InFlight, TaskFunction[Any, Any]]]:
         """Starts a claimed task's attempt: None when it must not run (asked
@@ -127,9 +217,17 @@ class ClaimingLoop:
             err = UnknownTaskError(
                 f"no task named {t.name!r} is registered in worker {s.worker_id}"
             )
-            self.record(t, item, Outcome(error=error_text(err, ""), retry="never"))
+            _log_unknown(s, t)
+            self._unknown.add(t.id)
+            try:
+                self.record(t, item, Outcome(error=error_text(err, ""), retry="never"))
+            finally:
+                self._unknown.discard(t.id)
             return None
         item.started = time.monotonic()
+        meter = _state.meter
+        if meter is not None:
+            meter.started(t.queue, t.name)
         return item, fn
 
     def context(self, t: _core.Task, item: InFlight) -> TaskContext:
@@ -146,18 +244,21 @@ class ClaimingLoop:
             abandoned = item.abandoned
         if abandoned:
             return  # timed out, lease lost or released: the outcome is not ours to store
+        now = time.monotonic()
+        ran = now - item.started if item.started is not None else 0.0
         if outcome.cancelled or (item.ctx is not None and item.ctx._cancelled) or (
             item.cancel_requested and outcome.result is None
         ):
             # Asked to stop: whatever the function did after that, the
             # caller sees the cancellation it asked for.
-            self._store_cancelled(t.id)
+            if self._store_cancelled(t.id):
+                self._ended(t, "cancelled", ran)
         elif outcome.result is not None:
-            now = time.monotonic()
             if not self._done_ids:
                 self._first_done_at = now
             self._done_ids.append(t.id)
             self._done_results.append(outcome.result)
+            self._done_runs.append((t, ran))
             # Held only while the next result is due in time to share its
             # commit: a slow task's result is stored at once, so a crash
             # re-runs no task whose function had already returned long ago.
@@ -168,33 +269,61 @@ class ClaimingLoop:
             try:
                 status = s.store.fail(t.id, s.worker_id, outcome.error, outcome.retry)
             except Exception as e:
-                log.warning("could not record failure of task %s: %s", t.id, e)
+                log.warning(
+                    "could not record failure of task %s: %s", t.id, e,
+                    extra=logs.task_fields(
+                        t.id, t.name, t.queue, t.attempts, t.max_attempts, s.worker_id
+                    ),
+                )
                 return
+            if t.id in self._unknown:  # logged already, loudly; it never started
+                meter = _state.meter
+                if meter is not None:
+                    meter.ended(t.queue, t.name, "unknown", 0.0)
+            else:
+                self._ended(t, outcome_of(status), ran, outcome.error)
             s.emit(t.id, "running", status)
+
+    def _ended(
+        self, t: _core.Task, outcome: str, seconds: float, error: Optional[str] = None
+    ) -> None:
+        """Logs a stored outcome and tells the metrics, if they are on."""
+        log_attempt(self.state, t, outcome, seconds, error)
+        meter = _state.meter
+        if meter is not None:
+            meter.ended(t.queue, t.name, outcome, seconds)
 
     def next_result_in(self) -> float:
         """How soon this loop expects to record its next result (seconds).
         Loops that flush after every round of concurrent tasks say 0."""
         return 0.0
 
-    def _store_cancelled(self, task_id: int) -> None:
+    def _store_cancelled(self, task_id: int) -> bool:
+        """Records a cancellation; False when the store refused it (logged)."""
         s = self.state
         try:
             s.store.cancel(task_id, s.worker_id)
         except Exception as e:
-            log.warning("could not record cancellation of task %s: %s", task_id, e)
-            return
+            log.warning(
+                "could not record cancellation of task %s: %s", task_id, e,
+                extra={"task_id": task_id, "worker": s.worker_id},
+            )
+            return False
         s.emit(task_id, "running", "cancelled")
+        return True
 
     def flush(self) -> None:
         """Stores the buffered results in one call."""
         if not self._done_ids:
             return
-        ids, results = self._done_ids, self._done_results
-        self._done_ids, self._done_results = [], []
+        ids, results, runs = self._done_ids, self._done_results, self._done_runs
+        self._done_ids, self._done_results, self._done_runs = [], [], []
         s = self.state
         errors = s.store.complete_many(ids, s.worker_id, results)
         hooks = s.has_hooks
+        # Per-task work only when someone listens: INFO lines or metrics.
+        meter = _state.meter
+        lines = task_log.isEnabledFor(logging.INFO)
         finals: dict[int, str] = {}
         if hooks and any(err is None for err in errors):
             # What each stored result left: ``done``, or ``cancelled`` for a
@@ -203,26 +332,44 @@ class ClaimingLoop:
             for t in s.store.get_many(stored):
                 if t is not None:
                     finals[t.id] = t.status
-        for task_id, err in zip(ids, errors):
+        for (t, ran), err in zip(runs, errors):
+            task_id = t.id
             if isinstance(err, PayloadTooLargeError):
                 # The same function would return the same result: fail the
                 # task once, with the reason, instead of letting its lease
                 # lapse and running it again.
-                self._fail_oversized(task_id, err)
+                self._fail_oversized(t, ran, err)
             elif err is not None:
-                log.warning("result of task %s not stored: %s", task_id, err)
-            elif hooks:
-                s.emit(task_id, "running", finals.get(task_id, "done"))
+                log.warning(
+                    "result of task %s not stored: %s", task_id, err,
+                    extra=logs.task_fields(
+                        task_id, t.name, t.queue, t.attempts, t.max_attempts, s.worker_id
+                    ),
+                )
+            else:
+                final = finals.get(task_id, "done")
+                if lines:
+                    self._ended(t, final, ran)
+                elif meter is not None:
+                    meter.ended(t.queue, t.name, final, ran)
+                if hooks:
+                    s.emit(task_id, "running", final)
 
-    def _fail_oversized(self, task_id: int, err: PayloadTooLargeError) -> None:
+    def _fail_oversized(self, t: _core.Task, ran: float, err: PayloadTooLargeError) -> None:
         s = self.state
-        log.error("task %s failed: its result is too large to store (%s)", task_id, err)
+        error = error_text(err, "")
         try:
-            status = s.store.fail(task_id, s.worker_id, error_text(err, ""), "never")
+            status = s.store.fail(t.id, s.worker_id, error, "never")
         except Exception as e:
-            log.warning("could not record failure of task %s: %s", task_id, e)
+            log.warning(
+                "could not record failure of task %s: %s", t.id, e,
+                extra=logs.task_fields(
+                    t.id, t.name, t.queue, t.attempts, t.max_attempts, s.worker_id
+                ),
+            )
             return
-        s.emit(task_id, "running", status)
+        self._ended(t, outcome_of(status), ran, error)
+        s.emit(t.id, "running", status)
 
     def run(self) -> None:
         """The loop's thread: ticks until the scheduler stops."""
@@ -232,22 +379,71 @@ class ClaimingLoop:
         """Called when the grace period ran out: stop what can be stopped."""
 
 
+class ClaimPace:
+    """The recent task time the thread loops of one scheduler size their
+    claims by, shared: a thread that has not met the slow tasks yet must not
+    claim a batch sized for the fast ones that came before."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = _CLAIM_SECONDS  # start by claiming one task
+
+
+class CoroutineRunner(Protocol):
+    """Where thread loops hand ``async def`` tasks: the scheduler's shared
+    event loop (:class:`~ferroq.scheduler.async_loop.SharedAsyncRunner`)."""
+
+    def submit(self, t: _core.Task) -> bool:
+        """Starts a claimed task on the loop, waiting for a free slot; False
+        when the runner no longer takes tasks (the scheduler stops)."""
+
+
 class ThreadTaskLoop(ClaimingLoop):
-    """Runs tasks in one worker thread (soft timeouts, cooperative cancel)."""
+    """Runs tasks in one worker thread (soft timeouts, cooperative cancel).
+
+    ``async def`` tasks are handed to ``runner``, the scheduler's one event
+    loop, when there is one (the thread goes on claiming); else they run
+    on a private loop in this thread."""
+
+    def __init__(
+        self,
+        state: WorkerState,
+        queues: list[str],
+        runner: Optional[CoroutineRunner] = None,
+        pace: Optional[ClaimPace] = None,
+    ) -> None:
+        super().__init__(state, queues)
+        self.runner = runner
+        self.pace = pace or ClaimPace()
+
+    def batch_limit(self) -> int:
+        """How many tasks the next claim asks for (about 50 ms of work, by
+        the task time the scheduler's threads saw last)."""
+        per_claim = int(_CLAIM_SECONDS / max(self.pace.seconds, 1e-6))
+        return max(1, min(self.state.batch_size, per_claim))
+
+    def observe(self, seconds: float) -> None:
+        """Feeds one task's run time into the shared claim sizing (a race
+        between threads loses an observation, never corrupts the value)."""
+        self.pace.seconds = 0.8 * self.pace.seconds + 0.2 * seconds
 
     def next_result_in(self) -> float:
         """Tasks run one after another here: the next result is one recent
         task time away."""
-        return self._avg_seconds
+        return self.pace.seconds
 
     def tick(self, wait: float = 0.0) -> int:
         """One step: claim a batch (waiting up to ``wait``), run it, store
         the outcomes. Returns how many tasks ran."""
         tasks = self.claim(wait)
         ran = 0
+        claimed_at = time.monotonic()
         try:
             for i, t in enumerate(tasks):
-                if self.state.stopping.is_set():
+                if self.state.stopping.is_set() or (
+                    i and time.monotonic() - claimed_at > _GIVE_BACK_AFTER_S
+                ):
                     self.release(tasks[i:])
                     break
                 self.run_one(t)
@@ -268,12 +464,23 @@ class ThreadTaskLoop(ClaimingLoop):
             except Exception:
                 if self.state.store.closed:
                     return
-                log.exception("task loop error; retrying")
+                log.exception("task loop error; retrying", extra={"worker": self.state.worker_id})
                 self.state.stopping.wait(0.5)
         self.flush()
 
     def run_one(self, t: _core.Task) -> None:
-        """Runs one claimed task here and records its outcome."""
+        """Runs one claimed task here and records its outcome (an ``async
+        def`` one is handed to the scheduler's event loop instead)."""
+        if self.runner is not None:
+            fn = self.state.tasks.find(t.name)
+            if fn is not None and fn.is_async:
+                handed_at = time.monotonic()
+                if not self.runner.submit(t):
+                    self.release([t])  # the scheduler stops: back to the queue
+                # What this thread spent: claims grow while the loop has
+                # room, and shrink (with give-backs) while it is full.
+                self.observe(time.monotonic() - handed_at)
+                return
         begun = self.begin(t)
         if begun is None:
             return

@@ -1,0 +1,7 @@
+"""``python -m ferroq``: the ``ferroq`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
