@@ -333,5 +333,12 @@ fn dead_letters_keep_their_own_retention(b: Backend) {
     env.fail(k, "w", "x", Retry::Never).unwrap();
     env.advance(60_001);
     env.store.purge(&PurgeParams::default()).unwrap();
+    let again = env.enqueue(keyed("q", "k"));
+    assert!(again.inserted);
+    // So does one deleted by hand.
+    env.claim_one("q", "w");
+    env.fail(again.id, "w", "x", Retry::Never).unwrap();
+    assert_eq!(env.get(again.id).queue, "q.dead");
+    env.store.delete(&[again.id]).unwrap().pop().unwrap().unwrap();
     assert!(env.enqueue(keyed("q", "k")).inserted);
 }

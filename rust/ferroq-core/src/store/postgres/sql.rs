@@ -787,9 +787,9 @@ pub const PURGE: &str = "WITH gone AS (DELETE FROM task_done
     SELECT count(*) FROM gone";
 
 /// Deletes the finished tasks among `$1` and frees their keys; returns
-/// the ids deleted.
+/// the ids deleted (a dead letter's key is its home queue's).
 pub const DELETE_FINISHED: &str = "WITH gone AS (DELETE FROM task_done WHERE id = ANY($1::bigint[])
-        RETURNING id, queue, key),
+        RETURNING id, coalesce(origin, queue) AS queue, key),
     freed AS (DELETE FROM task_key k USING gone g
         WHERE g.key IS NOT NULL AND k.queue = g.queue AND k.key = g.key AND k.id = g.id)
     SELECT id FROM gone";
