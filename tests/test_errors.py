@@ -23,6 +23,7 @@ EXPECTED = {
     "InvalidArgument": _errors.InvalidArgumentError,
     "PayloadTooLarge": _errors.PayloadTooLargeError,
     "QueueFull": _errors.QueueFullError,
+    "QueuePaused": _errors.QueuePausedError,
     "DuplicateKey": _errors.DuplicateKeyError,
     "Unavailable": _errors.StoreUnavailableError,
     "PermissionDenied": _errors.StorePermissionError,

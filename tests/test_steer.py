@@ -66,12 +66,13 @@ def test_verbs_by_id_with_their_guards(store: _core.Store) -> None:
 
 
 def test_queue_options_round_trip(store: _core.Store) -> None:
-    assert store.queue_options("q") == ("q", False, None, "requeue", None)
+    rest = (False, None, None, None)  # paused, aging, dead letters: tests/test_queue_flow.py
+    assert store.queue_options("q") == ("q", False, None, "requeue", None, *rest)
     store.set_queue_options(
         "q", serial=True, answer_timeout_ms=240_000, on_timeout="expire", retention_ms=10_000
     )
-    assert store.queue_options("q") == ("q", True, 240_000, "expire", 10_000)
-    assert store.all_queue_options() == [("q", True, 240_000, "expire", 10_000)]
+    assert store.queue_options("q") == ("q", True, 240_000, "expire", 10_000, *rest)
+    assert store.all_queue_options() == [("q", True, 240_000, "expire", 10_000, *rest)]
     with pytest.raises(ferroq.InvalidArgumentError):
         store.set_queue_options("q", on_timeout="later")  # type: ignore[arg-type]
 

@@ -19,6 +19,11 @@ __version__: str
 _EventTuple = tuple[
     str, int, int, str, str, str, Optional[str], Optional[str], Optional[str], Optional[str]
 ]
+# (queue, serial, answer_timeout_ms, on_timeout, retention_ms, paused, aging_ms,
+#  dead_letter, dead_retention_ms)
+_OptionsRow = tuple[
+    str, bool, Optional[int], str, Optional[int], bool, Optional[int], Optional[str], Optional[int]
+]
 
 @final
 class Task:
@@ -194,13 +199,13 @@ class Store:
         answer_timeout_ms: Optional[int] = None,
         on_timeout: Optional[Literal["requeue", "expire"]] = None,
         retention_ms: Optional[int] = None,
+        aging_ms: Optional[int] = None,
+        dead_letter: Optional[str] = None,
+        dead_retention_ms: Optional[int] = None,
     ) -> None: ...
-    def queue_options(
-        self, queue: str
-    ) -> tuple[str, bool, Optional[int], str, Optional[int]]: ...
-    def all_queue_options(
-        self,
-    ) -> list[tuple[str, bool, Optional[int], str, Optional[int]]]: ...
+    def set_paused(self, queue: str, paused: bool) -> None: ...
+    def queue_options(self, queue: str) -> _OptionsRow: ...
+    def all_queue_options(self) -> list[_OptionsRow]: ...
     def recover(self, worker: Optional[str] = None) -> list[tuple[int, str]]: ...
     def enqueue_flow(
         self,

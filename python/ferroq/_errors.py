@@ -18,6 +18,7 @@ __all__ = [
     "NotAStoreError",
     "PayloadTooLargeError",
     "QueueFullError",
+    "QueuePausedError",
     "SerializationError",
     "ShardMismatchError",
     "StoreError",
@@ -70,6 +71,11 @@ class PayloadTooLargeError(FerroqError, ValueError):
 
 class QueueFullError(FerroqError):
     """The queue holds its maximum number of unfinished tasks."""
+
+
+class QueuePausedError(FerroqError):
+    """The queue is paused (:meth:`Queue.pause`): it takes sends but hands
+    no task out until it is resumed."""
 
 
 class DuplicateKeyError(FerroqError):

@@ -794,13 +794,24 @@ class Queue(Connection):
         answer_timeout: Optional[float] = None,
         on_timeout: Literal["requeue", "expire"] = "requeue",
         retention: Optional[float] = None,
+        aging: Optional[float] = None,
+        dead_letter: Optional[str] = None,
+        dead_retention: Optional[float] = None,
     ) -> None:
-        """Sets ``queue``'s store-wide options: ``serial`` hands out at most
-        one task at a time (the next when it finishes or is cancelled);
-        ``answer_timeout`` gives each handed-out task that many seconds to
-        be answered, after which it goes back to the queue or ends
-        ``expired`` (``on_timeout``); ``retention`` keeps finished tasks of
-        the queue that many seconds (instead of the store's default)."""
+        """Sets ``queue``'s store-wide options (replacing the ones set
+        before; its capacity and whether it is paused are kept): ``serial``
+        hands out at most one task at a time (the next when it finishes or
+        is cancelled); ``answer_timeout`` gives each handed-out task that
+        many seconds to be answered, after which it goes back to the queue
+        or ends ``expired`` (``on_timeout``); ``retention`` keeps finished
+        tasks of the queue that many seconds (instead of the store's
+        default); ``aging`` makes a waiting task gain one priority level
+        every that many seconds, so newer work of higher priority cannot
+        hold it back forever; ``dead_letter`` files the queue's failed
+        tasks (attempts exhausted) in that queue, still ``failed``, and a
+        retry sends them home; ``dead_retention`` keeps the queue's failed
+        tasks that many seconds (instead of ``retention``). See
+        docs/operations.md."""
         self._store.set_queue_options(
             queue,
             serial=serial,
@@ -808,7 +819,27 @@ class Queue(Connection):
             else seconds_to_ms(answer_timeout, "answer_timeout", minimum=0.001),
             on_timeout=on_timeout,
             retention_ms=None if retention is None else seconds_to_ms(retention, "retention"),
+            aging_ms=None if aging is None else seconds_to_ms(aging, "aging", minimum=0.001),
+            dead_letter=dead_letter,
+            dead_retention_ms=None if dead_retention is None
+            else seconds_to_ms(dead_retention, "dead_retention"),
         )
+
+    def pause(self, queue: str) -> None:
+        """Pauses ``queue`` store-wide, for every process and until
+        :meth:`resume` (it survives restarts): it still takes sends, but no
+        worker claims from it and :meth:`start` raises
+        :class:`QueuePausedError`; tasks already running finish."""
+        self._store.set_paused(queue, True)
+
+    def resume(self, queue: str) -> None:
+        """Resumes a paused ``queue``: its waiting tasks are handed out
+        again, in their usual order (waiting workers wake at once)."""
+        self._store.set_paused(queue, False)
+
+    def paused_queues(self) -> List[str]:
+        """The names of the paused queues (``ferroq stats`` lists them)."""
+        return [o.queue for o in self.all_queue_options() if o.paused]
 
     def queue_options(self, queue: str) -> QueueOptions:
         """``queue``'s options (defaults when none were set)."""

@@ -160,16 +160,31 @@ class QueueOptions:
     on_timeout: OnTimeout = "requeue"
     #: Seconds finished tasks of this queue are kept (None: the store's).
     retention: Optional[float] = None
+    #: Whether the queue is paused (:meth:`Queue.pause`): it takes sends
+    #: but hands nothing out until :meth:`Queue.resume`.
+    paused: bool = False
+    #: Priority aging: a waiting task gains one priority level every
+    #: ``aging`` seconds (None: plain priority order).
+    aging: Optional[float] = None
+    #: The queue this queue's failed tasks are filed in (None: they stay).
+    dead_letter: Optional[str] = None
+    #: Seconds failed tasks of this queue are kept (None: as ``retention``).
+    dead_retention: Optional[float] = None
 
     @classmethod
-    def _from_row(cls, row: tuple[str, bool, Optional[int], str, Optional[int]]) -> QueueOptions:
-        queue, serial, answer_ms, on_timeout, retention_ms = row
+    def _from_row(cls, row: _core._OptionsRow) -> QueueOptions:
+        queue, serial, answer_ms, on_timeout, retention_ms = row[:5]
+        paused, aging_ms, dead_letter, dead_ms = row[5:]
         return cls(
             queue=queue,
             serial=serial,
             answer_timeout=None if answer_ms is None else answer_ms / 1000,
             on_timeout="expire" if on_timeout == "expire" else "requeue",
             retention=None if retention_ms is None else retention_ms / 1000,
+            paused=paused,
+            aging=None if aging_ms is None else aging_ms / 1000,
+            dead_letter=dead_letter,
+            dead_retention=None if dead_ms is None else dead_ms / 1000,
         )
 
 

@@ -68,6 +68,13 @@ pub enum Error {
         /// Its capacity.
         limit: u64,
     },
+    /// The queue is paused ([`Store::set_paused`](crate::store::Store::set_paused)):
+    /// it takes sends but hands no task out until it is resumed.
+    #[error("queue {queue:?} is paused: nothing is handed out until it is resumed")]
+    QueuePaused {
+        /// The queue name.
+        queue: String,
+    },
     /// A task with this key already exists in the queue (or the batch names
     /// the key twice), and the caller asked for that to be an error
     /// ([`OnDuplicate::Error`](crate::store::OnDuplicate::Error)). Nothing

@@ -6,8 +6,8 @@ use crate::errors::{invalid, seconds, to_py, Int, IntoPyResult, Text};
 use crate::task::PyTask;
 use ferroq_core::columns::{first_page, read_page, ResultColumns, ResultQuery, TextColumn};
 use ferroq_core::store::{
-    ActiveParams, Dep, EnqueueParams, FlowTask, OnDuplicate, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams,
-    SetPriorityParams, SetRunAtParams, StartParams,
+    ActiveParams, Dep, EnqueueParams, FlowTask, OnDuplicate, OnTimeout, PauseParams, QueueOptions, RequeueParams,
+    SetMetadataParams, SetPriorityParams, SetRunAtParams, StartParams,
 };
 use ferroq_core::store::{
     BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, FailParams, FunctionLimit, GetByKeyParams,
@@ -58,12 +58,24 @@ fn event_tuple(e: ferroq_core::store::Event) -> EventTuple {
 type WorkerRow = (String, String, u32, i64, i64, Vec<String>);
 /// A function limit as Python sees it: (name, max_running, rate_per_s, burst).
 type LimitRow = (String, Option<u32>, Option<f64>, Option<f64>);
-/// A queue's options as Python sees them:
-/// (queue, serial, answer_timeout_ms, on_timeout, retention_ms).
-type OptionsRow = (String, bool, Option<i64>, &'static str, Option<i64>);
+/// A queue's options as Python sees them: (queue, serial,
+/// answer_timeout_ms, on_timeout, retention_ms, paused, aging_ms,
+/// dead_letter, dead_retention_ms).
+type OptionsRow =
+    (String, bool, Option<i64>, &'static str, Option<i64>, bool, Option<i64>, Option<String>, Option<i64>);
 
 fn options_row(o: QueueOptions) -> OptionsRow {
-    (o.queue, o.serial, o.answer_timeout_ms, o.on_timeout.as_str(), o.retention_ms)
+    (
+        o.queue,
+        o.serial,
+        o.answer_timeout_ms,
+        o.on_timeout.as_str(),
+        o.retention_ms,
+        o.paused,
+        o.aging_ms,
+        o.dead_letter,
+        o.dead_retention_ms,
+    )
 }
 
 /// What an enqueue does with a taken key: 'existing' (return the existing
@@ -691,8 +703,15 @@ impl PyStore {
     /// Sets a queue's options (its capacity is kept): `serial` (at most one
     /// running task, store-wide), `answer_timeout_ms` (the lease of what it
     /// hands out), `on_timeout` ('requeue' or 'expire'), `retention_ms`
-    /// (how long its finished tasks are kept).
-    #[pyo3(signature = (queue, *, serial=false, answer_timeout_ms=None, on_timeout=None, retention_ms=None))]
+    /// (how long its finished tasks are kept), `aging_ms` (a waiting task
+    /// gains one priority level per this many ms), `dead_letter` (the queue
+    /// its failed tasks are filed in), `dead_retention_ms` (how long its
+    /// failed tasks are kept). Whether it is paused is kept (`set_paused`).
+    #[pyo3(signature = (
+        queue, *, serial=false, answer_timeout_ms=None, on_timeout=None, retention_ms=None,
+        aging_ms=None, dead_letter=None, dead_retention_ms=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn set_queue_options(
         &self,
         py: Python<'_>,
@@ -701,6 +720,9 @@ impl PyStore {
         answer_timeout_ms: Option<Int<i64>>,
         on_timeout: Option<Text>,
         retention_ms: Option<Int<i64>>,
+        aging_ms: Option<Int<i64>>,
+        dead_letter: Option<Text>,
+        dead_retention_ms: Option<Int<i64>>,
     ) -> PyResult<()> {
         let on_timeout = on_timeout.map(|t| OnTimeout::parse(&t.0)).transpose().py(py)?.unwrap_or_default();
         let o = QueueOptions {
@@ -709,11 +731,23 @@ impl PyStore {
             answer_timeout_ms: answer_timeout_ms.map(|v| v.0),
             on_timeout,
             retention_ms: retention_ms.map(|v| v.0),
+            paused: false,
+            aging_ms: aging_ms.map(|v| v.0),
+            dead_letter: dead_letter.map(String::from),
+            dead_retention_ms: dead_retention_ms.map(|v| v.0),
         };
         self.call(py, |store| store.set_queue_options(&o))
     }
 
-    /// A queue's options: (queue, serial, answer_timeout_ms, on_timeout, retention_ms).
+    /// Pauses (`paused=True`) or resumes a queue, store-wide: a paused
+    /// queue takes sends but hands nothing out; its other options are kept.
+    fn set_paused(&self, py: Python<'_>, queue: Text, paused: bool) -> PyResult<()> {
+        let p = PauseParams { queue: queue.0, paused };
+        self.call(py, |store| store.set_paused(&p))
+    }
+
+    /// A queue's options: (queue, serial, answer_timeout_ms, on_timeout,
+    /// retention_ms, paused, aging_ms, dead_letter, dead_retention_ms).
     fn queue_options(&self, py: Python<'_>, queue: Text) -> PyResult<OptionsRow> {
         let queue: String = queue.0;
         Ok(options_row(self.call(py, |store| store.queue_options(&queue))?))

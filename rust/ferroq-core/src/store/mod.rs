@@ -67,14 +67,15 @@ pub use limits::FunctionLimit;
 pub(crate) use limits::{allowances, StoredLimit};
 pub use params::ShardCheck;
 pub use params::{
-    ActiveParams, Dep, EnqueueParams, FlowTask, OnDuplicate, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams,
-    SetPriorityParams, SetRunAtParams, StartParams,
+    ActiveParams, Dep, EnqueueParams, FlowTask, OnDuplicate, OnTimeout, PauseParams, QueueOptions, RequeueParams,
+    SetMetadataParams, SetPriorityParams, SetRunAtParams, StartParams,
 };
 pub use params::{
     BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, GetByKeyParams,
     HeartbeatOutcome, HeartbeatParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams, ProgressParams,
     PurgeParams, QueueCount, RecoverParams, ReleaseParams, Retry, RetryParams, WorkerInfo,
 };
+pub use rules::claim_rank;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::Result;
@@ -149,6 +150,12 @@ pub trait Store: Send + Sync {
     /// Sets a queue's options (replacing the previous ones; its capacity is
     /// kept).
     fn set_queue_options(&self, o: &QueueOptions) -> Result<()>;
+    /// Pauses or resumes a queue, store-wide and durably. A paused queue
+    /// takes sends but hands nothing out: claims (and `claim_wait`) find
+    /// nothing, `start` is [`QueuePaused`](crate::Error::QueuePaused), and
+    /// `active` reports a task already running but starts none. Running
+    /// tasks finish as usual. Its other options are kept.
+    fn set_paused(&self, p: &PauseParams) -> Result<()>;
     /// A queue's options (the defaults when none were set).
     fn queue_options(&self, queue: &str) -> Result<QueueOptions>;
     /// The options of every queue that has some, by queue name.

@@ -422,6 +422,38 @@ pub struct QueueOptions {
     /// instead of the store's default retention; a task's own result TTL
     /// still comes first. Applies to tasks finishing after it is set.
     pub retention_ms: Option<i64>,
+    /// Whether the queue is paused: it takes sends but hands nothing out
+    /// (claims find nothing, `start` is refused, `active` reports only a
+    /// task already running). Set by [`Store::set_paused`](super::Store::set_paused)
+    /// alone: [`Store::set_queue_options`](super::Store::set_queue_options)
+    /// ignores this field and keeps the queue's state.
+    pub paused: bool,
+    /// Priority aging: a queued task gains one priority level for every
+    /// `aging_ms` it has been ready (since its `run_at`), so newer work of
+    /// higher priority cannot hold it back forever. The claim order becomes
+    /// `priority - run_at / aging_ms` (highest first; see
+    /// [`claim_rank`](crate::store::claim_rank)), kept in the ready index.
+    /// None: plain priority order.
+    pub aging_ms: Option<i64>,
+    /// Dead-letter routing: a task of this queue that fails for good
+    /// (attempts exhausted, or failed without retry) is filed in this queue
+    /// instead, still `failed`; its home queue is kept (its key stays
+    /// reserved there, and `retry`/`requeue` send it back there). None:
+    /// failed tasks stay in the queue.
+    pub dead_letter: Option<String>,
+    /// How long this queue's failed tasks (its dead letters, routed or not)
+    /// are kept, in ms, instead of `retention_ms`; None: like its other
+    /// finished tasks. Applies to tasks failing after it is set.
+    pub dead_retention_ms: Option<i64>,
+}
+
+/// Pause or resume a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PauseParams {
+    /// The queue (not empty).
+    pub queue: String,
+    /// True pauses it, false resumes it.
+    pub paused: bool,
 }
 
 /// A task one step of a flow depends on.

@@ -99,11 +99,12 @@ pub(crate) fn explain(
     }
 }
 
-/// The order claims hand tasks out in: higher priority first, then earlier
-/// `run_at`, then lower id. The ready indexes of both backends have these
-/// columns in this order.
+/// The order claims hand tasks out in on a queue without aging: higher
+/// priority first, then earlier `run_at`, then lower id (see
+/// [`claim_order_aged`] for queues with aging).
+#[cfg(test)]
 pub(crate) fn claim_order(a: &Task, b: &Task) -> Ordering {
-    b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id))
+    claim_order_aged(None)(a, b)
 }
 
 /// The backoff a task retries with: its own (stored encoded), or the
@@ -262,7 +263,70 @@ pub(crate) fn check_queue_options(o: &QueueOptions) -> Result<()> {
             return Err(Error::InvalidArgument(format!("retention must be >= 0, got {r} ms")));
         }
     }
+    if let Some(r) = o.dead_retention_ms {
+        if r < 0 {
+            return Err(Error::InvalidArgument(format!("dead_retention must be >= 0, got {r} ms")));
+        }
+    }
+    if let Some(a) = o.aging_ms {
+        if !(1..=MAX_AGING_MS).contains(&a) {
+            return Err(Error::InvalidArgument(format!(
+                "aging of {a} ms per priority level is outside 1 ms ..= 1 year"
+            )));
+        }
+    }
+    match o.dead_letter.as_deref() {
+        Some("") => return Err(Error::InvalidArgument("dead_letter queue name must not be empty".into())),
+        Some(d) if d == o.queue => {
+            return Err(Error::InvalidArgument(format!("queue {d:?} cannot be its own dead-letter queue")))
+        }
+        _ => {}
+    }
     Ok(())
+}
+
+/// The longest aging step: one priority level a year.
+pub(crate) const MAX_AGING_MS: i64 = 365 * 24 * 3_600_000;
+
+/// The bound of the values [`claim_rank`] combines: clamping priority and
+/// `run_at` to it keeps `priority - run_at / aging_ms` inside i64 whatever
+/// the task says (a real `run_at` is about 2^41).
+const RANK_CLAMP: i64 = 1 << 61;
+
+/// The claim rank of a queued task: the first key of the claim order
+/// (highest first; then the earliest `run_at`, then the lowest id). On a
+/// queue without aging it is the priority. With `aging_ms`, a task gains
+/// one level for every `aging_ms` it has been ready: at any moment `now`
+/// its effective priority is `priority + (now - run_at) / aging_ms`, and
+/// since `now` is the same for every task, ordering by
+/// `priority - run_at / aging_ms` is the same order, computed once when
+/// the task is written and kept in the ready index (no scan, no periodic
+/// rewrite). Division truncates toward zero, as in SQLite and PostgreSQL,
+/// whose statements compute the same value (`claim_rank!` in each
+/// backend's `sql.rs`).
+///
+/// The bound it gives: a task of priority `p` made ready at `t` ranks
+/// above every task of priority `q` made ready after `t + (q - p + 1) *
+/// aging_ms`, so newer work of higher priority holds it back for at most
+/// `(q - p + 1) * aging_ms`.
+pub fn claim_rank(priority: i64, run_at: i64, aging_ms: Option<i64>) -> i64 {
+    match aging_ms {
+        Some(a) if a > 0 => priority.clamp(-RANK_CLAMP, RANK_CLAMP) - run_at.clamp(-RANK_CLAMP, RANK_CLAMP) / a,
+        _ => priority,
+    }
+}
+
+/// The order claims hand tasks out in, on a queue with the given aging
+/// step: claim rank (highest first; the priority without aging), then
+/// earlier `run_at`, then lower id. The ready indexes of both backends have
+/// these columns in this order (`task.claim_rank` holds the rank).
+pub(crate) fn claim_order_aged(aging_ms: Option<i64>) -> impl Fn(&Task, &Task) -> Ordering {
+    move |a, b| {
+        claim_rank(b.priority, b.run_at, aging_ms)
+            .cmp(&claim_rank(a.priority, a.run_at, aging_ms))
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    }
 }
 
 /// The lease a task handed out now gets: the queue's answer timeout when
@@ -623,6 +687,11 @@ mod tests {
             QueueOptions { answer_timeout_ms: Some(0), ..ok.clone() },
             QueueOptions { answer_timeout_ms: Some(8 * 24 * 3_600_000), ..ok.clone() },
             QueueOptions { retention_ms: Some(-1), ..ok.clone() },
+            QueueOptions { dead_retention_ms: Some(-1), ..ok.clone() },
+            QueueOptions { aging_ms: Some(0), ..ok.clone() },
+            QueueOptions { aging_ms: Some(MAX_AGING_MS + 1), ..ok.clone() },
+            QueueOptions { dead_letter: Some(String::new()), ..ok.clone() },
+            QueueOptions { dead_letter: Some("q".into()), ..ok.clone() },
         ];
         for o in bad {
             assert!(matches!(check_queue_options(&o), Err(Error::InvalidArgument(_))), "{o:?}");
@@ -662,6 +731,27 @@ mod tests {
         let mut tasks = [task(1, -big, 0), task(2, big, 0), task(3, 0, 0), task(4, i64::MAX, 9), task(5, i64::MIN, 0)];
         tasks.sort_by(claim_order);
         assert_eq!(tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [4, 2, 3, 1, 5]);
+    }
+
+    #[test]
+    fn aging_ranks_old_low_priority_work_above_newer_high_priority_work() {
+        assert_eq!(claim_rank(5, 1_000, None), 5);
+        // One level per second: a task of priority 0 ready at t=0 ranks with
+        // one of priority 3 ready at t=3s, and above one ready later.
+        let old = claim_rank(0, 0, Some(1_000));
+        assert_eq!(old, claim_rank(3, 3_000, Some(1_000)));
+        assert!(old > claim_rank(3, 4_000, Some(1_000)));
+        assert!(old < claim_rank(3, 2_000, Some(1_000)));
+        // The documented bound: q - p + 1 steps later, the newer task ranks lower.
+        let (p, q, t, a) = (-7_i64, 40_i64, 1_764_000_000_000_i64, 250_i64);
+        assert!(claim_rank(p, t, Some(a)) > claim_rank(q, t + (q - p + 1) * a, Some(a)));
+        // Extremes do not overflow.
+        for (pr, r) in [(i64::MAX, i64::MIN), (i64::MIN, i64::MAX), (i64::MIN, i64::MIN), (i64::MAX, i64::MAX)] {
+            let _ = claim_rank(pr, r, Some(1));
+        }
+        let mut tasks = [task(1, 0, 0), task(2, 3, 4_000), task(3, 3, 2_000)];
+        tasks.sort_by(claim_order_aged(Some(1_000)));
+        assert_eq!(tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [3, 1, 2]);
     }
 
     #[test]

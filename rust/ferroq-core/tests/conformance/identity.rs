@@ -131,9 +131,28 @@ fn make_old_format(dir: &Path, shards: u32) {
     }
 }
 
+/// Turns a store back into one written by schema version 4: no pause,
+/// aging or dead letters (the ready index on the priority), user_version 4.
+fn make_v4_format(dir: &Path, shards: u32) {
+    for i in 0..shards {
+        let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
+        c.execute_batch(
+            "DROP INDEX task_ready; ALTER TABLE task DROP COLUMN claim_rank;
+             CREATE INDEX task_ready ON task (queue, priority DESC, run_at, id) WHERE status = 0;
+             DROP INDEX task_done_key; ALTER TABLE task_done DROP COLUMN origin;
+             CREATE UNIQUE INDEX task_done_key ON task_done (queue, key) WHERE key IS NOT NULL;
+             ALTER TABLE queue_setting DROP COLUMN paused; ALTER TABLE queue_setting DROP COLUMN aging_ms;
+             ALTER TABLE queue_setting DROP COLUMN dead_letter; ALTER TABLE queue_setting DROP COLUMN dead_retention_ms;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+    }
+}
+
 /// Turns a store back into one written by schema version 3: no
 /// dependency table, user_version 3.
 fn make_v3_format(dir: &Path, shards: u32) {
+    make_v4_format(dir, shards);
     for i in 0..shards {
         let c = rusqlite::Connection::open(dir.join(shard_file(i))).unwrap();
         c.execute_batch("DROP TABLE task_dep; PRAGMA user_version = 3;").unwrap();
@@ -179,7 +198,7 @@ fn store_of_schema_2_gains_queue_options_and_keeps_capacities() {
         assert_eq!(s.queue_options("q").unwrap(), o);
         assert_eq!(s.capacity("q").unwrap(), Some(100), "options keep the capacity");
         drop(s);
-        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 4));
+        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 5));
     }
 }
 
@@ -199,7 +218,52 @@ fn store_of_schema_3_gains_flows_and_keeps_its_tasks() {
         assert_eq!(s.get(&[got[1].id]).unwrap()[0].as_ref().unwrap().status, Status::Waiting);
         assert_eq!(s.dependencies(&[got[1].id]).unwrap(), vec![vec![got[0].id]]);
         drop(s);
-        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 4));
+        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 5));
+    }
+}
+
+#[test]
+fn store_of_schema_4_gains_pause_aging_and_dead_letters() {
+    for shards in [1u32, 4] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir: PathBuf = tmp.path().join("store");
+        let ids = make_store(&dir, shards, 6);
+        let o = ferroq_core::store::QueueOptions { queue: "q".into(), retention_ms: Some(9_000), ..Default::default() };
+        open(&dir).unwrap().set_queue_options(&o).unwrap();
+        checkpoint(&dir, shards);
+        make_v4_format(&dir, shards);
+        let s = open(&dir).unwrap();
+        assert_eq!(s.queue_options("q").unwrap(), o, "the options stay");
+        // The old tasks keep their order (rank = priority), then aging,
+        // pause and routing work on them.
+        let claim = |n| ferroq_core::store::ClaimParams {
+            queue: "q".into(),
+            worker: "w".into(),
+            limit: n,
+            lease_ms: 60_000,
+            resources: None,
+        };
+        let mut want = s.get(&ids).unwrap().into_iter().map(Option::unwrap).collect::<Vec<_>>();
+        want.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
+        s.set_paused(&ferroq_core::store::PauseParams { queue: "q".into(), paused: true }).unwrap();
+        assert!(s.claim(&claim(10)).unwrap().is_empty());
+        s.set_paused(&ferroq_core::store::PauseParams { queue: "q".into(), paused: false }).unwrap();
+        let o4 =
+            ferroq_core::store::QueueOptions { aging_ms: Some(1_000), dead_letter: Some("dead".into()), ..o.clone() };
+        s.set_queue_options(&o4).unwrap();
+        let got = s.claim(&claim(10)).unwrap();
+        assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), want.iter().map(|t| t.id).collect::<Vec<_>>());
+        let f = ferroq_core::store::FailParams {
+            id: got[0].id,
+            worker: "w".into(),
+            error: "x".into(),
+            retry: ferroq_core::store::Retry::Never,
+            force: false,
+        };
+        s.fail(&[f]).unwrap().pop().unwrap().unwrap();
+        assert_eq!(s.get(&[got[0].id]).unwrap()[0].as_ref().unwrap().queue, "dead");
+        drop(s);
+        assert!(store_ids(&dir, shards).iter().all(|(v, _)| *v == 5));
     }
 }
 
@@ -252,7 +316,7 @@ fn store_of_the_previous_schema_opens_and_keeps_its_tasks() {
         assert!(ids.iter().all(|id| *id != new));
         drop(s);
         let stamped = store_ids(&dir, shards);
-        assert!(stamped.iter().all(|(v, id)| *v == 4 && id.is_some()), "{stamped:?}");
+        assert!(stamped.iter().all(|(v, id)| *v == 5 && id.is_some()), "{stamped:?}");
         assert!(stamped.iter().all(|(_, id)| *id == stamped[0].1), "one store id in every shard: {stamped:?}");
         // And it opens again as a store of the new version.
         assert!(open(&dir).unwrap().get(&[new]).unwrap()[0].is_some());

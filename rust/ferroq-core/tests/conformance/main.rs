@@ -28,6 +28,7 @@ mod limits;
 mod on_disk;
 mod ordering;
 mod pg;
+mod queue_flow;
 mod serial;
 mod steer;
 mod verbs;

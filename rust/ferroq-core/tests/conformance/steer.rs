@@ -346,6 +346,7 @@ fn queue_options_round_trip_and_keep_the_capacity(b: Backend) {
         answer_timeout_ms: Some(240_000),
         on_timeout: OnTimeout::Expire,
         retention_ms: Some(10_000),
+        ..Default::default()
     };
     options(&env, o.clone());
     let b_opts = QueueOptions { queue: "b".into(), serial: true, ..Default::default() };
@@ -441,6 +442,13 @@ fn postgres_store_of_schema_1_is_migrated() {
             "SET search_path = {schema};
              ALTER TABLE task ALTER COLUMN priority TYPE integer;
              ALTER TABLE task_done ALTER COLUMN priority TYPE integer;
+             DROP INDEX task_ready; ALTER TABLE task DROP COLUMN claim_rank;
+             CREATE INDEX task_ready ON task (queue, priority DESC, run_at, id) WHERE status = 0;
+             DROP INDEX task_done_by_key; ALTER TABLE task_done DROP COLUMN origin;
+             CREATE INDEX task_done_by_key ON task_done (queue, key) WHERE key IS NOT NULL;
+             DROP FUNCTION ferroq_rank(bigint, bigint, bigint);
+             ALTER TABLE queue_setting DROP COLUMN paused, DROP COLUMN aging_ms, DROP COLUMN dead_letter,
+                 DROP COLUMN dead_retention_ms;
              ALTER TABLE queue_setting DROP COLUMN serial, DROP COLUMN answer_timeout_ms,
                  DROP COLUMN on_timeout, DROP COLUMN retention_ms;
              DROP TRIGGER task_finished_settle ON task_done; DROP FUNCTION settle_dependents();
@@ -455,10 +463,21 @@ fn postgres_store_of_schema_1_is_migrated() {
     assert_eq!(store.get(&[big]).unwrap()[0].as_ref().unwrap().priority, 1 << 62);
     store.set_queue_options(&QueueOptions { queue: "q".into(), serial: true, ..Default::default() }).unwrap();
     assert!(store.queue_options("q").unwrap().serial);
+    // The ready index is on the claim rank now, and aging works.
+    store.set_queue_options(&QueueOptions { queue: "q".into(), aging_ms: Some(1_000), ..Default::default() }).unwrap();
+    let claim = |n| ferroq_core::store::ClaimParams {
+        queue: "q".into(),
+        worker: "w".into(),
+        limit: n,
+        lease_ms: 30_000,
+        resources: None,
+    };
+    let order: Vec<i64> = store.claim(&claim(10)).unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(order, [big, old]);
     let version: String =
         admin.query_one(&format!("SELECT value FROM {schema}.meta WHERE name = 'schema_version'"), &[]).unwrap().get(0);
-    assert_eq!(version, "3");
-    // Migrated to version 3 too: flows work.
+    assert_eq!(version, "4");
+    // Migrated to the latest version too: flows work.
     use ferroq_core::store::{Dep, FlowTask};
     let got = store.enqueue_flow(&[FlowTask { task: task("q"), after: vec![Dep::Task(old)] }]).unwrap();
     assert_eq!(store.get(&[got[0].id]).unwrap()[0].as_ref().unwrap().status, Status::Waiting);

@@ -8,7 +8,7 @@ use super::pool::{to_error, Db, Fail, PgResult};
 use super::read::{read_task, read_tasks};
 use super::{sql, PostgresStore};
 use crate::error::Result;
-use crate::store::rules::{self, claim_order};
+use crate::store::rules::{self, claim_order_aged};
 use crate::store::{allowances, ClaimParams, StoredLimit};
 use crate::task::Task;
 use std::collections::HashMap;
@@ -21,21 +21,24 @@ pub(super) fn claim(store: &PostgresStore, p: &ClaimParams) -> Result<Vec<Task>>
     let rows = store.run(false, |db| {
         db.query(sql::CLAIM, &[&p.queue, &now, &(p.limit as i64), &p.worker, &(now + p.lease_ms), &resources])
     })?;
-    let limited = match rows.first() {
-        Some(r) => r.try_get::<_, bool>(0).map_err(|e| to_error(&store.cfg, Fail::Pg(e)))?,
-        None => false,
+    let (limited, aging_ms) = match rows.first() {
+        Some(r) => (
+            r.try_get::<_, bool>(0).map_err(|e| to_error(&store.cfg, Fail::Pg(e)))?,
+            r.try_get::<_, Option<i64>>(1).map_err(|e| to_error(&store.cfg, Fail::Pg(e)))?,
+        ),
+        None => (false, None),
     };
     if limited {
         return store.claim_special(p, resources);
     }
     let mut tasks = Vec::with_capacity(rows.len());
     for r in &rows {
-        let id: Option<i64> = r.try_get(1).map_err(|e| to_error(&store.cfg, Fail::Pg(e)))?;
+        let id: Option<i64> = r.try_get(2).map_err(|e| to_error(&store.cfg, Fail::Pg(e)))?;
         if id.is_some() {
-            tasks.push(read_task(r, 1).map_err(|f| to_error(&store.cfg, f))?);
+            tasks.push(read_task(r, 2).map_err(|f| to_error(&store.cfg, f))?);
         }
     }
-    tasks.sort_by(claim_order);
+    tasks.sort_by(claim_order_aged(aging_ms));
     Ok(tasks)
 }
 
@@ -44,18 +47,22 @@ impl PostgresStore {
     /// while function limits are in force.
     fn claim_special(&self, p: &ClaimParams, resources: &str) -> Result<Vec<Task>> {
         let options = super::steer::queue_options(self, &p.queue)?;
+        if options.paused {
+            return Ok(Vec::new());
+        }
         let lease_ms = rules::lease_for(p.lease_ms, options.answer_timeout_ms);
         if options.serial {
             return Ok(self.serial_handout(p, lease_ms, false)?.into_iter().collect());
         }
-        self.tx(false, |db| self.claim_limited_in(db, p, lease_ms, resources))
+        self.tx(false, |db| self.claim_limited_in(db, p, lease_ms, resources, options.aging_ms))
     }
 
     /// The hand-out of a serial queue (`want_active` false: a claim) or of
     /// `active` (true), under the queue's advisory lock, which every
     /// hand-out of a serial queue takes (claims, `start`, `active`) on any
     /// host: one task is claimed only when none of the queue runs. Returns
-    /// the task handed out (or, for `active`, the one running).
+    /// the task handed out (or, for `active`, the one running). A paused
+    /// queue hands nothing out (`active` still reports the running one).
     pub(super) fn serial_handout(&self, p: &ClaimParams, lease_ms: i64, want_active: bool) -> Result<Option<Task>> {
         let resources = p.resources.as_deref().unwrap_or("{}");
         self.tx(false, |db| {
@@ -63,10 +70,14 @@ impl PostgresStore {
             if let Some(r) = db.query_opt(sql::ACTIVE_IN_QUEUE, &[&p.queue])? {
                 return Ok(if want_active { Some(read_task(&r, 0)?) } else { None });
             }
+            let paused = db.query_opt(sql::PAUSED, &[&p.queue])?.map(|r| r.try_get::<_, bool>(0)).transpose()?;
+            if paused == Some(true) {
+                return Ok(None);
+            }
             let one = ClaimParams { limit: 1, ..p.clone() };
             let limited: bool = db.query_opt(sql::LIMITS_ANY, &[])?.map(|r| r.try_get(0)).transpose()?.unwrap_or(false);
             let mut tasks = if limited {
-                self.claim_limited_in(db, &one, lease_ms, resources)?
+                self.claim_limited_in(db, &one, lease_ms, resources, None)?
             } else {
                 let now = self.clock.now_ms();
                 let rows =
@@ -87,6 +98,7 @@ impl PostgresStore {
         p: &ClaimParams,
         lease_ms: i64,
         resources: &str,
+        aging_ms: Option<i64>,
     ) -> PgResult<Vec<Task>> {
         {
             let rows = db.query(sql::LIMITS_FOR_UPDATE, &[])?;
@@ -133,7 +145,7 @@ impl PostgresStore {
                 let at = now.max(l.refilled_at);
                 db.execute(sql::LIMIT_TOKENS, &[&l.limit.name, &(level - spent), &at])?;
             }
-            tasks.sort_by(claim_order);
+            tasks.sort_by(claim_order_aged(aging_ms));
             Ok(tasks)
         }
     }

@@ -47,8 +47,8 @@ pub use config::PgConfig;
 
 use super::rules;
 use super::{
-    ActiveParams, EnqueueParams, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams, SetRunAtParams,
-    StartParams,
+    ActiveParams, EnqueueParams, PauseParams, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams,
+    SetRunAtParams, StartParams,
 };
 use super::{
     BackupParams, CancelParams, CapacityParams, ClaimParams, CompleteParams, Enqueued, FailParams, FunctionLimit,
@@ -141,6 +141,9 @@ impl Store for PostgresStore {
     }
     fn set_queue_options(&self, o: &QueueOptions) -> Result<()> {
         steer::set_queue_options(self, o)
+    }
+    fn set_paused(&self, p: &PauseParams) -> Result<()> {
+        steer::set_paused(self, p)
     }
     fn queue_options(&self, queue: &str) -> Result<QueueOptions> {
         steer::queue_options(self, queue)

@@ -10,7 +10,7 @@ use postgres::Client;
 
 /// Migrations from version `i` to `i + 1` are `MIGRATIONS[i - 1]`; a new
 /// store runs [`sql::SCHEMA_V1`] and then every migration.
-const MIGRATIONS: &[&str] = &[sql::MIGRATE_V2, sql::MIGRATE_V3];
+const MIGRATIONS: &[&str] = &[sql::MIGRATE_V2, sql::MIGRATE_V3, sql::MIGRATE_V4];
 
 /// Creates the store's schema and tables if they do not exist, migrates an
 /// older store, and refuses a schema that holds something else or a

@@ -18,8 +18,17 @@
 //! from the store's clock.
 
 /// The schema version this build writes (`meta.schema_version`).
-/// Version 2: 64-bit priorities and the queue options ([`MIGRATE_V2`]).
-pub const SCHEMA_VERSION: i64 = 3;
+/// Version 2: 64-bit priorities and the queue options ([`MIGRATE_V2`]);
+/// version 3: task dependencies ([`MIGRATE_V3`]); version 4: pause, aging
+/// and dead letters ([`MIGRATE_V4`]).
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// The aging step of queue `$q` (NULL when it has none).
+macro_rules! aging_of {
+    ($q:literal) => {
+        concat!("(SELECT aging_ms FROM queue_setting qa WHERE qa.queue = ", $q, ")")
+    };
+}
 
 /// The columns of both task tables, in the order `read::read_task` reads
 /// them (the positions of `rules::TaskCol`).
@@ -255,10 +264,13 @@ CREATE TRIGGER task_finished_settle AFTER INSERT ON task_done REFERENCING NEW TA
 
 /// Inserts one flow task with id `$1` and status `$15` (queued or
 /// waiting); `$12` = now.
+/// Its claim rank is computed as for any send (see `INSERT_TASK`).
 pub const INSERT_FLOW_TASK: &str = "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
-        attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl, requires)
+        attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl, requires,
+        claim_rank)
     VALUES ($1, $2, $3, $4, $5, $15, coalesce($6::bigint, $12::bigint), 0, $7, $8, $9, $12, $10, $11, $13, $14,
-        $16)";
+        $16, ferroq_rank($5::bigint, coalesce($6::bigint, $12::bigint),
+            (SELECT aging_ms FROM queue_setting qa WHERE qa.queue = $2::text)))";
 /// Takes the next task id.
 pub const NEXT_ID: &str = "SELECT nextval('task_id_seq')";
 /// Locks unfinished parents `$1` against finishing while their dependents
@@ -276,6 +288,32 @@ pub const SETTLE_ALL: &str = "SELECT settle_waiting(array_agg(id)) FROM task WHE
 pub const DEPS_FORGET: &str = "DELETE FROM task_dep d WHERE NOT EXISTS
     (SELECT 1 FROM task t WHERE t.id = d.child)";
 
+/// Schema version 4. Queue options: `paused`, `aging_ms` (ms per priority
+/// level a waiting task gains), `dead_letter` (where the queue's failed
+/// tasks are filed) and `dead_retention_ms` (how long its failed tasks are
+/// kept). `task.claim_rank` is the first key of the claim order
+/// (`ferroq_rank`, the same value as `rules::claim_rank`; the priority on a
+/// queue without aging), so the ready index is rebuilt on it.
+/// `task_done.origin` is the home queue of a task filed in a dead-letter
+/// queue (its key stays reserved there, in `task_key`), and lookups by key
+/// go by the home queue. 2305843009213693952 is 2^61, the clamp.
+pub const MIGRATE_V4: &str = "
+ALTER TABLE queue_setting ADD COLUMN paused boolean NOT NULL DEFAULT false,
+    ADD COLUMN aging_ms bigint,
+    ADD COLUMN dead_letter text,
+    ADD COLUMN dead_retention_ms bigint;
+CREATE FUNCTION ferroq_rank(p bigint, r bigint, a bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS
+    'SELECT CASE WHEN a IS NULL THEN p ELSE greatest(least(p, 2305843009213693952), -2305843009213693952)
+        - greatest(least(r, 2305843009213693952), -2305843009213693952) / a END';
+ALTER TABLE task ADD COLUMN claim_rank bigint NOT NULL DEFAULT 0;
+UPDATE task SET claim_rank = priority;
+DROP INDEX task_ready;
+CREATE INDEX task_ready ON task (queue, claim_rank DESC, run_at, id) WHERE status = 0;
+ALTER TABLE task_done ADD COLUMN origin text;
+DROP INDEX task_done_by_key;
+CREATE INDEX task_done_by_key ON task_done ((coalesce(origin, queue)), key) WHERE key IS NOT NULL;
+";
+
 /// Subscribes a connection to the store's wake-ups.
 pub const LISTEN: &str = "LISTEN ferroq_{schema}";
 
@@ -292,10 +330,12 @@ pub const NEXT_IDS: &str = "SELECT nextval('task_id_seq') FROM generate_series(1
 /// any queue has a capacity (the caller then takes the checked path).
 pub const INSERT_TASKS: &str = "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
         attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
-        requires)
+        requires, claim_rank)
     SELECT coalesce(i.id, nextval('task_id_seq')), i.queue, i.name, i.payload, i.priority, 0,
         coalesce(i.run_at, $15::bigint), 0, i.max_attempts, i.key, i.batch, $15::bigint, i.expires_at, i.metadata,
-        i.backoff, i.result_ttl, i.requires
+        i.backoff, i.result_ttl, i.requires,
+        ferroq_rank(i.priority, coalesce(i.run_at, $15::bigint),
+            (SELECT aging_ms FROM queue_setting qa WHERE qa.queue = i.queue))
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::bigint[],
         $7::int[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[],
         $14::text[])
@@ -309,9 +349,11 @@ pub const INSERT_TASKS: &str = "INSERT INTO task (id, queue, name, payload, prio
 /// with `$13` true, nothing is inserted while any queue has a capacity.
 pub const INSERT_TASK: &str = "INSERT INTO task (queue, name, payload, priority, status, run_at,
         attempts, max_attempts, batch, created_at, expires_at, metadata, backoff, result_ttl,
-        requires)
+        requires, claim_rank)
     SELECT $1::text, $2::text, $3::bytea, $4::bigint, 0, coalesce($5::bigint, $12::bigint), 0,
-        $6::int, $7::text, $12::bigint, $8::bigint, $9::text, $10::text, $11::bigint, $14::text
+        $6::int, $7::text, $12::bigint, $8::bigint, $9::text, $10::text, $11::bigint, $14::text,
+        ferroq_rank($4::bigint, coalesce($5::bigint, $12::bigint),
+            (SELECT aging_ms FROM queue_setting qa WHERE qa.queue = $1::text))
     WHERE NOT ($13::bool AND EXISTS (SELECT 1 FROM queue_setting WHERE capacity IS NOT NULL))
     RETURNING id";
 
@@ -336,25 +378,29 @@ pub const CAPACITIES_FOR_UPDATE: &str = "SELECT queue, capacity FROM queue_setti
 /// statement; a queue with an answer timeout gives that lease instead.
 /// Always returns at least one row: the first column says whether function
 /// limits are in force or the queue is serial, in which case nothing was
-/// claimed and the caller takes the slower path; the task columns are
-/// NULL when nothing was claimed.
+/// claimed and the caller takes the slower path; the second is the
+/// queue's aging step (the order of what was claimed); the task columns
+/// are NULL when nothing was claimed. A paused queue claims nothing (and
+/// is not `limited`).
 pub const CLAIM: &str = concat!(
-    "WITH lim AS (SELECT EXISTS (SELECT 1 FROM function_limit)
-            OR EXISTS (SELECT 1 FROM queue_setting WHERE queue = $1 AND serial) AS limited),
+    "WITH qs AS (SELECT coalesce(bool_or(serial), false) AS serial, coalesce(bool_or(paused), false) AS paused,
+            max(aging_ms) AS aging_ms FROM queue_setting WHERE queue = $1),
+    lim AS (SELECT (EXISTS (SELECT 1 FROM function_limit) OR qs.serial) AND NOT qs.paused AS limited,
+            qs.paused, qs.aging_ms FROM qs),
     claimed AS (UPDATE task SET status = 1, attempts = attempts + 1,
             lease_until = coalesce($2 + (SELECT answer_timeout_ms FROM queue_setting WHERE queue = $1), $5),
             worker = $4, started_at = $2, cancel_requested = false
         WHERE id IN (SELECT id FROM task
             WHERE queue = $1 AND status = 0 AND run_at <= $2
               AND (expires_at IS NULL OR expires_at > $2)
-              AND NOT (SELECT limited FROM lim)
+              AND NOT (SELECT limited OR paused FROM lim)
               AND ",
     requirements_met!("$6"),
-    " ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+    " ORDER BY claim_rank DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
         RETURNING ",
     task_columns!(),
     ")
-    SELECT lim.limited, c.* FROM lim LEFT JOIN claimed c ON true"
+    SELECT lim.limited, lim.aging_ms, c.* FROM lim LEFT JOIN claimed c ON true"
 );
 
 /// Whether any function limit exists.
@@ -379,7 +425,7 @@ pub const CLAIM_CANDIDATES: &str = concat!(
       AND NOT (name = ANY($5::text[]))
       AND ",
     requirements_met!("$4"),
-    " ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+    " ORDER BY claim_rank DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED"
 );
 
 /// Claims the chosen, already locked candidates `$1` (`$2` = now, `$3`
@@ -445,7 +491,7 @@ pub const CLAIM_PLAIN: &str = concat!(
           AND (expires_at IS NULL OR expires_at > $2)
           AND ",
     requirements_met!("$6"),
-    " ORDER BY priority DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+    " ORDER BY claim_rank DESC, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
     RETURNING ",
     task_columns!()
 );
@@ -482,33 +528,72 @@ pub const SWITCH_OUT: &str = "UPDATE task SET status = 0, attempts = greatest(at
     lease_until = NULL, worker = NULL, error = coalesce($2::text, error)
     WHERE id = $1 AND status = 1 AND NOT cancel_requested";
 
-/// Changes the priority of a queued task.
-pub const SET_PRIORITY: &str = "UPDATE task SET priority = $2 WHERE id = $1 AND status = 0";
+/// Changes the priority (and so the claim rank) of a queued task.
+pub const SET_PRIORITY: &str = concat!(
+    "UPDATE task SET priority = $2, claim_rank = ferroq_rank($2, run_at, ",
+    aging_of!("task.queue"),
+    ") WHERE id = $1 AND status = 0"
+);
 
-/// Changes the run_at of a queued task.
-pub const SET_RUN_AT: &str = "UPDATE task SET run_at = $2 WHERE id = $1 AND status = 0";
+/// Changes the run_at (and so the claim rank) of a queued task.
+pub const SET_RUN_AT: &str = concat!(
+    "UPDATE task SET run_at = $2, claim_rank = ferroq_rank(priority, $2, ",
+    aging_of!("task.queue"),
+    ") WHERE id = $1 AND status = 0"
+);
+
+/// The claim rank of task `$1` (for the test comparing it with `rules::claim_rank`).
+pub const CLAIM_RANK_OF: &str = "SELECT claim_rank FROM task WHERE id = $1";
 
 /// Sets the metadata of a task in either table; returns how many rows changed.
 pub const SET_METADATA: &str = "WITH a AS (UPDATE task SET metadata = $2 WHERE id = $1 RETURNING id),
     b AS (UPDATE task_done SET metadata = $2 WHERE id = $1 RETURNING id)
     SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)";
 
-/// Sets a queue's options, keeping its capacity.
-pub const QUEUE_OPTIONS_SET: &str = "INSERT INTO queue_setting
-    (queue, serial, answer_timeout_ms, on_timeout, retention_ms) VALUES ($1, $2, $3, $4, $5)
+/// Sets a queue's options, keeping its capacity and whether it is paused;
+/// returns the aging step it had before (NULL: none, or a new row).
+pub const QUEUE_OPTIONS_SET: &str = "WITH old AS (SELECT aging_ms FROM queue_setting WHERE queue = $1 FOR UPDATE)
+    INSERT INTO queue_setting
+    (queue, serial, answer_timeout_ms, on_timeout, retention_ms, aging_ms, dead_letter, dead_retention_ms)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     ON CONFLICT (queue) DO UPDATE SET serial = excluded.serial,
         answer_timeout_ms = excluded.answer_timeout_ms, on_timeout = excluded.on_timeout,
-        retention_ms = excluded.retention_ms";
+        retention_ms = excluded.retention_ms, aging_ms = excluded.aging_ms,
+        dead_letter = excluded.dead_letter, dead_retention_ms = excluded.dead_retention_ms
+    RETURNING (SELECT aging_ms FROM old)";
+
+/// Recomputes the claim rank of every unfinished task of queue `$1` for
+/// aging step `$2` (NULL: none), after the queue's aging changed.
+pub const RERANK_QUEUE: &str = "UPDATE task SET claim_rank = ferroq_rank(priority, run_at, $2::bigint)
+    WHERE queue = $1";
+
+/// Pauses (`$2` true) or resumes a queue, keeping its other options.
+pub const PAUSE_SET: &str = "INSERT INTO queue_setting (queue, paused) VALUES ($1, $2)
+    ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused";
+
+/// Whether queue `$1` is paused.
+pub const PAUSED: &str = "SELECT coalesce((SELECT paused FROM queue_setting WHERE queue = $1), false)";
+
+/// The columns of a queue's options, in the order `steer::options_row` reads them.
+macro_rules! queue_options_columns {
+    () => {
+        "queue, serial, answer_timeout_ms, on_timeout, retention_ms, paused, aging_ms, dead_letter, dead_retention_ms"
+    };
+}
 
 /// One queue's options.
-pub const QUEUE_OPTIONS_GET: &str = "SELECT queue, serial, answer_timeout_ms, on_timeout, retention_ms
-    FROM queue_setting WHERE queue = $1";
+pub const QUEUE_OPTIONS_GET: &str =
+    concat!("SELECT ", queue_options_columns!(), " FROM queue_setting WHERE queue = $1");
 
 /// Every queue that has options other than the defaults.
-pub const QUEUE_OPTIONS_ALL: &str = "SELECT queue, serial, answer_timeout_ms, on_timeout, retention_ms
-    FROM queue_setting
+pub const QUEUE_OPTIONS_ALL: &str = concat!(
+    "SELECT ",
+    queue_options_columns!(),
+    " FROM queue_setting
     WHERE serial OR answer_timeout_ms IS NOT NULL OR on_timeout <> 0 OR retention_ms IS NOT NULL
-    ORDER BY queue";
+        OR paused OR aging_ms IS NOT NULL OR dead_letter IS NOT NULL OR dead_retention_ms IS NOT NULL
+    ORDER BY queue"
+);
 
 /// Queues with an answer deadline and their policy (for recovery).
 pub const TIMEOUT_QUEUES: &str = "SELECT queue, on_timeout FROM queue_setting WHERE answer_timeout_ms IS NOT NULL";
@@ -517,9 +602,11 @@ pub const TIMEOUT_QUEUES: &str = "SELECT queue, on_timeout FROM queue_setting WH
 pub const CAPACITY_GET: &str = "SELECT capacity FROM queue_setting WHERE queue = $1";
 
 /// Earliest run_at among a queue's queued tasks that can still run at
-/// `$2` = now or later (one past its deadline never becomes claimable).
+/// `$2` = now or later (one past its deadline never becomes claimable);
+/// none while the queue is paused (nothing of it becomes claimable by time).
 pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM task WHERE queue = $1 AND status = 0
-    AND (expires_at IS NULL OR expires_at > greatest(run_at, $2))";
+    AND (expires_at IS NULL OR expires_at > greatest(run_at, $2))
+    AND NOT EXISTS (SELECT 1 FROM queue_setting WHERE queue = $1 AND paused)";
 
 /// Extends the leases of tasks `$1` held by worker `$2` (any worker when
 /// NULL: a forced heartbeat) to `$3`; returns the held ones with their
@@ -541,7 +628,8 @@ pub const FAIL_LOOKUP: &str = "SELECT attempts, max_attempts, backoff, cancel_re
 /// Puts running tasks back in the queue for a later attempt: parallel
 /// arrays of id, expected worker, run_at and error.
 pub const REQUEUE: &str = "UPDATE task t SET status = 0, run_at = i.run_at, lease_until = NULL,
-        worker = NULL, error = i.error
+        worker = NULL, error = i.error,
+        claim_rank = ferroq_rank(t.priority, i.run_at, (SELECT aging_ms FROM queue_setting qa WHERE qa.queue = t.queue))
     FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[]) AS i(id, worker, run_at, error)
     WHERE t.id = i.id AND t.status = 1 AND t.worker = i.worker
     RETURNING t.id";
@@ -564,37 +652,43 @@ pub const FLAG_CANCEL: &str = "UPDATE task SET cancel_requested = true WHERE id 
 /// Parallel arrays: `$1` id, `$2` result, `$3` error (the old error is
 /// kept when NULL), `$4` worker. `$7` = now, `$8` = default retention (ms,
 /// NULL = forever), overridden by the queue's retention and the task's
-/// own result TTL. A task whose cancel was asked ends `cancelled` whatever
-/// `$5` says (a cancel sticks; a late completion keeps its result).
-/// Returns the ids moved.
+/// own result TTL; a task ending `failed`, by its queue's dead retention
+/// first. A task whose cancel was asked ends `cancelled` whatever
+/// `$5` says (a cancel sticks; a late completion keeps its result). A task
+/// ending `failed` in a queue with a dead-letter queue is filed there, its
+/// home queue in `origin`. Returns the ids moved.
 pub const MOVE_TO_DONE: &str = concat!(
     "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[])
         AS i(id, result, error, worker)),
     moved AS (DELETE FROM task t USING input i
         WHERE t.id = i.id AND t.status = $6::smallint AND (i.worker IS NULL OR t.worker = i.worker)
-        RETURNING t.*, i.result AS new_result, i.error AS new_error)
+        RETURNING t.*, i.result AS new_result, i.error AS new_error,
+            CASE WHEN t.cancel_requested THEN 4::smallint ELSE $5::smallint END AS final)
     INSERT INTO task_done (",
     task_columns!(),
-    ") SELECT id, queue, name, payload, priority,
-        CASE WHEN cancel_requested THEN 4::smallint ELSE $5::smallint END, run_at, attempts, max_attempts,
-        NULL, worker, key, batch, progress, new_result, coalesce(new_error, error), created_at,
-        started_at, $7::bigint, expires_at, metadata, cancel_requested, backoff, result_ttl,
-        $7::bigint + coalesce(result_ttl,
-            (SELECT retention_ms FROM queue_setting qs WHERE qs.queue = moved.queue), $8::bigint),
-        requires
-    FROM moved RETURNING id"
+    ", origin) SELECT m.id,
+        CASE WHEN m.final = 3 AND qs.dead_letter IS NOT NULL THEN qs.dead_letter ELSE m.queue END,
+        m.name, m.payload, m.priority, m.final, m.run_at, m.attempts, m.max_attempts,
+        NULL, m.worker, m.key, m.batch, m.progress, m.new_result, coalesce(m.new_error, m.error), m.created_at,
+        m.started_at, $7::bigint, m.expires_at, m.metadata, m.cancel_requested, m.backoff, m.result_ttl,
+        $7::bigint + CASE WHEN m.final = 3 THEN coalesce(qs.dead_retention_ms, m.result_ttl, qs.retention_ms, $8::bigint)
+            ELSE coalesce(m.result_ttl, qs.retention_ms, $8::bigint) END,
+        m.requires,
+        CASE WHEN m.final = 3 AND qs.dead_letter IS NOT NULL THEN m.queue END
+    FROM moved m LEFT JOIN queue_setting qs ON qs.queue = m.queue RETURNING id"
 );
 
 /// Moves failed, cancelled or expired tasks `$1` back to the queue with
 /// fresh attempts (`$2` = now). Returns the ids moved.
 pub const RETRY_FROM_DONE: &str = concat!(
     "WITH moved AS (DELETE FROM task_done WHERE id = ANY($1::bigint[]) AND status IN (3, 4, 5)
-        RETURNING *)
+        RETURNING *, coalesce(origin, queue) AS home)
     INSERT INTO task (",
     task_columns!(),
-    ") SELECT id, queue, name, payload, priority, 0, $2::bigint, 0, max_attempts,
+    ", claim_rank) SELECT id, home, name, payload, priority, 0, $2::bigint, 0, max_attempts,
         NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
-        NULL, NULL, metadata, false, backoff, result_ttl, NULL, requires
+        NULL, NULL, metadata, false, backoff, result_ttl, NULL, requires,
+        ferroq_rank(priority, $2::bigint, (SELECT aging_ms FROM queue_setting qa WHERE qa.queue = moved.home))
     FROM moved RETURNING id"
 );
 
@@ -603,12 +697,13 @@ pub const RETRY_FROM_DONE: &str = concat!(
 /// result is dropped). Returns the ids moved.
 pub const REQUEUE_FROM_DONE: &str = concat!(
     "WITH moved AS (DELETE FROM task_done WHERE id = ANY($1::bigint[]) AND status IN (2, 3, 4, 5)
-        RETURNING *)
+        RETURNING *, coalesce(origin, queue) AS home)
     INSERT INTO task (",
     task_columns!(),
-    ") SELECT id, queue, name, payload, priority, 0, $2::bigint, 0, max_attempts,
+    ", claim_rank) SELECT id, home, name, payload, priority, 0, $2::bigint, 0, max_attempts,
         NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
-        NULL, NULL, metadata, false, backoff, result_ttl, NULL, requires
+        NULL, NULL, metadata, false, backoff, result_ttl, NULL, requires,
+        ferroq_rank(priority, $2::bigint, (SELECT aging_ms FROM queue_setting qa WHERE qa.queue = moved.home))
     FROM moved RETURNING id"
 );
 
@@ -634,13 +729,14 @@ pub const GET: &str = concat!(
     " FROM task_done WHERE id = ANY($1::bigint[])"
 );
 
-/// Tasks by key within queue `$1`, from either table.
+/// Tasks by key within queue `$1`, from either table (a dead letter by
+/// its home queue).
 pub const GET_BY_KEY: &str = concat!(
     "SELECT ",
     task_columns!(),
     " FROM task WHERE queue = $1 AND key = ANY($2::text[]) UNION ALL SELECT ",
     task_columns!(),
-    " FROM task_done WHERE queue = $1 AND key = ANY($2::text[])"
+    " FROM task_done WHERE coalesce(origin, queue) = $1 AND key = ANY($2::text[])"
 );
 
 /// The statuses of tasks `$1` (to explain guarded updates that changed nothing).
@@ -685,15 +781,15 @@ pub const COUNT_UNFINISHED: &str = "SELECT queue, count(*) FROM task
 pub const PURGE: &str = "WITH gone AS (DELETE FROM task_done
         WHERE (purge_at <= $1 OR ($2::bigint IS NOT NULL AND finished_at < $2))
             AND NOT EXISTS (SELECT 1 FROM task_dep d WHERE d.parent = task_done.id)
-        RETURNING id, queue, key),
+        RETURNING id, coalesce(origin, queue) AS queue, key),
     freed AS (DELETE FROM task_key k USING gone g
         WHERE g.key IS NOT NULL AND k.queue = g.queue AND k.key = g.key AND k.id = g.id)
     SELECT count(*) FROM gone";
 
 /// Deletes the finished tasks among `$1` and frees their keys; returns
-/// the ids deleted.
+/// the ids deleted (a dead letter's key is its home queue's).
 pub const DELETE_FINISHED: &str = "WITH gone AS (DELETE FROM task_done WHERE id = ANY($1::bigint[])
-        RETURNING id, queue, key),
+        RETURNING id, coalesce(origin, queue) AS queue, key),
     freed AS (DELETE FROM task_key k USING gone g
         WHERE g.key IS NOT NULL AND k.queue = g.queue AND k.key = g.key AND k.id = g.id)
     SELECT id FROM gone";

@@ -12,11 +12,11 @@ use super::exec::explain;
 use super::pool::{Db, PgResult};
 use super::read::read_task;
 use super::{sql, PostgresStore};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::rules::{self, Guard};
 use crate::store::{
-    ActiveParams, ClaimParams, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams,
-    SetRunAtParams, StartParams,
+    ActiveParams, ClaimParams, OnTimeout, PauseParams, QueueOptions, RequeueParams, SetMetadataParams,
+    SetPriorityParams, SetRunAtParams, StartParams,
 };
 use crate::task::{Status, Task};
 use postgres::{GenericClient, Row};
@@ -29,6 +29,10 @@ fn options_row(r: &Row) -> PgResult<QueueOptions> {
         answer_timeout_ms: r.try_get(2)?,
         on_timeout: OnTimeout::from_code(r.try_get::<_, i16>(3)?.into()),
         retention_ms: r.try_get(4)?,
+        paused: r.try_get(5)?,
+        aging_ms: r.try_get(6)?,
+        dead_letter: r.try_get(7)?,
+        dead_retention_ms: r.try_get(8)?,
     })
 }
 
@@ -53,6 +57,9 @@ impl PostgresStore {
             };
             let queue: String = r.try_get(0)?;
             let options = read_options(db, &queue)?;
+            if options.paused {
+                return Ok(Err(Error::QueuePaused { queue }));
+            }
             if options.serial {
                 db.execute(sql::SERIAL_LOCK, &[&queue])?;
             }
@@ -175,8 +182,42 @@ pub(super) fn set_metadata(store: &PostgresStore, p: &[SetMetadataParams]) -> Re
 pub(super) fn set_queue_options(store: &PostgresStore, o: &QueueOptions) -> Result<()> {
     rules::check_queue_options(o)?;
     let on_timeout = o.on_timeout.code() as i16;
+    // One transaction: a change of the aging step re-ranks the queue's
+    // unfinished tasks with it (setting the same options again is idempotent).
+    store.tx(true, |db| {
+        let old: Option<i64> = db
+            .query_opt(
+                sql::QUEUE_OPTIONS_SET,
+                &[
+                    &o.queue,
+                    &o.serial,
+                    &o.answer_timeout_ms,
+                    &on_timeout,
+                    &o.retention_ms,
+                    &o.aging_ms,
+                    &o.dead_letter,
+                    &o.dead_retention_ms,
+                ],
+            )?
+            .map(|r| r.try_get::<_, Option<i64>>(0))
+            .transpose()?
+            .flatten();
+        if old != o.aging_ms {
+            db.execute(sql::RERANK_QUEUE, &[&o.queue, &o.aging_ms])?;
+        }
+        Ok(())
+    })?;
+    store.wake.bump();
+    Ok(())
+}
+
+/// [`Store::set_paused`](crate::store::Store::set_paused).
+pub(super) fn set_paused(store: &PostgresStore, p: &PauseParams) -> Result<()> {
+    if p.queue.is_empty() {
+        return Err(Error::InvalidArgument("queue name must not be empty".into()));
+    }
     store.run(true, |db| {
-        db.execute(sql::QUEUE_OPTIONS_SET, &[&o.queue, &o.serial, &o.answer_timeout_ms, &on_timeout, &o.retention_ms])?;
+        db.execute(sql::PAUSE_SET, &[&p.queue, &p.paused])?;
         Ok(())
     })?;
     store.wake.bump();

@@ -15,15 +15,45 @@ use super::read::DamagedRow;
 use super::tx::WriteTx;
 use super::{sql, SqliteStore};
 use crate::error::Result;
-use crate::store::rules::{self, claim_order};
+use crate::store::rules::{self, claim_order_aged};
 use crate::store::{allowances, ClaimParams, FunctionLimit, StoredLimit};
 use crate::task::{Status, Task};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 
+/// What a hand-out of a queue needs to know first (`sql::CLAIM_MODE`,
+/// one statement on shard 0).
+pub(super) struct ClaimMode {
+    /// Function limits are in force (claims take the limited path).
+    pub limited: bool,
+    /// The queue is serial.
+    pub serial: bool,
+    /// The queue's answer timeout (the lease of what it hands out).
+    pub answer_timeout_ms: Option<i64>,
+    /// The queue is paused: nothing is handed out.
+    pub paused: bool,
+    /// The queue's aging step (the claim order, `rules::claim_rank`).
+    pub aging_ms: Option<i64>,
+}
+
+/// Reads the [`ClaimMode`] of `queue` from shard 0.
+pub(super) fn claim_mode(conn0: &Connection, queue: &str) -> Result<ClaimMode> {
+    Ok(conn0.prepare_cached(sql::CLAIM_MODE)?.query_row([queue], |r| {
+        Ok(ClaimMode {
+            limited: r.get::<_, i64>(0)? > 0,
+            serial: r.get::<_, i64>(1)? != 0,
+            answer_timeout_ms: r.get(2)?,
+            paused: r.get::<_, i64>(3)? != 0,
+            aging_ms: r.get(4)?,
+        })
+    })?)
+}
+
 /// The parts of a claim every shard's statement shares.
 struct ClaimCtx<'a> {
     now: i64,
+    /// The queue's aging step (the order claimed tasks are returned in).
+    aging_ms: Option<i64>,
     /// The lease given (the queue's answer timeout, when it has one).
     lease_ms: i64,
     resources: &'a str,
@@ -50,18 +80,21 @@ pub(super) fn claim(store: &SqliteStore, p: &ClaimParams) -> Result<Vec<Task>> {
     let now = store.clock.now_ms();
     let resources = p.resources.as_deref().unwrap_or("{}");
     let conn0 = store.shards[0].conn.lock();
-    let (limited, serial, answer_timeout): (i64, i64, Option<i64>) =
-        conn0.prepare_cached(sql::CLAIM_MODE)?.query_row([&p.queue], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    let lease_ms = rules::lease_for(p.lease_ms, answer_timeout);
-    if serial != 0 {
-        let got = store.serial_handout(p, lease_ms, conn0, limited > 0, false)?;
+    let mode = claim_mode(&conn0, &p.queue)?;
+    if mode.paused {
+        return Ok(Vec::new());
+    }
+    let lease_ms = rules::lease_for(p.lease_ms, mode.answer_timeout_ms);
+    if mode.serial {
+        let got = store.serial_handout(p, lease_ms, conn0, &mode, false)?;
         return Ok(got.into_iter().collect());
     }
-    if limited > 0 {
-        return store.claim_limited(p, lease_ms, resources, conn0);
+    if mode.limited {
+        return store.claim_limited(p, lease_ms, resources, mode.aging_ms, conn0);
     }
     drop(conn0);
-    store.claim_merged(p, &ClaimCtx { now, lease_ms, resources, excluded: None }, None, &mut None)
+    let c = ClaimCtx { now, aging_ms: mode.aging_ms, lease_ms, resources, excluded: None };
+    store.claim_merged(p, &c, None, &mut None)
 }
 
 impl SqliteStore {
@@ -103,7 +136,7 @@ impl SqliteStore {
         let Some(allow) = allowance else { return Ok(claimed) };
         let mut kept = Vec::with_capacity(claimed.len());
         let mut sorted = claimed;
-        sorted.sort_by(claim_order);
+        sorted.sort_by(claim_order_aged(c.aging_ms));
         for t in sorted {
             match allow.get_mut(&t.name) {
                 Some(0) => {
@@ -185,7 +218,7 @@ impl SqliteStore {
             };
             all.extend(got);
         }
-        all.sort_by(claim_order);
+        all.sort_by(claim_order_aged(c.aging_ms));
         Ok(all)
     }
 
@@ -197,17 +230,25 @@ impl SqliteStore {
         p: &ClaimParams,
         lease_ms: i64,
         resources: &str,
+        aging_ms: Option<i64>,
         conn0: parking_lot::MutexGuard<'_, Connection>,
     ) -> Result<Vec<Task>> {
         let tx0 = WriteTx::begin(&conn0)?;
-        let tasks = self.claim_limited_in(&tx0, p, lease_ms, resources)?;
+        let tasks = self.claim_limited_in(&tx0, p, lease_ms, resources, aging_ms)?;
         tx0.commit()?;
         Ok(tasks)
     }
 
     /// The body of [`Self::claim_limited`], inside shard 0's open
     /// transaction `tx0` (which the caller commits).
-    fn claim_limited_in(&self, tx0: &WriteTx, p: &ClaimParams, lease_ms: i64, resources: &str) -> Result<Vec<Task>> {
+    fn claim_limited_in(
+        &self,
+        tx0: &WriteTx,
+        p: &ClaimParams,
+        lease_ms: i64,
+        resources: &str,
+        aging_ms: Option<i64>,
+    ) -> Result<Vec<Task>> {
         // Read the clock only now that the lock is held: a time read before
         // waiting for it could be older than a bucket's last refill, and
         // moving `refilled_at` back would hand out its tokens twice.
@@ -232,7 +273,7 @@ impl SqliteStore {
         let full: Vec<&String> = allowance.iter().filter(|(_, a)| **a == 0).map(|(n, _)| n).collect();
         let excluded = if full.is_empty() { None } else { serde_json::to_string(&full).ok() };
         let before = allowance.clone();
-        let c = ClaimCtx { now, lease_ms, resources, excluded: excluded.as_deref() };
+        let c = ClaimCtx { now, aging_ms, lease_ms, resources, excluded: excluded.as_deref() };
         let mut allow = Some(allowance);
         let tasks = self.claim_merged(p, &c, Some(tx0), &mut allow)?;
         let after = allow.unwrap_or_default();
@@ -249,27 +290,31 @@ impl SqliteStore {
     /// and in others: the queue's running tasks are looked up in every
     /// shard, and one task is claimed only when none runs. So two tasks of
     /// the queue never run at once, however many shards and processes.
-    /// Returns the task handed out (or, for `active`, the one running).
+    /// Returns the task handed out (or, for `active`, the one running). A
+    /// paused queue hands nothing out (`active` still reports the running one).
     pub(super) fn serial_handout(
         &self,
         p: &ClaimParams,
         lease_ms: i64,
         conn0: parking_lot::MutexGuard<'_, Connection>,
-        limited: bool,
+        mode: &ClaimMode,
         want_active: bool,
     ) -> Result<Option<Task>> {
         let tx0 = WriteTx::begin(&conn0)?;
+        // Read again under the lock: a pause committed since `mode` was read counts.
+        let paused = claim_mode(&tx0, &p.queue)?.paused;
         let running = self.active_in(&tx0, &p.queue)?;
-        if running.is_some() {
+        if running.is_some() || paused {
             tx0.commit()?;
             return Ok(if want_active { running } else { None });
         }
+        let limited = mode.limited;
         let one = ClaimParams { limit: 1, ..p.clone() };
         let resources = one.resources.as_deref().unwrap_or("{}");
         let mut tasks = if limited {
-            self.claim_limited_in(&tx0, &one, lease_ms, resources)?
+            self.claim_limited_in(&tx0, &one, lease_ms, resources, mode.aging_ms)?
         } else {
-            let c = ClaimCtx { now: self.clock.now_ms(), lease_ms, resources, excluded: None };
+            let c = ClaimCtx { now: self.clock.now_ms(), aging_ms: mode.aging_ms, lease_ms, resources, excluded: None };
             self.claim_merged(&one, &c, Some(&tx0), &mut None)?
         };
         tx0.commit()?;

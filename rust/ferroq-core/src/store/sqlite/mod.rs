@@ -50,7 +50,7 @@ use wake::Wake;
 use super::config::{StoreConfig, MAX_SHARDS};
 use super::rules;
 use super::{
-    ActiveParams, EnqueueParams, FlowTask, OnDuplicate, QueueOptions, RequeueParams, SetMetadataParams,
+    ActiveParams, EnqueueParams, FlowTask, OnDuplicate, PauseParams, QueueOptions, RequeueParams, SetMetadataParams,
     SetPriorityParams, SetRunAtParams, StartParams,
 };
 use super::{
@@ -321,6 +321,9 @@ impl Store for SqliteStore {
     }
     fn set_queue_options(&self, o: &QueueOptions) -> Result<()> {
         steer::set_queue_options(self, o)
+    }
+    fn set_paused(&self, p: &PauseParams) -> Result<()> {
+        steer::set_paused(self, p)
     }
     fn queue_options(&self, queue: &str) -> Result<QueueOptions> {
         steer::queue_options(self, queue)

@@ -195,7 +195,15 @@ pub(super) fn unfinished(store: &SqliteStore, queue: &str) -> Result<u64> {
 }
 
 /// [`Store::next_run_at`](crate::store::Store::next_run_at).
+/// A paused queue has none: nothing of it becomes claimable by time alone
+/// (a waiting claimer would otherwise wake for its ready tasks at once,
+/// again and again); its resume is a commit, which wakes waiters.
 pub(super) fn next_run_at(store: &SqliteStore, queue: &str) -> Result<Option<i64>> {
+    let paused: i64 =
+        store.read(0, |conn| Ok(conn.prepare_cached(sql::PAUSED)?.query_row([queue], |r| r.get(0))?))?;
+    if paused != 0 {
+        return Ok(None);
+    }
     let mut best: Option<i64> = None;
     let now = store.clock.now_ms();
     for s in 0..store.shards.len() {

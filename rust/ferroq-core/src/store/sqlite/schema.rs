@@ -165,6 +165,7 @@ pub fn create(conn: &mut Connection, index: u32, shards: u32, store_id: &str) ->
     tx.execute_batch(sql::MIGRATE_V2)?;
     tx.execute_batch(sql::MIGRATE_V3)?;
     tx.execute_batch(sql::MIGRATE_V4)?;
+    tx.execute_batch(sql::MIGRATE_V5)?;
     tx.execute(sql::META_SET, ("app", "ferroq"))?;
     tx.execute(sql::META_SET, (META_SHARDS, shards.to_string()))?;
     tx.execute(sql::META_SET, (META_SHARD, index.to_string()))?;
@@ -184,7 +185,7 @@ pub fn create(conn: &mut Connection, index: u32, shards: u32, store_id: &str) ->
 /// Migration from version 1 adds the checksum columns and the store id:
 /// shard 0 gets a new one, every other shard the one shard 0 has. From
 /// version 2, the queue options columns; from version 3, the dependency
-/// table.
+/// table; from version 4, pause, aging and dead letters.
 pub fn prepare(conn: &mut Connection, index: u32, store_id: Option<&str>, label: &str) -> Result<ShardInfo> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (app_id, version) = read_identity(&tx)?;
@@ -221,6 +222,9 @@ pub fn prepare(conn: &mut Connection, index: u32, store_id: Option<&str>, label:
     }
     if version < 4 {
         tx.execute_batch(sql::MIGRATE_V4)?;
+    }
+    if version < 5 {
+        tx.execute_batch(sql::MIGRATE_V5)?;
     }
     if version < sql::SCHEMA_VERSION {
         tx.execute_batch(&sql::stamp())?;

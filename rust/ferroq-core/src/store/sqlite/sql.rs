@@ -13,9 +13,10 @@ pub const APPLICATION_ID: i64 = 0x4652_5131;
 /// Version 2 added the store identity (`meta.store_id`, see
 /// `schema::prepare`) and the payload and result checksums
 /// ([`MIGRATE_V2`]); version 3 the queue options ([`MIGRATE_V3`]);
-/// version 4 task dependencies and the `waiting` status ([`MIGRATE_V4`]).
-/// An older shard is migrated, one version at a time, when it is opened.
-pub const SCHEMA_VERSION: i64 = 4;
+/// version 4 task dependencies and the `waiting` status ([`MIGRATE_V4`]);
+/// version 5 pause, aging and dead letters ([`MIGRATE_V5`]). An older
+/// shard is migrated, one version at a time, when it is opened.
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The columns of both task tables, in the order `read::read_task` reads
 /// them (the positions of `rules::TaskCol`).
@@ -257,6 +258,30 @@ pub const DEPS_DELETE: &str = "DELETE FROM task_dep WHERE child = ?1";
 /// Releases waiting task ?1 (its parents are all done).
 pub const RELEASE_WAITING: &str = "UPDATE task SET status = 0 WHERE id = ?1 AND status = 6";
 
+/// Schema version 5. Queue options: `paused` (0/1; shard 0's row is the
+/// store's), `aging_ms` (ms per priority level a waiting task gains),
+/// `dead_letter` (where the queue's failed tasks are filed) and
+/// `dead_retention_ms` (how long its failed tasks are kept), the last
+/// three copied into every shard. `task.claim_rank` is the first key of
+/// the claim order (`claim_rank!`; the priority on a queue without aging),
+/// so the ready index is rebuilt on it. `task_done.origin` is the home
+/// queue of a task filed in a dead-letter queue (NULL otherwise); keys
+/// stay unique per home queue. Existing rows get `claim_rank = priority`
+/// (no queue had aging before).
+pub const MIGRATE_V5: &str = "
+ALTER TABLE queue_setting ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue_setting ADD COLUMN aging_ms INTEGER;
+ALTER TABLE queue_setting ADD COLUMN dead_letter TEXT;
+ALTER TABLE queue_setting ADD COLUMN dead_retention_ms INTEGER;
+ALTER TABLE task ADD COLUMN claim_rank INTEGER NOT NULL DEFAULT 0;
+UPDATE task SET claim_rank = priority;
+DROP INDEX task_ready;
+CREATE INDEX task_ready ON task (queue, claim_rank DESC, run_at, id) WHERE status = 0;
+ALTER TABLE task_done ADD COLUMN origin TEXT;
+DROP INDEX task_done_key;
+CREATE UNIQUE INDEX task_done_key ON task_done (coalesce(origin, queue), key) WHERE key IS NOT NULL;
+";
+
 /// SQLite's own check of a shard file's structure: one row `ok`, or one
 /// row per problem found (at most 100).
 pub const INTEGRITY_CHECK: &str = "PRAGMA integrity_check(100)";
@@ -276,16 +301,53 @@ pub const SCHEMA_OBJECTS: &str = "SELECT count(*) FROM sqlite_master";
 /// Tells whether a table exists.
 pub const TABLE_EXISTS: &str = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1";
 
-/// Finds an existing task with this key in either table.
+/// Finds an existing task with this key in either table (a dead letter
+/// by its home queue).
 pub const FIND_KEY: &str = "SELECT id FROM task WHERE queue = ?1 AND key = ?2
-    UNION ALL SELECT id FROM task_done WHERE queue = ?1 AND key = ?2 LIMIT 1";
+    UNION ALL SELECT id FROM task_done WHERE coalesce(origin, queue) = ?1 AND key = ?2 LIMIT 1";
+
+/// The aging step (ms per priority level) of queue `$q`, NULL when it has
+/// none: from this shard's copy of the queue's options (every shard has
+/// one, see `steer::set_queue_options`).
+macro_rules! aging_of {
+    ($q:literal) => {
+        concat!("(SELECT aging_ms FROM queue_setting AS qa WHERE qa.queue = ", $q, ")")
+    };
+}
+
+/// The claim rank (`task.claim_rank`, the first key of the ready index)
+/// of a task of priority `$p` ready at `$r` in a queue whose aging step is
+/// `$a` (NULL: none): the same value as `rules::claim_rank`, which
+/// documents it (a conformance test compares the two).
+/// 2305843009213693952 is 2^61, its clamp.
+macro_rules! claim_rank {
+    ($p:literal, $r:literal, $a:expr) => {
+        concat!(
+            "(CASE WHEN ",
+            $a,
+            " IS NULL THEN ",
+            $p,
+            " ELSE max(min(",
+            $p,
+            ", 2305843009213693952), -2305843009213693952) - max(min(",
+            $r,
+            ", 2305843009213693952), -2305843009213693952) / ",
+            $a,
+            " END)"
+        )
+    };
+}
+
+/// [`claim_rank!`] of priority `{p}`, ready at `{r}`, in queue `{q}`, as a
+/// template for statements built at run time (`insert_task_rows`).
+const CLAIM_RANK_TEMPLATE: &str = claim_rank!("{p}", "{r}", aging_of!("{q}"));
 
 /// The head of every task insert.
 macro_rules! insert_task_columns {
     () => {
         "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
     attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
-    requires, payload_sum)"
+    requires, payload_sum, claim_rank)"
     };
 }
 
@@ -294,7 +356,9 @@ macro_rules! insert_task_columns {
 /// across shards), never at or below the shard's `LAST_LOCAL_ID`.
 pub const INSERT_TASK: &str = concat!(
     insert_task_columns!(),
-    " VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16)"
+    " VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16, ",
+    claim_rank!("?4", "?5", aging_of!("?1")),
+    ")"
 );
 
 /// How many values `INSERT_TASK` binds per row (?16: the payload's checksum).
@@ -312,7 +376,7 @@ pub fn insert_task_rows(rows: usize) -> String {
             out.push(',');
         }
         out.push_str(&format!(
-            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{}, 0, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{}, 0, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, {})",
             p(14),
             p(1),
             p(2),
@@ -328,7 +392,11 @@ pub fn insert_task_rows(rows: usize) -> String {
             p(12),
             p(13),
             p(15),
-            p(16)
+            p(16),
+            CLAIM_RANK_TEMPLATE
+                .replace("{p}", &format!("?{}", p(4)))
+                .replace("{r}", &format!("?{}", p(5)))
+                .replace("{q}", &format!("?{}", p(1)))
         ));
     }
     out
@@ -357,13 +425,17 @@ pub const INSERT_TASK_ALONE: &str = concat!(
     insert_task_columns!(),
     " VALUES (max(?14, 1 + ",
     last_local_id!(),
-    "), ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16)"
+    "), ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16, ",
+    claim_rank!("?4", "?5", aging_of!("?1")),
+    ")"
 );
 /// Inserts a flow task with local id ?14 and status ?17 (queued or
 /// waiting); otherwise as [`INSERT_TASK`].
 pub const INSERT_FLOW_TASK: &str = concat!(
     insert_task_columns!(),
-    " VALUES (?14, ?1, ?2, ?3, ?4, ?17, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16)"
+    " VALUES (?14, ?1, ?2, ?3, ?4, ?17, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16, ",
+    claim_rank!("?4", "?5", aging_of!("?1")),
+    ")"
 );
 /// Records the id high-water mark before a purge deletes rows.
 pub const SET_HIGH_ID: &str = "INSERT OR REPLACE INTO meta (name, value) VALUES ('high_id', ?1)";
@@ -381,16 +453,17 @@ macro_rules! requirements_met {
     };
 }
 
-/// The head of a queue's ready tasks, in claim order (multi-shard merge).
+/// The head of a queue's ready tasks, in claim order (multi-shard merge):
+/// claim rank, run_at, local id.
 /// ?4 resources (JSON), ?5 task names not to claim (JSON array or NULL).
 pub const PEEK_READY: &str = concat!(
-    "SELECT priority, run_at, id FROM task
+    "SELECT claim_rank, run_at, id FROM task
     WHERE queue = ?1 AND status = 0 AND run_at <= ?2
       AND (expires_at IS NULL OR expires_at > ?2)
       AND (?5 IS NULL OR name NOT IN (SELECT value FROM json_each(?5)))
       AND ",
     requirements_met!("?4"),
-    " ORDER BY priority DESC, run_at, id LIMIT ?3"
+    " ORDER BY claim_rank DESC, run_at, id LIMIT ?3"
 );
 
 /// Claims up to ?3 ready tasks of queue ?1 for worker ?4 with lease ?5;
@@ -404,7 +477,7 @@ pub const CLAIM: &str = concat!(
           AND (?7 IS NULL OR name NOT IN (SELECT value FROM json_each(?7)))
           AND ",
     requirements_met!("?6"),
-    " ORDER BY priority DESC, run_at, id LIMIT ?3)
+    " ORDER BY claim_rank DESC, run_at, id LIMIT ?3)
     RETURNING ",
     task_row!()
 );
@@ -448,25 +521,50 @@ pub const LIMIT_DELETE: &str = "DELETE FROM function_limit WHERE name = ?1";
 /// What a claim of queue ?1 needs to know first, in one statement: how
 /// many function limits exist (plain claims skip the limit logic), whether
 /// the queue is serial, and its answer timeout (the lease of what it hands out).
+/// Then whether it is paused, and its aging step.
 pub const CLAIM_MODE: &str = "SELECT (SELECT count(*) FROM function_limit),
-    coalesce((SELECT serial FROM queue_setting WHERE queue = ?1), 0),
-    (SELECT answer_timeout_ms FROM queue_setting WHERE queue = ?1)";
+    coalesce(qs.serial, 0), qs.answer_timeout_ms, coalesce(qs.paused, 0), qs.aging_ms
+    FROM (SELECT 1) LEFT JOIN queue_setting AS qs ON qs.queue = ?1";
 
 /// Sets a queue's options (?2 serial, ?3 answer timeout, ?4 on_timeout
-/// code, ?5 retention), keeping its capacity.
+/// code, ?5 retention, ?6 aging, ?7 dead-letter queue, ?8 dead retention),
+/// keeping its capacity and whether it is paused.
 pub const QUEUE_OPTIONS_SET: &str = "INSERT INTO queue_setting
-    (queue, serial, answer_timeout_ms, on_timeout, retention_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+    (queue, serial, answer_timeout_ms, on_timeout, retention_ms, aging_ms, dead_letter, dead_retention_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
     ON CONFLICT (queue) DO UPDATE SET serial = excluded.serial,
         answer_timeout_ms = excluded.answer_timeout_ms, on_timeout = excluded.on_timeout,
-        retention_ms = excluded.retention_ms";
+        retention_ms = excluded.retention_ms, aging_ms = excluded.aging_ms,
+        dead_letter = excluded.dead_letter, dead_retention_ms = excluded.dead_retention_ms";
+/// The columns of a queue's options, in the order `steer::options_row` reads them.
+macro_rules! queue_options_columns {
+    () => {
+        "queue, serial, answer_timeout_ms, on_timeout, retention_ms, paused, aging_ms, dead_letter, dead_retention_ms"
+    };
+}
 /// One queue's options.
-pub const QUEUE_OPTIONS_GET: &str = "SELECT queue, serial, answer_timeout_ms, on_timeout, retention_ms
-    FROM queue_setting WHERE queue = ?1";
+pub const QUEUE_OPTIONS_GET: &str =
+    concat!("SELECT ", queue_options_columns!(), " FROM queue_setting WHERE queue = ?1");
 /// Every queue that has options other than the defaults.
-pub const QUEUE_OPTIONS_ALL: &str = "SELECT queue, serial, answer_timeout_ms, on_timeout, retention_ms
-    FROM queue_setting
+pub const QUEUE_OPTIONS_ALL: &str = concat!(
+    "SELECT ",
+    queue_options_columns!(),
+    " FROM queue_setting
     WHERE serial <> 0 OR answer_timeout_ms IS NOT NULL OR on_timeout <> 0 OR retention_ms IS NOT NULL
-    ORDER BY queue";
+        OR paused <> 0 OR aging_ms IS NOT NULL OR dead_letter IS NOT NULL OR dead_retention_ms IS NOT NULL
+    ORDER BY queue"
+);
+/// Pauses (?2 = 1) or resumes (0) queue ?1, keeping its other options.
+pub const PAUSE_SET: &str = "INSERT INTO queue_setting (queue, paused) VALUES (?1, ?2)
+    ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused";
+/// A queue's aging step in this shard (to tell whether a change needs
+/// [`RERANK_QUEUE`]).
+pub const AGING_GET: &str = "SELECT aging_ms FROM queue_setting WHERE queue = ?1";
+/// Recomputes the claim rank of every unfinished task of queue ?1 for
+/// aging step ?2 (NULL: none), after the queue's aging changed. Reads the
+/// queue's unfinished tasks once; a rare operator action.
+pub const RERANK_QUEUE: &str =
+    concat!("UPDATE task SET claim_rank = ", claim_rank!("priority", "run_at", "?2"), " WHERE queue = ?1");
 /// Queues with an answer deadline and their policy (for recovery).
 pub const TIMEOUT_QUEUES: &str = "SELECT queue, on_timeout FROM queue_setting WHERE answer_timeout_ms IS NOT NULL";
 
@@ -495,14 +593,28 @@ pub const START: &str = concat!(
 pub const SWITCH_OUT: &str = "UPDATE task SET status = 0, attempts = max(attempts - 1, 0),
     lease_until = NULL, worker = NULL, error = coalesce(?2, error)
     WHERE id = ?1 AND status = 1 AND cancel_requested = 0";
-/// Changes the priority of a queued task.
-pub const SET_PRIORITY: &str = "UPDATE task SET priority = ?2 WHERE id = ?1 AND status = 0";
-/// Changes the run_at of a queued task.
-pub const SET_RUN_AT: &str = "UPDATE task SET run_at = ?2 WHERE id = ?1 AND status = 0";
+/// Changes the priority (and so the claim rank) of a queued task.
+pub const SET_PRIORITY: &str = concat!(
+    "UPDATE task SET priority = ?2, claim_rank = ",
+    claim_rank!("?2", "run_at", aging_of!("task.queue")),
+    " WHERE id = ?1 AND status = 0"
+);
+/// Changes the run_at (and so the claim rank) of a queued task.
+pub const SET_RUN_AT: &str = concat!(
+    "UPDATE task SET run_at = ?2, claim_rank = ",
+    claim_rank!("priority", "?2", aging_of!("task.queue")),
+    " WHERE id = ?1 AND status = 0"
+);
+/// The claim rank of local task ?1 (for the test comparing it with
+/// `rules::claim_rank`).
+pub const CLAIM_RANK_OF: &str = "SELECT claim_rank FROM task WHERE id = ?1";
 /// Sets the metadata of an unfinished task.
 pub const SET_METADATA: &str = "UPDATE task SET metadata = ?2 WHERE id = ?1";
 /// Sets the metadata of a finished task.
 pub const SET_METADATA_DONE: &str = "UPDATE task_done SET metadata = ?2 WHERE id = ?1";
+
+/// Whether queue ?1 is paused (shard 0's row is the store's).
+pub const PAUSED: &str = "SELECT coalesce((SELECT paused FROM queue_setting WHERE queue = ?1), 0)";
 
 /// Whether any function limit exists (plain claims skip the limit logic).
 pub const LIMITS_ANY: &str = "SELECT count(*) FROM function_limit";
@@ -532,9 +644,13 @@ pub const PROGRESS: &str = "UPDATE task SET progress = ?3 WHERE id = ?1 AND stat
 pub const FAIL_LOOKUP: &str = "SELECT attempts, max_attempts, backoff, cancel_requested, worker FROM task
     WHERE id = ?1 AND status = 1 AND (?2 IS NULL OR worker = ?2)";
 
-/// Puts a running task back in the queue for a later attempt.
-pub const REQUEUE: &str = "UPDATE task SET status = 0, run_at = ?3, lease_until = NULL,
-    worker = NULL, error = ?4 WHERE id = ?1 AND status = 1 AND worker IS ?2";
+/// Puts a running task back in the queue for a later attempt (ready at
+/// ?3, which sets its claim rank).
+pub const REQUEUE: &str = concat!(
+    "UPDATE task SET status = 0, run_at = ?3, lease_until = NULL, worker = NULL, error = ?4, claim_rank = ",
+    claim_rank!("priority", "?3", aging_of!("task.queue")),
+    " WHERE id = ?1 AND status = 1 AND worker IS ?2"
+);
 
 /// Gives a claim back without counting the attempt.
 pub const RELEASE: &str = "UPDATE task SET status = 0, attempts = attempts - 1,
@@ -548,29 +664,42 @@ pub const FLAG_CANCEL: &str = "UPDATE task SET cancel_requested = 1 WHERE id = ?
 /// (kept when NULL), ?5 finish time, ?6 default retention, ?9 the
 /// result's checksum. A task whose cancel was asked ends `cancelled`
 /// whatever ?2 says (a cancel sticks; a late completion keeps its result).
-/// It is kept for its own result TTL, else its queue's retention, else ?6.
+/// It is kept for its own result TTL, else its queue's retention, else ?6;
+/// a task ending `failed` for its queue's dead retention first. A task
+/// ending `failed` in a queue with a dead-letter queue is filed there,
+/// its home queue in `origin`.
 pub const MOVE_TO_DONE: &str = concat!(
     "INSERT INTO task_done (",
     task_row!(),
-    ") SELECT id, queue, name, payload, priority, CASE WHEN cancel_requested <> 0 THEN 4 ELSE ?2 END,
+    ", origin) SELECT id,
+        CASE WHEN f.status = 3 AND qs.dead_letter IS NOT NULL THEN qs.dead_letter ELSE task.queue END,
+        name, payload, priority, f.status,
         run_at, attempts, max_attempts,
         NULL, worker, key, batch, progress, ?3, coalesce(?4, error), created_at, started_at,
         ?5, expires_at, metadata, cancel_requested, backoff, result_ttl,
-        ?5 + coalesce(result_ttl, (SELECT retention_ms FROM queue_setting AS qs WHERE qs.queue = task.queue), ?6),
-        requires, payload_sum, ?9
-    FROM task WHERE id = ?1 AND status = ?7 AND (?8 IS NULL OR worker = ?8)"
+        ?5 + CASE WHEN f.status = 3 THEN coalesce(qs.dead_retention_ms, result_ttl, qs.retention_ms, ?6)
+            ELSE coalesce(result_ttl, qs.retention_ms, ?6) END,
+        requires, payload_sum, ?9,
+        CASE WHEN f.status = 3 AND qs.dead_letter IS NOT NULL THEN task.queue END
+    FROM task
+    CROSS JOIN (SELECT CASE WHEN cancel_requested <> 0 THEN 4 ELSE ?2 END AS status
+        FROM task WHERE id = ?1) AS f
+    LEFT JOIN queue_setting AS qs ON qs.queue = task.queue
+    WHERE task.id = ?1 AND task.status = ?7 AND (?8 IS NULL OR task.worker = ?8)"
 );
 /// Second half of a move: drop the row from `task`.
 pub const DELETE_ACTIVE: &str = "DELETE FROM task WHERE id = ?1";
 
-/// Moves a finished task back to the queue with fresh attempts (retry).
+/// Moves a finished task back to the queue with fresh attempts (retry): to
+/// its home queue when it is a dead letter.
 pub const RETRY_FROM_DONE: &str = concat!(
     "INSERT INTO task (",
     task_row!(),
-    ") SELECT id, queue, name, payload, priority, 0, ?2, 0, max_attempts,
+    ", claim_rank) SELECT id, coalesce(origin, queue), name, payload, priority, 0, ?2, 0, max_attempts,
         NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
-        NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires, payload_sum, NULL
-    FROM task_done WHERE id = ?1 AND status IN (3, 4, 5)"
+        NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires, payload_sum, NULL, ",
+    claim_rank!("priority", "?2", aging_of!("coalesce(task_done.origin, task_done.queue)")),
+    " FROM task_done WHERE id = ?1 AND status IN (3, 4, 5)"
 );
 /// Moves any finished task back to the queue with fresh attempts
 /// (requeue): like [`RETRY_FROM_DONE`], done tasks too (their result is
@@ -578,10 +707,11 @@ pub const RETRY_FROM_DONE: &str = concat!(
 pub const REQUEUE_FROM_DONE: &str = concat!(
     "INSERT INTO task (",
     task_row!(),
-    ") SELECT id, queue, name, payload, priority, 0, ?2, 0, max_attempts,
+    ", claim_rank) SELECT id, coalesce(origin, queue), name, payload, priority, 0, ?2, 0, max_attempts,
         NULL, NULL, key, batch, NULL, NULL, error, created_at, NULL,
-        NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires, payload_sum, NULL
-    FROM task_done WHERE id = ?1 AND status IN (2, 3, 4, 5)"
+        NULL, NULL, metadata, 0, backoff, result_ttl, NULL, requires, payload_sum, NULL, ",
+    claim_rank!("priority", "?2", aging_of!("coalesce(task_done.origin, task_done.queue)")),
+    " FROM task_done WHERE id = ?1 AND status IN (2, 3, 4, 5)"
 );
 /// Second half of a retry: drop the row from `task_done`.
 pub const DELETE_DONE: &str = "DELETE FROM task_done WHERE id = ?1";
@@ -603,13 +733,13 @@ pub const GET: &str = concat!(
     " FROM task_done WHERE id = ?1"
 );
 
-/// One task by key, from either table.
+/// One task by key, from either table (a dead letter by its home queue).
 pub const GET_BY_KEY: &str = concat!(
     "SELECT ",
     task_row!(),
     " FROM task WHERE queue = ?1 AND key = ?2 UNION ALL SELECT ",
     task_row!(),
-    " FROM task_done WHERE queue = ?1 AND key = ?2"
+    " FROM task_done WHERE coalesce(origin, queue) = ?1 AND key = ?2"
 );
 
 /// The status of one task by local id (to explain a guarded update that

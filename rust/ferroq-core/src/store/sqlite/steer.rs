@@ -14,11 +14,11 @@
 use super::events;
 use super::tx::WriteTx;
 use super::{sql, SqliteStore};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::rules::{self, Guard};
 use crate::store::{
-    ActiveParams, ClaimParams, OnTimeout, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams,
-    SetRunAtParams, StartParams,
+    ActiveParams, ClaimParams, OnTimeout, PauseParams, QueueOptions, RequeueParams, SetMetadataParams,
+    SetPriorityParams, SetRunAtParams, StartParams,
 };
 use crate::task::{Status, Task};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -31,6 +31,10 @@ fn options_row(r: &Row) -> rusqlite::Result<QueueOptions> {
         answer_timeout_ms: r.get(2)?,
         on_timeout: OnTimeout::from_code(r.get(3)?),
         retention_ms: r.get(4)?,
+        paused: r.get::<_, i64>(5)? != 0,
+        aging_ms: r.get(6)?,
+        dead_letter: r.get(7)?,
+        dead_retention_ms: r.get(8)?,
     })
 }
 
@@ -95,6 +99,9 @@ impl SqliteStore {
         }
         let conn0 = self.shards[0].conn.lock();
         let options = read_options(&conn0, &queue).map_err(|e| self.shard_err(0, e))?;
+        if options.paused {
+            return Ok(Err(Error::QueuePaused { queue }));
+        }
         let lease_ms = rules::lease_for(x.lease_ms, options.answer_timeout_ms);
         if !options.serial {
             drop(conn0);
@@ -143,10 +150,9 @@ pub(super) fn active(store: &SqliteStore, p: &ActiveParams) -> Result<Option<Tas
     };
     rules::check_claim(&cp)?;
     let conn0 = store.shards[0].conn.lock();
-    let (limited, answer_timeout): (i64, Option<i64>) =
-        conn0.prepare_cached(sql::CLAIM_MODE)?.query_row([&p.queue], |r| Ok((r.get(0)?, r.get(2)?)))?;
-    let lease_ms = rules::lease_for(p.lease_ms, answer_timeout);
-    store.serial_handout(&cp, lease_ms, conn0, limited > 0, true)
+    let mode = super::claim::claim_mode(&conn0, &p.queue)?;
+    let lease_ms = rules::lease_for(p.lease_ms, mode.answer_timeout_ms);
+    store.serial_handout(&cp, lease_ms, conn0, &mode, true)
 }
 
 /// [`Store::requeue`](crate::store::Store::requeue).
@@ -215,21 +221,47 @@ pub(super) fn set_metadata(store: &SqliteStore, p: &[SetMetadataParams]) -> Resu
 
 /// [`Store::set_queue_options`](crate::store::Store::set_queue_options).
 /// Written into every shard: shard 0's copy is the store's, and each
-/// shard's retention is read where its tasks finish (`sql::MOVE_TO_DONE`).
+/// shard's retention, aging and dead-letter routing are read where its
+/// tasks are written (`sql::MOVE_TO_DONE`, `claim_rank!`). A change of the
+/// aging step re-ranks the queue's unfinished tasks of the shard in the
+/// same transaction, so no task is ever ranked by an old step.
 pub(super) fn set_queue_options(store: &SqliteStore, o: &QueueOptions) -> Result<()> {
     rules::check_queue_options(o)?;
     for s in 0..store.shards.len() {
         store.write(s, |tx| {
+            let old: Option<Option<i64>> =
+                tx.prepare_cached(sql::AGING_GET)?.query_row([&o.queue], |r| r.get(0)).optional()?;
             tx.prepare_cached(sql::QUEUE_OPTIONS_SET)?.execute(params![
                 o.queue,
                 i64::from(o.serial),
                 o.answer_timeout_ms,
                 o.on_timeout.code(),
-                o.retention_ms
+                o.retention_ms,
+                o.aging_ms,
+                o.dead_letter,
+                o.dead_retention_ms
             ])?;
+            if old.flatten() != o.aging_ms {
+                tx.prepare_cached(sql::RERANK_QUEUE)?.execute(params![o.queue, o.aging_ms])?;
+            }
             Ok(())
         })?;
     }
+    store.wake.bump();
+    Ok(())
+}
+
+/// [`Store::set_paused`](crate::store::Store::set_paused): shard 0's row,
+/// which every hand-out reads (under shard 0's lock for serial queues).
+pub(super) fn set_paused(store: &SqliteStore, p: &PauseParams) -> Result<()> {
+    if p.queue.is_empty() {
+        return Err(Error::InvalidArgument("queue name must not be empty".into()));
+    }
+    store.write(0, |tx| {
+        tx.prepare_cached(sql::PAUSE_SET)?.execute(params![p.queue, i64::from(p.paused)])?;
+        Ok(())
+    })?;
+    // Waiting claimers look again: a resumed queue's tasks are ready now.
     store.wake.bump();
     Ok(())
 }
