@@ -3,6 +3,7 @@ recovery, process and asyncio modes, capacity, limits, external finishing."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -363,3 +364,16 @@ def test_queue_repr_hides_passwords() -> None:
     with Queue() as q:
         q.url = "postgresql://app:s3cret@db/jobs"
         assert "s3cret" not in repr(q)
+
+
+def test_process_mode_task_reads_its_metadata(tmp_path: Path) -> None:
+    with Queue(str(tmp_path / "proc-meta")) as q:
+        set_default_queue(q)
+        try:
+            with QueueScheduler(q, mode="process", concurrency=1):
+                h = modes.own_metadata.options(metadata={"run": 3}).send()
+                out = h.result(timeout=60)
+        finally:
+            set_default_queue(None)
+    assert out["pid"] != os.getpid(), "ran in a child process"
+    assert out["metadata"] == {"team": "media", "run": 3}

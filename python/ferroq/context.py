@@ -151,7 +151,6 @@ class TaskContext:
         """Its metadata, decoded (None when it has none): the task's
         ``@task(meta=...)`` with the send's ``metadata`` over it, as stored
         when it was sent (a function called directly sees its ``meta``)."""
-        # A process-mode child's record carries only the fields it needs.
         raw: Optional[str] = getattr(self._task, "metadata", None)
         return None if raw is None else json.loads(raw)
 

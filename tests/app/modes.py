@@ -83,3 +83,9 @@ def needs_gpu() -> str:
 def on_config(value: object) -> None:
     """Logs each change of the 'config' listen data."""
     _log(f"config {value} {os.getpid()}")
+
+
+@task(meta={"team": "media"})
+def own_metadata() -> object:
+    """Returns the running task's metadata and its process id."""
+    return {"metadata": current_task().metadata, "pid": os.getpid()}

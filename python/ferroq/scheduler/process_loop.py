@@ -57,7 +57,7 @@ class _ChildTask:
 
     def __init__(self, fields: tuple[Any, ...]) -> None:
         (self.id, self.name, self.queue, self.attempts, self.max_attempts,
-         self.key, self.batch) = fields
+         self.key, self.batch, self.metadata) = fields
         self.cancel_requested = False
 
 
@@ -216,7 +216,7 @@ class ProcessTaskLoop(ClaimingLoop):
 
     def _run_in_child(self, t: _core.Task, item: InFlight, fn: TaskFunction[Any, Any]) -> Outcome:
         conn = self._child()
-        fields = (t.id, t.name, t.queue, t.attempts, t.max_attempts, t.key, t.batch)
+        fields = (t.id, t.name, t.queue, t.attempts, t.max_attempts, t.key, t.batch, t.metadata)
         # A flow step gets its parents' results here: the child has no store.
         conn.send((fields, flow_payload(self.state.store, t, fn), self.state.worker_id))
         timeout = fn.defaults.timeout
