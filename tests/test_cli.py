@@ -693,3 +693,21 @@ def test_the_reference_page_is_current() -> None:
 if __name__ == "__main__":
     REFERENCE.write_text(reference())
     print(f"wrote {REFERENCE.relative_to(ROOT)}")
+
+
+def test_schedules_lists_periodic_tasks_with_next_and_last_run(tmp_path: Path) -> None:
+    url = str(tmp_path / "store")
+    Queue(url).close()
+    out = ferroq_cmd("schedules", "app.periodic_tasks", "--url", url)
+    assert out.returncode == 0, out.stderr
+    [line] = [ln for ln in out.stdout.splitlines() if "nightly_report" in ln]
+    assert "0 3 * * * (Europe/Paris)" in line and "skip" in line and line.endswith("never")
+    assert "T03:00:00+0" in line  # the next run, at 03:00 Paris time
+    as_json = ferroq_cmd("schedules", "app.periodic_tasks", "--url", url, "--json")
+    listed = json.loads(as_json.stdout)
+    assert [s["name"] for s in listed] == ["app.periodic_tasks:nightly_report"]
+    assert listed[0]["queue"] == "nightly" and listed[0]["last_run"] is None
+    missing = ferroq_cmd("schedules", "app.nowhere", "--url", url)
+    assert missing.returncode == 1 and "no module named" in missing.stderr
+    nostore = ferroq_cmd("schedules", "app.periodic_tasks", "--url", str(tmp_path / "typo"))
+    assert nostore.returncode == 1 and "no ferroq store" in nostore.stderr

@@ -89,6 +89,7 @@ LAYERS: list[list[str]] = [
         "ferroq.cli.store",
         "ferroq.cli.tasks",
         "ferroq.cli.queues",
+        "ferroq.cli.schedules",
         "ferroq.cli.worker",
         "ferroq.cli.dashboard",
         "ferroq.cli",

@@ -12,6 +12,7 @@ from .. import __version__
 from ._common import Group
 from .dashboard import dashboard
 from .queues import queues
+from .schedules import schedules
 from .stats import stats, workers
 from .store import backup, check, purge
 from .tasks import tasks
@@ -48,7 +49,9 @@ def cli() -> None:
     store: its queues, tasks and workers."""
 
 
-for _command in (worker, stats, tasks, queues, workers, purge, check, backup, dashboard):
+for _command in (
+    worker, stats, tasks, queues, schedules, workers, purge, check, backup, dashboard
+):
     cli.add_command(_command)
 
 
