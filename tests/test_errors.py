@@ -30,6 +30,7 @@ EXPECTED = {
     "NotAStore": _errors.NotAStoreError,
     "Corrupt": _errors.CorruptStoreError,
     "ShardMismatch": _errors.ShardMismatchError,
+    "StoreInUse": _errors.StoreInUseError,
     "Storage": _errors.StoreError,
 }
 

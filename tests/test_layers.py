@@ -37,6 +37,7 @@ LAYERS: list[list[str]] = [
         "ferroq._watch",
         # Worker processes under a supervisor; it runs a child target given by reference.
         "ferroq.supervisor",
+        "ferroq.reshard",
     ],
     # L2: the connection lower layers take instead of a Queue, and what hangs off it.
     ["ferroq._connection", "ferroq._default", "ferroq.listen"],

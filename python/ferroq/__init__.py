@@ -32,6 +32,7 @@ from ._errors import (
     SerializationError,
     ShardMismatchError,
     StoreError,
+    StoreInUseError,
     StorePermissionError,
     StoreUnavailableError,
     TaskCancelledError,
@@ -70,6 +71,7 @@ from .queue import (
     set_default_queue,
 )
 from .records import TaskRecord
+from .reshard import ReshardReport, reshard
 from .resilience import RateLimit, is_retryable, is_transient, with_resilience
 from .resources import default_probe, gpu_probe
 from .scheduler import CleanupIntervals, QueueScheduler
@@ -115,6 +117,7 @@ __all__ = [
     "QueueOptions",
     "QueueScheduler",
     "RateLimit",
+    "ReshardReport",
     "Retry",
     "ScheduleRecord",
     "SerializationError",
@@ -122,6 +125,7 @@ __all__ = [
     "Signature",
     "ShardMismatchError",
     "StoreError",
+    "StoreInUseError",
     "StorePermissionError",
     "StoreUnavailableError",
     "TaskCancelledError",
@@ -150,6 +154,7 @@ __all__ = [
     "is_transient",
     "listener",
     "periodic",
+    "reshard",
     "set_default_queue",
     "task",
     "wait",

@@ -12,6 +12,7 @@ __all__ = [
     "__version__",
     "_error_samples",
     "backoff_delay_ms",
+    "reshard",
 ]
 __version__: str
 
@@ -320,3 +321,27 @@ def backoff_delay_ms(
     attempt: int,
 ) -> tuple[int, str]: ...
 def _error_samples() -> list[tuple[str, Exception]]: ...
+
+# ((source shards, shards, store id, tasks, kept ids, workers dropped,
+#   events left), ([(old id, new id)], released ids, [(queue, status, count)],
+#   tables copied, event cursors reset, consumers behind))
+_ReshardTuple = tuple[
+    tuple[int, int, str, int, int, int, int],
+    tuple[
+        list[tuple[int, int]],
+        list[int],
+        list[tuple[str, str, int]],
+        list[str],
+        list[str],
+        list[str],
+    ],
+]
+
+def reshard(
+    src: str,
+    dest: Union[str, PathLike[str]],
+    shards: int,
+    release_running: bool = False,
+    worker_stale_ms: Optional[int] = None,
+    clock: Optional[ManualClock] = None,
+) -> _ReshardTuple: ...

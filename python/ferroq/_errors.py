@@ -22,6 +22,7 @@ __all__ = [
     "SerializationError",
     "ShardMismatchError",
     "StoreError",
+    "StoreInUseError",
     "StorePermissionError",
     "StoreUnavailableError",
     "TaskCancelledError",
@@ -107,6 +108,12 @@ class CorruptStoreError(FerroqError):
 
 class ShardMismatchError(FerroqError, ValueError):
     """The store was created with a different number of shards."""
+
+
+class StoreInUseError(FerroqError):
+    """The store is in use where the operation needs it idle: an offline
+    :func:`~ferroq.reshard` of a store with running tasks or live workers.
+    Nothing was written."""
 
 
 class SerializationError(FerroqError, TypeError):

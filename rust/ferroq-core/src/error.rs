@@ -110,6 +110,10 @@ pub enum Error {
         /// Shards asked for.
         requested: u32,
     },
+    /// The store is in use where an operation needs it idle (an offline
+    /// reshard of a store with running tasks or live workers).
+    #[error("store in use: {0}")]
+    StoreInUse(String),
     /// Any other storage failure.
     #[error("storage error: {0}")]
     Storage(String),

@@ -31,6 +31,7 @@ fn class_name(e: &Error) -> &'static str {
         Error::NotAStore(_) => "NotAStoreError",
         Error::Corrupt(_) => "CorruptStoreError",
         Error::ShardMismatch { .. } => "ShardMismatchError",
+        Error::StoreInUse(_) => "StoreInUseError",
         Error::Storage(_) => "StoreError",
     }
 }
@@ -153,6 +154,7 @@ fn samples() -> Vec<(&'static str, Error)> {
         ("NotAStore", Error::NotAStore("file".into())),
         ("Corrupt", Error::Corrupt("bits".into())),
         ("ShardMismatch", Error::ShardMismatch { path: "p".into(), existing: 1, requested: 2 }),
+        ("StoreInUse", Error::StoreInUse("running".into())),
         ("Storage", Error::Storage("disk".into())),
     ]
 }

@@ -5,6 +5,7 @@
 mod clock;
 mod errors;
 mod lease;
+mod reshard;
 mod store;
 mod task;
 mod tokenbucket;
@@ -20,6 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<task::PyTask>()?;
     m.add_class::<tokenbucket::PyTokenBucket>()?;
     m.add_function(wrap_pyfunction!(store::backoff_delay_ms, m)?)?;
+    m.add_function(wrap_pyfunction!(reshard::reshard, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_error_samples, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -214,9 +214,17 @@ pub(crate) fn check_consumer(consumer: &str) -> Result<()> {
     Ok(())
 }
 
+/// What the stored names of consumers' event cursors begin with.
+const EVENT_CURSOR_PREFIX: &str = "event:";
+
 /// The stored name of a consumer's event cursor.
 pub(crate) fn event_cursor_key(consumer: &str) -> String {
-    format!("event:{consumer}")
+    format!("{EVENT_CURSOR_PREFIX}{consumer}")
+}
+
+/// The consumer whose event cursor is stored under `name`, if it is one.
+pub(crate) fn event_cursor_consumer(name: &str) -> Option<&str> {
+    name.strip_prefix(EVENT_CURSOR_PREFIX)
 }
 
 /// The stored name of a consumer's listen version.

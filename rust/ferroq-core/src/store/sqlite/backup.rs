@@ -46,7 +46,7 @@ pub(super) fn backup(store: &SqliteStore, p: &BackupParams) -> Result<()> {
 
 /// True when `path` (which may not exist yet) lies in or at `dir`, links
 /// and `..` resolved.
-fn within(path: &Path, dir: &Path) -> bool {
+pub(super) fn within(path: &Path, dir: &Path) -> bool {
     let Ok(dir) = dir.canonicalize() else { return false };
     // The nearest existing ancestor, resolved, plus the rest as written.
     let mut rest = Vec::new();

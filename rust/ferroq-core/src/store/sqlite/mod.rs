@@ -13,7 +13,8 @@
 //! `transitions.rs` (the guarded moves), `steer.rs` (moves from outside:
 //! start, active, requeue, set_*, queue options), `read.rs`, `admin.rs` (purge,
 //! listen data, workers, capacities, limits) and `wake.rs` (change tokens
-//! and waiting, with `watch.rs`). `shard.rs` holds the id arithmetic and
+//! and waiting, with `watch.rs`); `reshard.rs` copies a store offline to
+//! another shard count. `shard.rs` holds the id arithmetic and
 //! the transaction helpers they share; every statement is in `sql.rs`.
 //!
 //! Damage is found and named: each shard file records its store's id, its
@@ -31,6 +32,7 @@ mod enqueue;
 mod events;
 mod flow;
 mod read;
+mod reshard;
 mod schema;
 mod shard;
 pub mod sql;
@@ -40,6 +42,7 @@ mod tx;
 mod wake;
 mod watch;
 
+pub use reshard::{reshard, store_dir, ReshardParams, ReshardReport, DEFAULT_WORKER_STALE_MS};
 pub use schema::Pragmas;
 pub use shard::shard_file;
 

@@ -87,7 +87,7 @@ pub fn shard_file(i: u32) -> String {
 
 /// A stable 64-bit FNV-1a hash of (queue, key): routing must agree across
 /// processes and builds, so no randomly seeded hasher.
-fn route_hash(queue: &str, key: &str) -> u64 {
+pub(super) fn route_hash(queue: &str, key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in queue.bytes().chain(std::iter::once(0)).chain(key.bytes()) {
         h ^= b as u64;

@@ -964,3 +964,73 @@ pub const CURSOR_GET: &str = "SELECT value FROM consumer_cursor WHERE name = ?1"
 pub const LISTEN_KEYS: &str = "SELECT l.version, l.key, l.value, l.at FROM listen_log l
     JOIN (SELECT key, max(version) AS version FROM listen_log GROUP BY key) m ON m.version = l.version
     ORDER BY l.key";
+
+// ---- Offline resharding (`reshard.rs`) ----------------------------------
+
+/// The tables of a shard file, not SQLite's own.
+pub const RESHARD_TABLES: &str =
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name";
+/// The columns of table ?1, in order.
+pub const RESHARD_COLUMNS: &str = "SELECT name FROM pragma_table_info(?1) ORDER BY cid";
+/// The local ids of a shard's running tasks.
+pub const RESHARD_RUNNING: &str = "SELECT id FROM task WHERE status = 1 ORDER BY id";
+/// Every worker record's id and last heartbeat.
+pub const RESHARD_WORKER_BEATS: &str = "SELECT id, heartbeat_at FROM worker ORDER BY id";
+/// What places each task of a shard: local id, the queue its key is
+/// unique in (a dead-lettered task's home queue), key.
+pub const RESHARD_ROUTES: &str =
+    "SELECT id, queue, key FROM task UNION ALL SELECT id, coalesce(origin, queue), key FROM task_done";
+/// Every dependency row of a shard (store-wide ids).
+pub const RESHARD_DEPS: &str = "SELECT parent, child, pos FROM task_dep";
+/// Each queue's retention, where it has one.
+pub const RESHARD_RETENTIONS: &str = "SELECT queue, retention_ms FROM queue_setting WHERE retention_ms IS NOT NULL";
+/// The AUTOINCREMENT counters of a shard.
+pub const RESHARD_SEQUENCES: &str = "SELECT name, seq FROM sqlite_sequence";
+/// Raises table ?1's AUTOINCREMENT counter to at least ?2.
+pub const RESHARD_SEQUENCE_RAISE: &str = "UPDATE sqlite_sequence SET seq = max(seq, ?2) WHERE name = ?1";
+/// Sets table ?1's AUTOINCREMENT counter (a table that has none yet).
+pub const RESHARD_SEQUENCE_INSERT: &str = "INSERT INTO sqlite_sequence (name, seq) VALUES (?1, ?2)";
+/// Every meta entry of a shard.
+pub const RESHARD_META: &str = "SELECT name, value FROM meta ORDER BY name";
+/// Event rows of one event each.
+pub const RESHARD_EVENTS_SINGLE: &str = "SELECT count(*) FROM event WHERE tasks IS NULL";
+/// The packed task ids of event rows of several events.
+pub const RESHARD_EVENTS_PACKED: &str = "SELECT tasks FROM event WHERE tasks IS NOT NULL";
+/// Every saved consumer cursor.
+pub const RESHARD_CURSORS: &str = "SELECT name, value FROM consumer_cursor ORDER BY name";
+
+/// A table or column name quoted for SQL (the reshard copies tables by the
+/// names a shard file lists, so they are quoted, never trusted).
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The columns, quoted and comma-separated.
+fn column_list(cols: &[String]) -> String {
+    cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+}
+
+/// Reads columns `cols` of every row of `table` (by id when `by_id`).
+pub fn select_columns(table: &str, cols: &[String], by_id: bool) -> String {
+    let order = if by_id { " ORDER BY id" } else { "" };
+    format!("SELECT {} FROM {}{order}", column_list(cols), quote(table))
+}
+
+/// Reads columns `cols` of the row of `table` with local id ?1.
+pub fn select_by_id(table: &str, cols: &[String]) -> String {
+    format!("SELECT {} FROM {} WHERE id = ?1", column_list(cols), quote(table))
+}
+
+/// Inserts one row of columns `cols` into `table` (replacing a row with the
+/// same primary key when `replace`: a store-wide table copied into a new
+/// shard that already has a default row).
+pub fn insert_columns(table: &str, cols: &[String], replace: bool) -> String {
+    let marks = (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let verb = if replace { "INSERT OR REPLACE" } else { "INSERT" };
+    format!("{verb} INTO {} ({}) VALUES ({marks})", quote(table), column_list(cols))
+}
+
+/// Counts the rows of `table`.
+pub fn count_rows(table: &str) -> String {
+    format!("SELECT count(*) FROM {}", quote(table))
+}
