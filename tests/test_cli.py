@@ -711,3 +711,25 @@ def test_schedules_lists_periodic_tasks_with_next_and_last_run(tmp_path: Path) -
     assert missing.returncode == 1 and "no module named" in missing.stderr
     nostore = ferroq_cmd("schedules", "app.periodic_tasks", "--url", str(tmp_path / "typo"))
     assert nostore.returncode == 1 and "no ferroq store" in nostore.stderr
+
+
+def test_reshard_copies_a_stopped_store_into_a_new_shard_count(tmp_path: Path) -> None:
+    src, dest = str(tmp_path / "one"), str(tmp_path / "four")
+    with Queue(src) as q:
+        ids, _ = q._store.enqueue_many("default", "app.tasks:add", [b"J[[1,2],{}]"] * 50)
+        keyed = q.put("prompts", {"p": 1}, key="k1").id
+    out = ferroq_cmd("reshard", dest, "--shards", "4", "--url", src)
+    assert out.returncode == 0, out.stderr
+    assert "copied 51 tasks from 1 to 4 shards" in out.stdout
+    renumbered = dict(
+        (int(a), int(b))
+        for a, b in (ln.split()[1::2] for ln in out.stdout.splitlines() if "->" in ln)
+    )
+    with Queue(dest) as q:
+        assert q.stats()["default"]["queued"] == 50
+        assert all(q.get(renumbered.get(i, i)) is not None for i in ids)
+        record = q.get_by_key("k1", "prompts")
+        assert record is not None and record.id == renumbered.get(keyed, keyed)
+    again = ferroq_cmd("reshard", dest, "--shards", "2", "--url", src)
+    assert again.returncode == 1 and again.stderr.startswith("ferroq:")
+    assert "Traceback" not in again.stderr

@@ -14,7 +14,7 @@ from .dashboard import dashboard
 from .queues import queues
 from .schedules import schedules
 from .stats import stats, workers
-from .store import backup, check, purge
+from .store import backup, check, purge, reshard
 from .tasks import tasks
 from .worker import worker
 
@@ -50,7 +50,7 @@ def cli() -> None:
 
 
 for _command in (
-    worker, stats, tasks, queues, schedules, workers, purge, check, backup, dashboard
+    worker, stats, tasks, queues, schedules, workers, purge, check, backup, reshard, dashboard
 ):
     cli.add_command(_command)
 
