@@ -82,7 +82,8 @@ def test_three_workers_drain_20000_tasks_each_exactly_once(tmp_path: Path) -> No
         codes = [w.stop() for w in workers]
     assert codes == [0, 0, 0], "\n".join(w.output() for w in workers)
     assert q.stats()["default"] == {
-        "queued": 0, "running": 0, "done": 20_000, "failed": 0, "cancelled": 0, "expired": 0,
+        "waiting": 0, "queued": 0, "running": 0, "done": 20_000, "failed": 0, "cancelled": 0,
+        "expired": 0,
     }
     rows = read_log(log)
     starts = collections.Counter(tid for tag, tid, _ in rows if tag == "start")

@@ -101,7 +101,8 @@ def test_sigkill_mid_run_loses_nothing(tmp_path: Path) -> None:
         second.send_signal(signal.SIGTERM)
         second.communicate(timeout=30)
     assert q.stats()["default"] == {
-        "queued": 0, "running": 0, "done": 400, "failed": 0, "cancelled": 0, "expired": 0,
+        "waiting": 0, "queued": 0, "running": 0, "done": 400, "failed": 0, "cancelled": 0,
+        "expired": 0,
     }
     starts = collections.Counter(tid for tag, tid, _ in read_log(log) if tag == "start")
     assert set(starts) == set(ids)
