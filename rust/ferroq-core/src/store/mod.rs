@@ -58,6 +58,7 @@ pub mod events;
 mod limits;
 mod params;
 pub mod postgres;
+pub mod redis;
 pub(crate) mod rules;
 pub mod sqlite;
 
@@ -320,13 +321,19 @@ pub trait Store: Send + Sync {
 ///   a plain path — a directory of SQLite shard files;
 /// * `postgresql://user:password@host:port/db?schema=ferroq&pool=10` (or
 ///   `postgres://`) — a PostgreSQL database shared by many hosts (see
-///   [`postgres::PgConfig::parse`] for the options).
+///   [`postgres::PgConfig::parse`] for the options);
+/// * `redis://[user][:password@]host:port/db?prefix=ferroq` — a Redis
+///   database shared by many hosts (see [`redis::RedisConfig::parse`]).
 pub fn open(url: &str) -> Result<Arc<dyn Store>> {
     open_with_clock(url, Arc::new(SystemClock::new()))
 }
 
 /// Opens the store a URL names, on the given clock.
 pub fn open_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>> {
+    if redis::RedisConfig::is_redis_url(url) {
+        let config = redis::RedisConfig::parse(url)?;
+        return Ok(Arc::new(redis::RedisStore::open(config, clock)?));
+    }
     if postgres::PgConfig::is_postgres_url(url) {
         let config = postgres::PgConfig::parse(url)?;
         return Ok(Arc::new(postgres::PostgresStore::open(config, clock)?));

@@ -27,7 +27,13 @@ pub enum Backend {
     /// A fresh schema in the PostgreSQL database `$FERROQ_TEST_PG_URL`
     /// names (skipped when it is not set; `scripts/test` always sets it).
     Postgres,
+    /// A fresh key prefix in the Redis database `$FERROQ_TEST_REDIS_URL`
+    /// names (skipped when it is not set; `scripts/test` always sets it).
+    Redis,
 }
+
+/// The variable naming the test Redis database (`scripts/redis url`).
+pub const REDIS_URL_VAR: &str = "FERROQ_TEST_REDIS_URL";
 
 /// The variable naming the test PostgreSQL database (`scripts/pg url`).
 pub const PG_URL_VAR: &str = "FERROQ_TEST_PG_URL";
@@ -36,7 +42,7 @@ impl Backend {
     /// Shards the backend is opened with.
     pub fn shards(self) -> u32 {
         match self {
-            Backend::Memory | Backend::Sqlite1 | Backend::Postgres => 1,
+            Backend::Memory | Backend::Sqlite1 | Backend::Postgres | Backend::Redis => 1,
             Backend::Memory4 | Backend::Sqlite4 => 4,
         }
     }
@@ -51,6 +57,9 @@ impl Backend {
         match self {
             Backend::Postgres if std::env::var(PG_URL_VAR).map_or(true, |v| v.is_empty()) => Some(format!(
                 "skipped: {PG_URL_VAR} is not set (scripts/test starts a server with scripts/pg and sets it)"
+            )),
+            Backend::Redis if std::env::var(REDIS_URL_VAR).map_or(true, |v| v.is_empty()) => Some(format!(
+                "skipped: {REDIS_URL_VAR} is not set (scripts/test starts a server with scripts/redis and sets it)"
             )),
             _ => None,
         }
@@ -74,6 +83,14 @@ impl Backend {
                 url = format!("{url}&{options}");
             }
             (url, Some(schema))
+        } else if self == Backend::Redis {
+            let prefix = format!("t_{:016x}", rand_u64());
+            let base = std::env::var(REDIS_URL_VAR).unwrap();
+            let mut url = format!("{base}?prefix={prefix}");
+            if !options.is_empty() {
+                url = format!("{url}&{options}");
+            }
+            (url, Some(format!("redis:{prefix}")))
         } else {
             (url_for(self, path.as_ref(), options), None)
         };
@@ -133,12 +150,28 @@ pub struct DropSchema(String);
 
 impl Drop for DropSchema {
     fn drop(&mut self) {
+        if let Some(prefix) = self.0.strip_prefix("redis:") {
+            drop_redis_prefix(prefix);
+            return;
+        }
         let schema = &self.0;
         if let Ok(base) = std::env::var(PG_URL_VAR) {
             if let Ok(mut c) = postgres::Client::connect(&base, postgres::NoTls) {
                 let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
             }
         }
+    }
+}
+
+/// Deletes every key a test's Redis store wrote (its prefix), leaving the
+/// shared database as it was.
+fn drop_redis_prefix(prefix: &str) {
+    let Ok(base) = std::env::var(REDIS_URL_VAR) else { return };
+    let Ok(client) = redis::Client::open(base.as_str()) else { return };
+    let Ok(mut c) = client.get_connection() else { return };
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut c).unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut c);
     }
 }
 

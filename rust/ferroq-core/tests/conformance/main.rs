@@ -58,6 +58,7 @@ macro_rules! conformance {
         $crate::conformance!(@backend sqlite_1, $crate::harness::Backend::Sqlite1, $($name),*);
         $crate::conformance!(@backend sqlite_4, $crate::harness::Backend::Sqlite4, $($name),*);
         $crate::conformance!(@backend postgres, $crate::harness::Backend::Postgres, $($name),*);
+        $crate::conformance!(@backend redis, $crate::harness::Backend::Redis, $($name),*);
     };
 }
 
