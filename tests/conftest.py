@@ -1,7 +1,9 @@
 """Shared fixtures: every queue-level test runs on memory://, SQLite with one
 shard and SQLite with four shards (on real files in a temp directory), and
 PostgreSQL (a fresh schema per test in the database $FERROQ_TEST_PG_URL
-names; scripts/test starts a throwaway server with scripts/pg and sets it)."""
+names; scripts/test starts a throwaway server with scripts/pg and sets it),
+and Redis (a fresh key prefix per test in the database $FERROQ_TEST_REDIS_URL
+names; scripts/test starts a throwaway server with scripts/redis and sets it)."""
 
 from __future__ import annotations
 
@@ -38,7 +40,18 @@ needs_pg = pytest.mark.skipif(
     not PG_URL,
     reason="FERROQ_TEST_PG_URL is not set: scripts/test starts PostgreSQL (scripts/pg) and sets it",
 )
-BACKENDS = ["memory", "sqlite-1", "sqlite-4", pytest.param("postgres", marks=needs_pg)]
+REDIS_URL = os.environ.get("FERROQ_TEST_REDIS_URL", "")
+needs_redis = pytest.mark.skipif(
+    not REDIS_URL,
+    reason="FERROQ_TEST_REDIS_URL is not set: scripts/test starts Redis (scripts/redis) and sets it",
+)
+BACKENDS = [
+    "memory",
+    "sqlite-1",
+    "sqlite-4",
+    pytest.param("postgres", marks=needs_pg),
+    pytest.param("redis", marks=needs_redis),
+]
 
 
 def pg_url(**options: object) -> str:
@@ -47,12 +60,20 @@ def pg_url(**options: object) -> str:
     return f"{PG_URL}?{query}"
 
 
+def redis_url(**options: object) -> str:
+    """The URL of a fresh store under its own key prefix of the test Redis."""
+    query = "&".join(f"{k}={v}" for k, v in {"prefix": f"t_{uuid.uuid4().hex}", **options}.items())
+    return f"{REDIS_URL}?{query}"
+
+
 def store_url(kind: str, tmp_path: Path) -> str:
     """The URL of a fresh store of the given kind."""
     if kind == "memory":
         return "memory://"
     if kind == "postgres":
         return pg_url()
+    if kind == "redis":
+        return redis_url()
     shards = kind.split("-")[1]
     return f"sqlite://{tmp_path}/store?shards={shards}"
 

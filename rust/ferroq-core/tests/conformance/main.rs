@@ -29,6 +29,7 @@ mod on_disk;
 mod ordering;
 mod pg;
 mod queue_flow;
+mod redis_server;
 mod serial;
 mod steer;
 mod verbs;
