@@ -43,7 +43,7 @@ needs_pg = pytest.mark.skipif(
 REDIS_URL = os.environ.get("FERROQ_TEST_REDIS_URL", "")
 needs_redis = pytest.mark.skipif(
     not REDIS_URL,
-    reason="FERROQ_TEST_REDIS_URL is not set: scripts/test starts Redis (scripts/redis) and sets it",
+    reason="FERROQ_TEST_REDIS_URL is not set: scripts/test starts Redis (scripts/redis), sets it",
 )
 BACKENDS = [
     "memory",

@@ -27,6 +27,11 @@ pub(super) fn per_item<P, T>(
 ) -> Result<Vec<Result<T>>> {
     let mut out: Vec<Option<Result<T>>> = items.iter().map(|_| None).collect();
     let mut pending: Vec<usize> = (0..items.len()).collect();
+    // What a commit that reported failure meant to write, and its outcome:
+    // a commit whose reply was lost (a broken connection) is sent again by
+    // the pool and then fails its guards, having applied the first time;
+    // finding its own bytes on the next read, the item is done.
+    let mut meant: HashMap<usize, (Option<Vec<u8>>, T)> = HashMap::new();
     let mut rounds = 0u32;
     while !pending.is_empty() {
         rounds += 1;
@@ -38,16 +43,32 @@ pub(super) fn per_item<P, T>(
         let mut tx = Tx::new(s, s.clock.now_ms());
         let mut decided = Vec::with_capacity(pending.len());
         for (k, &i) in pending.iter().enumerate() {
+            let now_raw = loaded[k].as_ref().map(|l| &l.raw);
+            if let Some((bytes, _)) = meant.get(&i) {
+                if bytes.as_ref() == now_raw {
+                    if let Some((_, v)) = meant.remove(&i) {
+                        out[i] = Some(Ok(v));
+                    }
+                    continue;
+                }
+            }
+            meant.remove(&i);
             let g = tx.item();
             decided.push((i, g, decide(&mut tx, &items[i], loaded[k].as_ref())?));
         }
+        let wrote: Vec<Option<Option<Vec<u8>>>> = decided.iter().map(|(_, g, _)| tx.wrote(*g)).collect();
         let flags = tx.commit_each()?;
         let mut again = Vec::new();
-        for (i, g, r) in decided {
+        for ((i, g, r), wrote) in decided.into_iter().zip(wrote) {
             match r {
                 Err(e) => out[i] = Some(Err(e)),
                 Ok(v) if flags.get(g).copied().unwrap_or(false) => out[i] = Some(Ok(v)),
-                Ok(_) => again.push(i),
+                Ok(v) => {
+                    if let Some(bytes) = wrote {
+                        meant.insert(i, (bytes, v));
+                    }
+                    again.push(i);
+                }
             }
         }
         pending = again;

@@ -124,6 +124,8 @@ pub(super) struct Loaded {
 pub(super) struct Group {
     guards: Vec<(String, Option<Vec<u8>>)>,
     cmds: Vec<Vec<Vec<u8>>>,
+    /// The record bytes the group's last `put` writes (None: deletes).
+    wrote: Option<Option<Vec<u8>>>,
 }
 
 /// A commit being built: groups of guards and commands.
@@ -180,6 +182,12 @@ impl<'a> Tx<'a> {
         &mut self.groups[last]
     }
 
+    /// What group `g`'s last `put` writes: Some(bytes), Some(None) for a
+    /// delete, None when it wrote no record.
+    pub fn wrote(&self, g: usize) -> Option<Option<Vec<u8>>> {
+        self.groups.get(g).and_then(|g| g.wrote.clone())
+    }
+
     /// The commit writes only if `key` holds `value` now (None: absent).
     pub fn guard(&mut self, key: String, value: Option<Vec<u8>>) {
         self.cur().guards.push((key, value));
@@ -229,8 +237,15 @@ impl<'a> Tx<'a> {
         let ot = old.map(|o| &o.rec.task);
         let nt = new.map(|n| &n.task);
         match new {
-            Some(n) => self.cmd(vec![b"SET".to_vec(), tkey.into_bytes(), codec::encode(n)]),
-            None => self.c(&["DEL", &tkey]),
+            Some(n) => {
+                let bytes = codec::encode(n);
+                self.cur().wrote = Some(Some(bytes.clone()));
+                self.cmd(vec![b"SET".to_vec(), tkey.into_bytes(), bytes]);
+            }
+            None => {
+                self.cur().wrote = Some(None);
+                self.c(&["DEL", &tkey]);
+            }
         }
         let ids = id.to_string();
         // Queued indexes.

@@ -142,6 +142,12 @@ pub(super) fn enqueue_with(s: &RedisStore, p: &EnqueueParams<'_>) -> Result<Vec<
             }
         }
         if !tx.commit_all()? {
+            // A commit whose reply was lost is sent again by the pool and
+            // then fails its guards, having applied the first time: the
+            // fresh ids it stored are ours alone.
+            if !ids.is_empty() && s.load(&ids)?.iter().all(|l| l.is_some()) {
+                return Ok(Some(out.into_iter().flatten().collect()));
+            }
             return Ok(None);
         }
         Ok(Some(out.into_iter().flatten().collect()))
