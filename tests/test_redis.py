@@ -48,7 +48,6 @@ def test_three_workers_drain_20000_tasks_exactly_once_while_one_is_killed(tmp_pa
         victim.stop(signal.SIGKILL)
         rows = read_log(log)
         started = {tid for tag, tid, pid in rows if tag == "start" and pid == victim.proc.pid}
-        ended = {tid for tag, tid, pid in rows if tag == "end" and pid == victim.proc.pid}
         wait_for(lambda: done_count(q) == 20_000, 600, "all 20,000 done")
     finally:
         codes = [w.stop() for w in workers[1:]]
@@ -59,12 +58,12 @@ def test_three_workers_drain_20000_tasks_exactly_once_while_one_is_killed(tmp_pa
     starts = collections.Counter(tid for tag, tid, _ in rows if tag == "start")
     assert set(starts) == set(ids), "every task ran"
     twice = {tid for tid, n in starts.items() if n > 1}
-    # Exactly once, except what the killed worker had in hand: a task it
-    # started (and perhaps finished running, its completion not yet
-    # stored) may run again once its lease runs out, never more.
+    # Each task is done once (the counts above); it ran once, except what
+    # the killed worker had in hand: a task it started (and perhaps ran to
+    # the end, its completion still in the worker's batch) runs again once
+    # its lease runs out, never more.
     assert twice <= started, twice - started
     assert max(starts.values()) <= 2
-    assert len(twice) <= len(started - ended) + 4 * 2
     by_pid = collections.Counter(pid for tag, _, pid in rows if tag == "start")
     assert len(by_pid) == 3, f"all three workers took work: {by_pid}"
     q.close()
