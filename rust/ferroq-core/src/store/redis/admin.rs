@@ -10,7 +10,7 @@ use crate::store::events::{self as ev, EventRow, EventsPage, EventsParams, KIND_
 use crate::store::rules::{self, LimitWrite};
 use crate::store::{
     CapacityParams, FunctionLimit, GetByKeyParams, ListParams, ListenChange, ListenChangesParams, ListenSetParams,
-    OnTimeout, PurgeParams, QueueCount, QueueOptions, StoredLimit, WorkerInfo,
+    OnTimeout, PauseParams, PurgeParams, QueueCount, QueueOptions, StoredLimit, WorkerInfo,
 };
 use crate::task::{Status, Task};
 use std::collections::HashMap;
@@ -33,57 +33,207 @@ fn opt_text<T: ToString>(v: Option<T>) -> String {
 
 // ---- queue options ---------------------------------------------------
 
-/// Queue options as stored: `serial|answer_timeout_ms|on_timeout|retention_ms`.
-fn encode_options(o: &QueueOptions) -> String {
-    format!("{}|{}|{}|{}", o.serial as u8, opt_text(o.answer_timeout_ms), o.on_timeout.code(), opt_text(o.retention_ms))
+/// A queue's options as stored, and the aging step before its last change
+/// (Some while tasks ranked under it may remain in `ready_old`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct StoredOptions {
+    pub o: QueueOptions,
+    pub prev_aging: Option<Option<i64>>,
 }
 
-fn decode_options(queue: &str, text: &str) -> Result<QueueOptions> {
-    let f: Vec<&str> = text.split('|').collect();
-    if f.len() != 4 {
+/// Queue options as stored: `2|serial|answer_timeout_ms|on_timeout|
+/// retention_ms|paused|aging_ms|dead_retention_ms|prev|prev_aging|
+/// dead_letter` (the dead-letter queue last: it may hold `|`).
+fn encode_options(s: &StoredOptions) -> String {
+    let o = &s.o;
+    format!(
+        "2|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        o.serial as u8,
+        opt_text(o.answer_timeout_ms),
+        o.on_timeout.code(),
+        opt_text(o.retention_ms),
+        o.paused as u8,
+        opt_text(o.aging_ms),
+        opt_text(o.dead_retention_ms),
+        s.prev_aging.is_some() as u8,
+        opt_text(s.prev_aging.flatten()),
+        o.dead_letter.as_deref().map(|d| format!("={d}")).unwrap_or_default(),
+    )
+}
+
+fn decode_options(queue: &str, text: &str) -> Result<StoredOptions> {
+    let f: Vec<&str> = text.splitn(11, '|').collect();
+    if f.len() != 11 || f[0] != "2" {
         return Err(Error::Corrupt(format!("options of queue {queue:?} are damaged")));
     }
-    Ok(QueueOptions {
-        queue: queue.to_string(),
-        serial: f[0] == "1",
-        answer_timeout_ms: opt_field(f[1]),
-        on_timeout: OnTimeout::from_code(parse(f[2]).unwrap_or(0)),
-        retention_ms: opt_field(f[3]),
+    Ok(StoredOptions {
+        o: QueueOptions {
+            queue: queue.to_string(),
+            serial: f[1] == "1",
+            answer_timeout_ms: opt_field(f[2]),
+            on_timeout: OnTimeout::from_code(parse(f[3]).unwrap_or(0)),
+            retention_ms: opt_field(f[4]),
+            paused: f[5] == "1",
+            aging_ms: opt_field(f[6]),
+            dead_retention_ms: opt_field(f[7]),
+            dead_letter: f[10].strip_prefix('=').map(str::to_string),
+        },
+        prev_aging: (f[8] == "1").then(|| opt_field(f[9])),
     })
 }
 
-/// [`Store::set_queue_options`](crate::store::Store::set_queue_options).
+/// A queue's stored options with their bytes (None: never set).
+fn read_options(s: &RedisStore, queue: &str) -> Result<(Option<Vec<u8>>, StoredOptions)> {
+    let raw = s.get_raw(&s.keys.qo(queue))?;
+    let stored = match &raw {
+        Some(r) => decode_options(queue, std::str::from_utf8(r).map_err(|_| Error::Corrupt("queue options".into()))?)?,
+        None => StoredOptions { o: QueueOptions { queue: queue.to_string(), ..Default::default() }, prev_aging: None },
+    };
+    Ok((raw, stored))
+}
+
+/// What ready-set ranks of a queue depend on (see `Tx::put`).
+#[derive(Debug, Clone)]
+pub(super) struct Ranking {
+    /// The options' stored bytes (guarded).
+    pub raw: Option<Vec<u8>>,
+    /// The aging step now.
+    pub aging: Option<i64>,
+    /// The step before its last change, while a re-rank may be pending.
+    pub prev: Option<Option<i64>>,
+}
+
+/// The ranking of a queue's ready set.
+pub(super) fn ranking(s: &RedisStore, queue: &str) -> Result<Ranking> {
+    let (raw, stored) = read_options(s, queue)?;
+    Ok(Ranking { raw, aging: stored.o.aging_ms, prev: stored.prev_aging })
+}
+
+/// Writes a queue's options (`change` edits them) in one guarded commit.
+/// A change of the aging step moves the queue's ready set aside in the
+/// same commit (every write ranking a task of the queue guards these
+/// options, so none can slip in between) and re-ranks it after.
+fn write_options(s: &RedisStore, queue: &str, change: impl Fn(&mut QueueOptions)) -> Result<()> {
+    let moved = s.retrying(|| {
+        let (raw, mut stored) = read_options(s, queue)?;
+        let old_aging = stored.o.aging_ms;
+        change(&mut stored.o);
+        let moved = old_aging != stored.o.aging_ms;
+        if moved {
+            if stored.prev_aging.is_some() {
+                // Finish the previous re-rank first: one old step at a time.
+                return Ok(Some(true));
+            }
+            stored.prev_aging = Some(old_aging);
+        }
+        let mut tx = Tx::new(s, s.clock.now_ms());
+        let key = s.keys.qo(queue);
+        tx.guard(key.clone(), raw);
+        tx.c(&["SET", &key, &encode_options(&stored)]);
+        tx.c(&["SADD", &s.keys.k("queues"), queue]);
+        if moved {
+            let (ready, old) = (s.keys.ready(queue), s.keys.ready_old(queue));
+            tx.c(&["ZUNIONSTORE", &old, "2", &old, &ready]);
+            tx.c(&["DEL", &ready]);
+        }
+        tx.wakes = true;
+        Ok(if tx.commit_all()? { Some(moved) } else { None })
+    })?;
+    if moved {
+        migrate_ready(s, queue)?;
+        // A step changed while an earlier re-rank was unfinished is applied now.
+        if read_options(s, queue)?.1.prev_aging.is_none() {
+            let (_, now) = read_options(s, queue)?;
+            let mut want = now.o.clone();
+            change(&mut want);
+            if want.aging_ms != now.o.aging_ms {
+                return write_options(s, queue, change);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-ranks the tasks left in a queue's `ready_old` under the current
+/// aging step, each on its own guard, then forgets the previous step.
+pub(super) fn migrate_ready(s: &RedisStore, queue: &str) -> Result<()> {
+    let old_key = s.keys.ready_old(queue);
+    loop {
+        let members: Vec<String> = s.q(redis::cmd("ZRANGE").arg(&old_key).arg(0).arg(499))?;
+        if members.is_empty() {
+            break;
+        }
+        let pairs: Vec<(String, i64)> =
+            members.iter().filter_map(|m| id_of_member(m).map(|id| (m.clone(), id))).collect();
+        if pairs.len() < members.len() {
+            let bad: Vec<&String> = members.iter().filter(|m| id_of_member(m).is_none()).collect();
+            s.q::<()>(redis::cmd("ZREM").arg(&old_key).arg(bad))?;
+        }
+        per_item(
+            s,
+            &pairs,
+            |p| p.1,
+            |tx, (member, _), l| {
+                tx.c(&["ZREM", &old_key, member]);
+                if let Some(l) = l.filter(|l| l.rec.task.status == Status::Queued && l.rec.task.queue == queue) {
+                    // Re-written as it is: put moves it into the ready set
+                    // ranked by the current step (or the scheduled set).
+                    tx.put(Some(l), Some(&l.rec))?;
+                } else if let Some(l) = l {
+                    tx.guard(tx.s.keys.task(l.rec.task.id), Some(l.raw.clone()));
+                }
+                Ok(Ok(()))
+            },
+        )?;
+    }
+    // Nothing ranked under the old step remains: forget it.
+    s.retrying(|| {
+        let (raw, mut stored) = read_options(s, queue)?;
+        if stored.prev_aging.is_none() {
+            return Ok(Some(()));
+        }
+        let left: i64 = s.q(redis::cmd("ZCARD").arg(&old_key))?;
+        if left > 0 {
+            migrate_ready(s, queue)?;
+            return Ok(None);
+        }
+        stored.prev_aging = None;
+        let mut tx = Tx::new(s, s.clock.now_ms());
+        let key = s.keys.qo(queue);
+        tx.guard(key.clone(), raw);
+        tx.c(&["SET", &key, &encode_options(&stored)]);
+        Ok(if tx.commit_all()? { Some(()) } else { None })
+    })
+}
+
+/// [`Store::set_queue_options`](crate::store::Store::set_queue_options):
+/// replaces the options, keeping the pause (and the capacity).
 pub(super) fn set_queue_options(s: &RedisStore, o: &QueueOptions) -> Result<()> {
     rules::check_queue_options(o)?;
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("SET")
-        .arg(s.keys.qo(&o.queue))
-        .arg(encode_options(o))
-        .ignore()
-        .cmd("SADD")
-        .arg(s.keys.k("queues"))
-        .arg(&o.queue)
-        .ignore()
-        .cmd("INCR")
-        .arg(s.keys.k("chg"))
-        .ignore()
-        .cmd("PUBLISH")
-        .arg(s.keys.k("wake"))
-        .arg("1")
-        .ignore();
-    s.pool.run(|c| pipe.query::<()>(c))?;
+    write_options(s, &o.queue, |cur| *cur = QueueOptions { paused: cur.paused, ..o.clone() })?;
     s.wake.bump();
     Ok(())
 }
 
+/// [`Store::set_paused`](crate::store::Store::set_paused).
+pub(super) fn set_paused(s: &RedisStore, p: &PauseParams) -> Result<()> {
+    if p.queue.is_empty() {
+        return Err(Error::InvalidArgument("queue name must not be empty".into()));
+    }
+    write_options(s, &p.queue, |cur| cur.paused = p.paused)?;
+    s.wake.bump();
+    Ok(())
+}
+
+/// The options of a queue as stored, with the aging step before its last
+/// change (claims finish a pending re-rank first).
+pub(super) fn stored_options(s: &RedisStore, queue: &str) -> Result<StoredOptions> {
+    Ok(read_options(s, queue)?.1)
+}
+
 /// [`Store::queue_options`](crate::store::Store::queue_options).
 pub(super) fn queue_options(s: &RedisStore, queue: &str) -> Result<QueueOptions> {
-    let raw: Option<String> = s.q(redis::cmd("GET").arg(s.keys.qo(queue)))?;
-    match raw {
-        Some(t) => decode_options(queue, &t),
-        None => Ok(QueueOptions { queue: queue.to_string(), ..Default::default() }),
-    }
+    Ok(read_options(s, queue)?.1.o)
 }
 
 /// [`Store::all_queue_options`](crate::store::Store::all_queue_options).
@@ -93,7 +243,7 @@ pub(super) fn all_queue_options(s: &RedisStore) -> Result<Vec<QueueOptions>> {
     let mut out = Vec::new();
     for q in queues {
         let o = queue_options(s, &q)?;
-        if o.serial || o.answer_timeout_ms.is_some() || o.on_timeout != OnTimeout::Requeue || o.retention_ms.is_some() {
+        if o != (QueueOptions { queue: q.clone(), ..Default::default() }) {
             out.push(o);
         }
     }
@@ -278,10 +428,16 @@ pub(super) fn unfinished(s: &RedisStore, queue: &str) -> Result<u64> {
 
 /// [`Store::next_run_at`](crate::store::Store::next_run_at).
 pub(super) fn next_run_at(s: &RedisStore, queue: &str) -> Result<Option<i64>> {
+    if queue_options(s, queue)?.paused {
+        return Ok(None);
+    }
     let now = s.clock.now_ms();
     let members: Vec<String> =
         s.q(redis::cmd("ZRANGEBYLEX").arg(s.keys.ready(queue)).arg("-").arg("+").arg("LIMIT").arg(0).arg(1000))?;
     let mut ids: Vec<i64> = members.iter().filter_map(|m| id_of_member(m)).collect();
+    let old: Vec<String> =
+        s.q(redis::cmd("ZRANGEBYLEX").arg(s.keys.ready_old(queue)).arg("-").arg("+").arg("LIMIT").arg(0).arg(1000))?;
+    ids.extend(old.iter().filter_map(|m| id_of_member(m)));
     let sched: Vec<i64> = s.q(redis::cmd("ZRANGE").arg(s.keys.sched(queue)).arg(0).arg(999))?;
     ids.extend(sched);
     let best = s
@@ -330,7 +486,7 @@ pub(super) fn purge(s: &RedisStore, p: &PurgeParams) -> Result<u64> {
                 }
                 tx.guard(tx.s.keys.task(k.rec.task.id), Some(k.raw));
             }
-            tx.put(Some(l), None);
+            tx.put(Some(l), None)?;
             tx.c(&["DEL", &tx.s.keys.kids(*id), &tx.s.keys.deps(*id)]);
             Ok(Ok(true))
         },

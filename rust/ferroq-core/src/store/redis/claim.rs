@@ -8,10 +8,11 @@
 
 use super::codec::Record;
 use super::moves::{finished, per_item};
-use super::tx::{id_of_member, ready_member, Loaded, Tx};
+use super::tx::{id_of_member, Loaded, Tx};
 use super::{admin, RedisStore};
+use crate::error::Error;
 use crate::error::Result;
-use crate::store::rules::{self, claim_order, Guard};
+use crate::store::rules::{self, claim_order_aged, Guard};
 use crate::store::{allowances, ActiveParams, ClaimParams, StartParams, StoredLimit};
 use crate::task::{Status, Task};
 use std::collections::HashMap;
@@ -35,14 +36,20 @@ fn running(mut t: Task, worker: &str, now: i64, lease_ms: i64) -> Record {
     t.worker = Some(worker.to_string());
     t.started_at = Some(now);
     t.cancel_requested = false;
-    Record { task: t, purge_at: None }
+    Record::live(t)
 }
 
 /// What a claim may take: tasks of the queue that are queued and due, not
 /// past their deadline, whose requirements the worker meets, in claim
 /// order (at least `want` of them when that many exist, reading on past
 /// ineligible ones); and the due tasks of the scheduled set (to move).
-fn candidates(s: &RedisStore, p: &ClaimParams, now: i64, want: usize) -> Result<(Vec<Loaded>, Vec<Loaded>)> {
+fn candidates(
+    s: &RedisStore,
+    p: &ClaimParams,
+    now: i64,
+    want: usize,
+    aging: Option<i64>,
+) -> Result<(Vec<Loaded>, Vec<Loaded>)> {
     let resources: serde_json::Value = p
         .resources
         .as_deref()
@@ -84,20 +91,32 @@ fn candidates(s: &RedisStore, p: &ClaimParams, now: i64, want: usize) -> Result<
             break;
         }
     }
-    eligible.sort_by(|a, b| claim_order(&a.rec.task, &b.rec.task));
+    let order = claim_order_aged(aging);
+    eligible.sort_by(|a, b| order(&a.rec.task, &b.rec.task));
     eligible.dedup_by_key(|l| l.rec.task.id);
     Ok((eligible, due))
 }
 
-/// Moves due scheduled tasks that were not taken into the ready set.
-fn promote(tx: &mut Tx<'_>, due: &[Loaded], taken: &[i64]) {
+/// Moves due scheduled tasks that were not taken into the ready set (a
+/// task re-written as it is lands where its run_at says, now).
+fn promote(tx: &mut Tx<'_>, due: &[Loaded], taken: &[i64], each: bool) -> Result<()> {
     for l in due.iter().filter(|l| l.rec.task.status == Status::Queued && !taken.contains(&l.rec.task.id)) {
-        tx.item();
-        let t = &l.rec.task;
-        tx.guard(tx.s.keys.task(t.id), Some(l.raw.clone()));
-        tx.c(&["ZREM", &tx.s.keys.sched(&t.queue), &t.id.to_string()]);
-        tx.c(&["ZADD", &tx.s.keys.ready(&t.queue), "0", &ready_member(t)]);
+        if each {
+            tx.item();
+        }
+        tx.put(Some(l), Some(&l.rec))?;
     }
+    Ok(())
+}
+
+/// The queue's options, after finishing any re-rank an aging change left.
+fn options_for_claim(s: &RedisStore, queue: &str) -> Result<crate::store::QueueOptions> {
+    let stored = admin::stored_options(s, queue)?;
+    if stored.prev_aging.is_some() {
+        admin::migrate_ready(s, queue)?;
+        return admin::queue_options(s, queue);
+    }
+    Ok(stored.o)
 }
 
 /// [`Store::claim`](crate::store::Store::claim).
@@ -106,28 +125,32 @@ pub(super) fn claim(s: &RedisStore, p: &ClaimParams) -> Result<Vec<Task>> {
     if let Some(r) = &p.resources {
         crate::task::check_resources("resources", r)?;
     }
-    let options = admin::queue_options(s, &p.queue)?;
+    let options = options_for_claim(s, &p.queue)?;
+    if options.paused {
+        return Ok(Vec::new());
+    }
     let lease_ms = rules::lease_for(p.lease_ms, options.answer_timeout_ms);
     if options.serial {
         return Ok(serial_handout(s, p, lease_ms, false)?.into_iter().collect());
     }
+    let aging = options.aging_ms;
     let limited: i64 = s.q(redis::cmd("SCARD").arg(s.keys.k("limits")))?;
     if limited > 0 {
-        return s.retrying(|| claim_limited(s, p, lease_ms));
+        return s.retrying(|| claim_limited(s, p, lease_ms, aging));
     }
     s.retrying(|| {
         let now = s.clock.now_ms();
-        let (eligible, due) = candidates(s, p, now, p.limit as usize)?;
+        let (eligible, due) = candidates(s, p, now, p.limit as usize, aging)?;
         let chosen: Vec<&Loaded> = eligible.iter().take(p.limit as usize).collect();
         let mut tx = Tx::new(s, now);
         let mut groups = Vec::new();
         for l in &chosen {
             let g = tx.item();
-            tx.put(Some(l), Some(&running(l.rec.task.clone(), &p.worker, now, lease_ms)));
+            tx.put(Some(l), Some(&running(l.rec.task.clone(), &p.worker, now, lease_ms)))?;
             groups.push(g);
         }
         let taken: Vec<i64> = chosen.iter().map(|l| l.rec.task.id).collect();
-        promote(&mut tx, &due, &taken);
+        promote(&mut tx, &due, &taken, true)?;
         let flags = tx.commit_each()?;
         let mut out = Vec::new();
         for (l, g) in chosen.iter().zip(groups) {
@@ -145,7 +168,7 @@ pub(super) fn claim(s: &RedisStore, p: &ClaimParams) -> Result<Vec<Task>> {
 
 /// A claim while function limits are in force: all or nothing, guarded by
 /// every limit record (bucket) and the running counts of limited names.
-fn claim_limited(s: &RedisStore, p: &ClaimParams, lease_ms: i64) -> Result<Option<Vec<Task>>> {
+fn claim_limited(s: &RedisStore, p: &ClaimParams, lease_ms: i64, aging: Option<i64>) -> Result<Option<Vec<Task>>> {
     let now = s.clock.now_ms();
     let (limits, raws) = admin::stored_limits(s)?;
     let names: Vec<String> = limits.iter().map(|l| l.limit.name.clone()).collect();
@@ -158,7 +181,7 @@ fn claim_limited(s: &RedisStore, p: &ClaimParams, lease_ms: i64) -> Result<Optio
         running_by.insert(n.clone(), v.max(0) as u64);
     }
     let (allowance, levels) = allowances(&limits, &running_by, now);
-    let (eligible, due) = candidates(s, p, now, p.limit as usize * 4)?;
+    let (eligible, due) = candidates(s, p, now, p.limit as usize * 4, aging)?;
     let mut used: HashMap<String, u64> = HashMap::new();
     let mut chosen: Vec<&Loaded> = Vec::new();
     for l in &eligible {
@@ -187,21 +210,16 @@ fn claim_limited(s: &RedisStore, p: &ClaimParams, lease_ms: i64) -> Result<Optio
         tx.cmd(vec![b"SET".to_vec(), s.keys.lim(&l.limit.name).into_bytes(), admin::encode_limit(&stored)]);
     }
     for l in &chosen {
-        tx.put(Some(l), Some(&running(l.rec.task.clone(), &p.worker, now, lease_ms)));
+        tx.put(Some(l), Some(&running(l.rec.task.clone(), &p.worker, now, lease_ms)))?;
     }
     let taken: Vec<i64> = chosen.iter().map(|l| l.rec.task.id).collect();
-    for l in due.iter().filter(|l| l.rec.task.status == Status::Queued && !taken.contains(&l.rec.task.id)) {
-        let t = &l.rec.task;
-        tx.guard(s.keys.task(t.id), Some(l.raw.clone()));
-        tx.c(&["ZREM", &s.keys.sched(&t.queue), &t.id.to_string()]);
-        tx.c(&["ZADD", &s.keys.ready(&t.queue), "0", &ready_member(t)]);
-    }
+    promote(&mut tx, &due, &taken, false)?;
     if !tx.commit_all()? {
         return Ok(None);
     }
     let mut out: Vec<Task> =
         chosen.iter().map(|l| running(l.rec.task.clone(), &p.worker, now, lease_ms).task).collect();
-    out.sort_by(claim_order);
+    out.sort_by(claim_order_aged(aging));
     Ok(Some(out))
 }
 
@@ -226,12 +244,16 @@ fn serial_handout(s: &RedisStore, p: &ClaimParams, lease_ms: i64, want_active: b
         if let Some(first) = running_now.first() {
             return Ok(Some(if want_active { Some(first.rec.task.clone()) } else { None }));
         }
-        let (eligible, due) = candidates(s, p, now, 1)?;
+        let options = options_for_claim(s, &p.queue)?;
+        if options.paused {
+            return Ok(Some(None));
+        }
+        let (eligible, due) = candidates(s, p, now, 1, options.aging_ms)?;
         let Some(l) = eligible.first() else { return Ok(Some(None)) };
         let mut tx = Tx::new(s, now);
         tx.guard(run_key, run_raw);
         let rec = running(l.rec.task.clone(), &p.worker, now, lease_ms);
-        tx.put(Some(l), Some(&rec));
+        tx.put(Some(l), Some(&rec))?;
         let _ = due;
         Ok(if tx.commit_all()? { Some(Some(rec.task)) } else { None })
     })
@@ -271,6 +293,9 @@ pub(super) fn start(s: &RedisStore, p: &[StartParams]) -> Result<Vec<Result<Task
                 )));
             };
             let options = admin::queue_options(tx.s, &l.rec.task.queue)?;
+            if options.paused {
+                return Ok(Err(Error::QueuePaused { queue: options.queue }));
+            }
             if options.serial {
                 let run_key = tx.s.keys.run(&options.queue);
                 tx.guard(run_key.clone(), tx.s.get_raw(&run_key)?);
@@ -279,19 +304,19 @@ pub(super) fn start(s: &RedisStore, p: &[StartParams]) -> Result<Vec<Result<Task
                     if t.cancel_requested {
                         t.error = Some(rules::CANCELLED.into());
                         let rec = finished(tx.s, t, Status::Cancelled, tx.now)?;
-                        tx.put(Some(&r), Some(&rec));
+                        tx.put(Some(&r), Some(&rec))?;
                     } else {
                         t.status = Status::Queued;
                         t.attempts = t.attempts.saturating_sub(1);
                         t.lease_until = None;
                         t.worker = None;
-                        tx.put(Some(&r), Some(&Record { task: t, purge_at: None }));
+                        tx.put(Some(&r), Some(&Record::live(t)))?;
                     }
                 }
             }
             let lease_ms = rules::lease_for(x.lease_ms, options.answer_timeout_ms);
             let rec = running(l.rec.task.clone(), &x.worker, tx.now, lease_ms);
-            tx.put(Some(l), Some(&rec));
+            tx.put(Some(l), Some(&rec))?;
             tx.wakes = true;
             Ok(Ok(rec.task))
         },

@@ -8,14 +8,25 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::task::{Status, Task};
 
-/// The layout version written first in every record.
+/// The layout versions of a record (its first byte): 2 adds the home
+/// queue of a dead letter; 1 is read as having none.
 const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
 
-/// A task as stored: the task and when it may be purged (finished tasks).
+/// A task as stored: the task, when it may be purged (finished tasks),
+/// and its home queue when it is filed in a dead-letter queue.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Record {
     pub task: Task,
     pub purge_at: Option<i64>,
+    pub origin: Option<String>,
+}
+
+impl Record {
+    /// A record of a task that is not finished (no purge time, at home).
+    pub fn live(task: Task) -> Self {
+        Record { task, purge_at: None, origin: None }
+    }
 }
 
 /// Appends fields to a buffer.
@@ -113,7 +124,7 @@ impl<'a> Reader<'a> {
 pub(super) fn encode(r: &Record) -> Vec<u8> {
     let t = &r.task;
     let mut w = Writer(Vec::with_capacity(96 + t.payload.len()));
-    w.0.push(RECORD_V1);
+    w.0.push(RECORD_V2);
     w.i64(t.id);
     w.bytes(t.queue.as_bytes());
     w.bytes(t.name.as_bytes());
@@ -140,13 +151,15 @@ pub(super) fn encode(r: &Record) -> Vec<u8> {
     w.opt_i64(t.result_ttl_ms);
     w.opt_str(t.requires.as_deref());
     w.opt_i64(r.purge_at);
+    w.opt_str(r.origin.as_deref());
     w.0
 }
 
 /// Decodes a record.
 pub(super) fn decode(buf: &[u8]) -> Result<Record> {
     let mut r = Reader::new(buf);
-    if r.u8()? != RECORD_V1 {
+    let version = r.u8()?;
+    if version != RECORD_V1 && version != RECORD_V2 {
         return Err(damaged("unknown layout version"));
     }
     let u32_of = |v: i64| u32::try_from(v).map_err(|_| damaged("attempts out of range"));
@@ -177,7 +190,9 @@ pub(super) fn decode(buf: &[u8]) -> Result<Record> {
         result_ttl_ms: r.opt_i64()?,
         requires: r.opt_str()?,
     };
-    Ok(Record { task, purge_at: r.opt_i64()? })
+    let purge_at = r.opt_i64()?;
+    let origin = if version >= RECORD_V2 { r.opt_str()? } else { None };
+    Ok(Record { task, purge_at, origin })
 }
 
 /// One row of the event feed as stored in the stream.

@@ -215,6 +215,9 @@ impl Store for RedisStore {
     fn set_queue_options(&self, o: &QueueOptions) -> Result<()> {
         admin::set_queue_options(self, o)
     }
+    fn set_paused(&self, p: &super::PauseParams) -> Result<()> {
+        admin::set_paused(self, p)
+    }
     fn queue_options(&self, queue: &str) -> Result<QueueOptions> {
         admin::queue_options(self, queue)
     }

@@ -87,16 +87,24 @@ fn held<'a>(l: Option<&'a Loaded>, worker: &str, force: bool) -> Option<&'a Load
 }
 
 /// The record of `t` finished with `status` now: purge time from the
-/// task's TTL, else its queue's retention, else the store's.
+/// task's TTL, else its queue's retention, else the store's (for a failed
+/// task, its queue's dead retention first). A task failing in a queue with
+/// a dead-letter queue is filed there, its home queue kept as its origin.
 pub(super) fn finished(s: &RedisStore, mut t: Task, status: Status, now: i64) -> Result<Record> {
-    let retention = match t.result_ttl_ms {
-        Some(ttl) => Some(ttl),
-        None => admin::queue_options(s, &t.queue)?.retention_ms.or(s.cfg.store.retention_ms),
-    };
+    let o = admin::queue_options(s, &t.queue)?;
+    let dead = status == Status::Failed;
+    let retention = (if dead { o.dead_retention_ms } else { None })
+        .or(t.result_ttl_ms)
+        .or(o.retention_ms)
+        .or(s.cfg.store.retention_ms);
+    let mut origin = None;
+    if let (true, Some(d)) = (dead, o.dead_letter) {
+        origin = Some(std::mem::replace(&mut t.queue, d));
+    }
     t.status = status;
     t.lease_until = None;
     t.finished_at = Some(now);
-    Ok(Record { task: t, purge_at: retention.map(|r| now.saturating_add(r)) })
+    Ok(Record { task: t, purge_at: retention.map(|r| now.saturating_add(r)), origin })
 }
 
 /// A running task put back in the queue (no longer leased).
@@ -108,7 +116,7 @@ fn unlease(mut t: Task) -> Task {
 }
 
 fn keep(t: Task) -> Record {
-    Record { task: t, purge_at: None }
+    Record::live(t)
 }
 
 /// [`Store::heartbeat`](crate::store::Store::heartbeat).
@@ -124,7 +132,7 @@ pub(super) fn heartbeat(s: &RedisStore, p: &HeartbeatParams) -> Result<Vec<Heart
             };
             let mut t = l.rec.task.clone();
             t.lease_until = Some(tx.now + p.lease_ms);
-            tx.put(Some(l), Some(&keep(t.clone())));
+            tx.put(Some(l), Some(&keep(t.clone())))?;
             Ok(Ok(HeartbeatOutcome { id: *id, held: true, cancel_requested: t.cancel_requested }))
         },
     )?;
@@ -146,7 +154,7 @@ pub(super) fn progress(s: &RedisStore, p: &[ProgressParams]) -> Result<Vec<Resul
             };
             let mut t = l.rec.task.clone();
             t.progress = Some(x.progress);
-            tx.put(Some(l), Some(&keep(t)));
+            tx.put(Some(l), Some(&keep(t)))?;
             Ok(Ok(()))
         },
     )
@@ -171,7 +179,7 @@ pub(super) fn complete(s: &RedisStore, p: &[CompleteParams]) -> Result<Vec<Resul
             let to = if t.cancel_requested { Status::Cancelled } else { Status::Done };
             t.result = Some(x.result.clone());
             let rec = finished(s, t, to, tx.now)?;
-            tx.put(Some(l), Some(&rec));
+            tx.put(Some(l), Some(&rec))?;
             Ok(Ok(()))
         },
     )
@@ -198,12 +206,12 @@ pub(super) fn fail(s: &RedisStore, p: &[FailParams]) -> Result<Vec<Result<Status
             if let Some(d) = delay {
                 let mut t = unlease(t);
                 t.run_at = tx.now + d;
-                tx.put(Some(l), Some(&keep(t)));
+                tx.put(Some(l), Some(&keep(t)))?;
                 return Ok(Ok(Status::Queued));
             }
             let to = if t.cancel_requested { Status::Cancelled } else { Status::Failed };
             let rec = finished(s, t, to, tx.now)?;
-            tx.put(Some(l), Some(&rec));
+            tx.put(Some(l), Some(&rec))?;
             Ok(Ok(to))
         },
     )
@@ -223,7 +231,7 @@ pub(super) fn cancel(s: &RedisStore, p: &[CancelParams]) -> Result<Vec<Result<St
                 let mut t = l.rec.task.clone();
                 t.error = Some(rules::CANCELLED.into());
                 let rec = finished(s, t, Status::Cancelled, tx.now)?;
-                tx.put(Some(l), Some(&rec));
+                tx.put(Some(l), Some(&rec))?;
                 return Ok(Ok(Status::Cancelled));
             }
             let Some(found) = l else { return Ok(Err(rules::task_not_found(x.id))) };
@@ -232,12 +240,12 @@ pub(super) fn cancel(s: &RedisStore, p: &[CancelParams]) -> Result<Vec<Result<St
                 Status::Queued | Status::Waiting => {
                     t.error = Some(rules::CANCELLED.into());
                     let rec = finished(s, t, Status::Cancelled, tx.now)?;
-                    tx.put(Some(found), Some(&rec));
+                    tx.put(Some(found), Some(&rec))?;
                     Ok(Ok(Status::Cancelled))
                 }
                 Status::Running => {
                     t.cancel_requested = true;
-                    tx.put(Some(found), Some(&keep(t)));
+                    tx.put(Some(found), Some(&keep(t)))?;
                     Ok(Ok(Status::Running))
                 }
                 _ => Ok(Err(why(l, x.id, None, Guard::Unfinished, "cancel"))),
@@ -260,18 +268,22 @@ pub(super) fn release(s: &RedisStore, p: &[ReleaseParams]) -> Result<Vec<Result<
             if t.cancel_requested {
                 t.error = Some(rules::CANCELLED.into());
                 let rec = finished(s, t, Status::Cancelled, tx.now)?;
-                tx.put(Some(l), Some(&rec));
+                tx.put(Some(l), Some(&rec))?;
             } else {
                 t.attempts = t.attempts.saturating_sub(1);
-                tx.put(Some(l), Some(&keep(unlease(t))));
+                tx.put(Some(l), Some(&keep(unlease(t))))?;
             }
             Ok(Ok(()))
         },
     )
 }
 
-/// A finished task back in the queue with fresh attempts, now.
-fn fresh(mut t: Task, now: i64) -> Record {
+/// A finished task back in its (home) queue with fresh attempts, now.
+fn fresh(rec: &Record, now: i64) -> Record {
+    let mut t = rec.task.clone();
+    if let Some(home) = &rec.origin {
+        t.queue = home.clone();
+    }
     t.status = Status::Queued;
     t.run_at = now;
     t.attempts = 0;
@@ -307,7 +319,7 @@ fn back_to_queue(s: &RedisStore, ids: &[i64], guard: Guard, action: &'static str
                 _ => l.rec.task.status.is_finished(),
             });
             let (true, Some(l)) = (ok, l) else { return Ok(Err(why(l, *id, None, guard, action))) };
-            tx.put(Some(l), Some(&fresh(l.rec.task.clone(), tx.now)));
+            tx.put(Some(l), Some(&fresh(&l.rec, tx.now)))?;
             Ok(Ok(()))
         },
     )
@@ -323,7 +335,7 @@ pub(super) fn delete(s: &RedisStore, ids: &[i64]) -> Result<Vec<Result<()>>> {
             let Some(l) = l.filter(|l| l.rec.task.status.is_finished()) else {
                 return Ok(Err(why(l, *id, None, Guard::Finished, "delete")));
             };
-            tx.put(Some(l), None);
+            tx.put(Some(l), None)?;
             Ok(Ok(()))
         },
     )
@@ -380,7 +392,7 @@ pub(super) fn recover(s: &RedisStore, p: &RecoverParams) -> Result<Vec<(i64, Sta
                     let mut n = unlease(t);
                     n.run_at = n.run_at.min(tx.now);
                     n.error = Some(reason);
-                    tx.put(Some(l), Some(&keep(n)));
+                    tx.put(Some(l), Some(&keep(n)))?;
                     Ok(Ok((*id, Status::Queued)))
                 }
                 Abandon::Release => {
@@ -388,14 +400,14 @@ pub(super) fn recover(s: &RedisStore, p: &RecoverParams) -> Result<Vec<(i64, Sta
                     n.attempts = n.attempts.saturating_sub(1);
                     n.run_at = n.run_at.min(tx.now);
                     n.error = Some(reason);
-                    tx.put(Some(l), Some(&keep(n)));
+                    tx.put(Some(l), Some(&keep(n)))?;
                     Ok(Ok((*id, Status::Queued)))
                 }
                 Abandon::Finish(to) => {
                     let mut n = t;
                     n.error = Some(reason);
                     let rec = finished(s, n, to, tx.now)?;
-                    tx.put(Some(l), Some(&rec));
+                    tx.put(Some(l), Some(&rec))?;
                     Ok(Ok((*id, to)))
                 }
             }
@@ -422,7 +434,7 @@ pub(super) fn expire(s: &RedisStore) -> Result<Vec<i64>> {
             let mut t = l.rec.task.clone();
             t.error = Some(rules::DEADLINE_PASSED.into());
             let rec = finished(s, t, Status::Expired, tx.now)?;
-            tx.put(Some(l), Some(&rec));
+            tx.put(Some(l), Some(&rec))?;
             Ok(Ok(*id))
         },
     )?;
@@ -445,7 +457,7 @@ fn on_queued<P>(
         };
         let mut t = l.rec.task.clone();
         f(&mut t, x);
-        tx.put(Some(l), Some(&keep(t)));
+        tx.put(Some(l), Some(&keep(t)))?;
         Ok(Ok(()))
     })
 }
@@ -475,7 +487,7 @@ pub(super) fn set_metadata(s: &RedisStore, p: &[SetMetadataParams]) -> Result<Ve
             let Some(l) = l else { return Ok(Err(rules::task_not_found(x.id))) };
             let mut rec = l.rec.clone();
             rec.task.metadata = x.metadata.clone();
-            tx.put(Some(l), Some(&rec));
+            tx.put(Some(l), Some(&rec))?;
             Ok(Ok(()))
         },
     )

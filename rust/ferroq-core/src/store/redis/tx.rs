@@ -35,6 +35,7 @@ use super::RedisStore;
 use crate::error::Result;
 use crate::store::events::{EventRow, KIND_STATUS, LEASE_LOST_TYPE};
 use crate::task::{Status, Task};
+use std::collections::HashMap;
 
 /// Builds the store's key names.
 pub(super) struct Keys {
@@ -53,6 +54,11 @@ impl Keys {
     }
     pub fn ready(&self, queue: &str) -> String {
         format!("{}:ready:{queue}", self.p)
+    }
+    /// Ready tasks ranked under a queue's previous aging step, until
+    /// `admin::migrate_ready` re-ranks them into the ready set.
+    pub fn ready_old(&self, queue: &str) -> String {
+        format!("{}:ready_old:{queue}", self.p)
     }
     pub fn sched(&self, queue: &str) -> String {
         format!("{}:sched:{queue}", self.p)
@@ -91,10 +97,14 @@ impl Keys {
     }
 }
 
-/// A task's member in its queue's ready set: sorts like the claim order.
-pub(super) fn ready_member(t: &Task) -> String {
+/// A task's member in its queue's ready set under aging step `aging`:
+/// sorts like the claim order (claim rank descending, then run_at, then
+/// id; the rank is the priority without aging, see `rules::claim_rank`),
+/// each as 16 hex digits of the value with its sign bit flipped.
+pub(super) fn ready_member(t: &Task, aging: Option<i64>) -> String {
     let flip = |v: i64| (v as u64) ^ (1u64 << 63);
-    format!("{:016x}{:016x}{:016x}", !flip(t.priority), flip(t.run_at), flip(t.id))
+    let rank = crate::store::claim_rank(t.priority, t.run_at, aging);
+    format!("{:016x}{:016x}{:016x}", !flip(rank), flip(t.run_at), flip(t.id))
 }
 
 /// The id at the end of a ready-set member.
@@ -133,6 +143,10 @@ pub(super) struct Tx<'a> {
     pub s: &'a RedisStore,
     pub now: i64,
     groups: Vec<Group>,
+    /// Queue options read for ready-set ranks, by queue: the stored bytes
+    /// (guarded by every write that ranks a task of the queue) and the
+    /// aging step now and before its last change.
+    ranks: HashMap<String, super::admin::Ranking>,
     /// Whether the commit wakes waiters (it made work ready or finished some).
     pub wakes: bool,
 }
@@ -159,7 +173,7 @@ pub(super) fn error_type(e: Option<&str>) -> Option<String> {
 
 impl<'a> Tx<'a> {
     pub fn new(s: &'a RedisStore, now: i64) -> Self {
-        Tx { s, now, groups: vec![Group::default()], wakes: false }
+        Tx { s, now, groups: vec![Group::default()], wakes: false, ranks: HashMap::new() }
     }
 
     /// Starts a new group (for `each` commits).
@@ -229,7 +243,24 @@ impl<'a> Tx<'a> {
     /// Writes one task's change: `old` as read (None: a new task), `new`
     /// (None: deleted). Guards on the old bytes; updates every index,
     /// counter and the event feed.
-    pub fn put(&mut self, old: Option<&Loaded>, new: Option<&Record>) {
+    pub fn put(&mut self, old: Option<&Loaded>, new: Option<&Record>) -> Result<()> {
+        // Ready-set ranks depend on the queue's aging step: guard the
+        // options they were computed with (a change of the step moves the
+        // ready set aside atomically, see `admin::set_queue_options`).
+        let mut aging: HashMap<String, (Option<i64>, Option<Option<i64>>)> = HashMap::new();
+        for t in [old.map(|o| &o.rec.task), new.map(|n| &n.task)].into_iter().flatten() {
+            if t.status != Status::Queued || aging.contains_key(&t.queue) {
+                continue;
+            }
+            if !self.ranks.contains_key(&t.queue) {
+                let r = super::admin::ranking(self.s, &t.queue)?;
+                self.ranks.insert(t.queue.clone(), r);
+            }
+            if let Some(r) = self.ranks.get(&t.queue).cloned() {
+                self.guard(self.s.keys.qo(&t.queue), r.raw);
+                aging.insert(t.queue.clone(), (r.aging, r.prev));
+            }
+        }
         let k = &self.s.keys;
         let id = old.map(|o| o.rec.task.id).or(new.map(|n| n.task.id)).unwrap_or(0);
         let tkey = k.task(id);
@@ -250,7 +281,11 @@ impl<'a> Tx<'a> {
         let ids = id.to_string();
         // Queued indexes.
         if let Some(o) = ot.filter(|o| o.status == Status::Queued) {
-            self.c(&["ZREM", &k.ready(&o.queue), &ready_member(o)]);
+            let (now_aging, prev) = aging.get(&o.queue).cloned().unwrap_or((None, None));
+            self.c(&["ZREM", &k.ready(&o.queue), &ready_member(o, now_aging)]);
+            if let Some(prev) = prev {
+                self.c(&["ZREM", &k.ready_old(&o.queue), &ready_member(o, prev)]);
+            }
             self.c(&["ZREM", &k.sched(&o.queue), &ids]);
             if o.expires_at.is_some() {
                 self.c(&["ZREM", &k.k("deadline"), &ids]);
@@ -258,7 +293,8 @@ impl<'a> Tx<'a> {
         }
         if let Some(n) = nt.filter(|n| n.status == Status::Queued) {
             if n.run_at <= self.now {
-                self.c(&["ZADD", &k.ready(&n.queue), "0", &ready_member(n)]);
+                let now_aging = aging.get(&n.queue).and_then(|a| a.0);
+                self.c(&["ZADD", &k.ready(&n.queue), "0", &ready_member(n, now_aging)]);
             } else {
                 self.c(&["ZADD", &k.sched(&n.queue), &n.run_at.to_string(), &ids]);
             }
@@ -295,17 +331,18 @@ impl<'a> Tx<'a> {
             self.wakes = true;
         }
         // Existence, keys, counters.
-        match (ot, nt) {
+        // A key belongs to the task's home queue (a dead letter's origin).
+        match (old, new) {
             (None, Some(n)) => {
                 self.c(&["ZADD", &k.k("all"), &ids, &ids]);
-                if let Some(key) = &n.key {
-                    self.c(&["SET", &k.key(&n.queue, key), &ids]);
+                if let Some(key) = &n.task.key {
+                    self.c(&["SET", &k.key(n.origin.as_deref().unwrap_or(&n.task.queue), key), &ids]);
                 }
             }
             (Some(o), None) => {
                 self.c(&["ZREM", &k.k("all"), &ids]);
-                if let Some(key) = &o.key {
-                    self.c(&["DEL", &k.key(&o.queue, key)]);
+                if let Some(key) = &o.rec.task.key {
+                    self.c(&["DEL", &k.key(o.rec.origin.as_deref().unwrap_or(&o.rec.task.queue), key)]);
                 }
             }
             _ => {}
@@ -342,6 +379,7 @@ impl<'a> Tx<'a> {
             }
         }
         self.record_events(ot, nt);
+        Ok(())
     }
 
     fn record_events(&mut self, ot: Option<&Task>, nt: Option<&Task>) {

@@ -131,7 +131,7 @@ pub(super) fn enqueue_with(s: &RedisStore, p: &EnqueueParams<'_>) -> Result<Vec<
                 tx.guard(k.clone(), None);
             }
             let t = new_task(*id, &tasks[*i], Status::Queued, now);
-            tx.put(None, Some(&Record { task: t, purge_at: None }));
+            tx.put(None, Some(&Record::live(t)))?;
             out[*i] = Some(Enqueued { id: *id, inserted: true });
         }
         for i in 0..n {
@@ -219,8 +219,8 @@ pub(super) fn enqueue_flow(s: &RedisStore, tasks: &[FlowTask]) -> Result<Vec<Enq
             let decision = if seen.is_empty() { Settle::Release } else { rules::settle(&seen) };
             let task = new_task(id, &t.task, Status::Queued, now);
             let rec = match decision {
-                Settle::Release => Record { task, purge_at: None },
-                Settle::Wait => Record { task: Task { status: Status::Waiting, ..task }, purge_at: None },
+                Settle::Release => Record::live(task),
+                Settle::Wait => Record::live(Task { status: Status::Waiting, ..task }),
                 Settle::Cancel(why) => {
                     let mut task = task;
                     task.error = Some(why);
@@ -228,7 +228,7 @@ pub(super) fn enqueue_flow(s: &RedisStore, tasks: &[FlowTask]) -> Result<Vec<Enq
                 }
             };
             batch_status.insert(id, rec.task.status);
-            tx.put(None, Some(&rec));
+            tx.put(None, Some(&rec))?;
             if !parents.is_empty() {
                 let list: Vec<String> = parents.iter().map(i64::to_string).collect();
                 tx.c(&["SET", &s.keys.deps(id), &list.join(",")]);
@@ -303,13 +303,13 @@ fn settle(s: &RedisStore, ids: &[i64]) -> Result<Vec<i64>> {
                 Settle::Wait => Ok(Ok(None)),
                 Settle::Release => {
                     t.status = Status::Queued;
-                    tx.put(Some(l), Some(&Record { task: t, purge_at: None }));
+                    tx.put(Some(l), Some(&Record::live(t)))?;
                     Ok(Ok(None))
                 }
                 Settle::Cancel(why) => {
                     t.error = Some(why);
                     let rec = finished(tx.s, t, Status::Cancelled, tx.now)?;
-                    tx.put(Some(l), Some(&rec));
+                    tx.put(Some(l), Some(&rec))?;
                     Ok(Ok(Some(*id)))
                 }
             }
