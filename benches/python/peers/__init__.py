@@ -38,6 +38,8 @@ SYSTEMS = {
     "persist-queue": "peers.persistqueue_peer",
     "queue-sqlite": "peers.queuesqlite_peer",
     "litequeue": "peers.litequeue_peer",
+    "ferroq-redis": "peers.ferroq_redis_peer",
+    "rq": "peers.rq_peer",
 }
 
 TEXT = "hello world"

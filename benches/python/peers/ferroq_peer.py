@@ -99,11 +99,11 @@ class Adapter(Peer):
 
     def results(self) -> Iterable[tuple[Any, Any]]:
         for t in self._pages("done"):
-            yield t.id, json.loads(t.result[1:])
+            yield t.id, json.loads(t.raw.result[1:])
 
     def queued(self) -> Iterable[tuple[Any, Any]]:
         for t in self._pages("queued"):
-            args, kwargs = json.loads(t.payload[1:])
+            args, kwargs = json.loads(t.raw.payload[1:])
             if args:
                 raise AssertionError(f"task {t.id} has positional args {args}")
             yield t.id, kwargs
