@@ -213,3 +213,38 @@ def test_slow_tasks_after_fast_ones_spread_over_threads(q: Queue) -> None:
     # Held in batches of 32 by a few threads, at most about 7 could run at
     # once; spread over the threads, tens do.
     assert max_overlap(spans) >= 20
+
+
+def test_idle_threads_share_one_watch_of_the_store(
+    q: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ferroq.scheduler import task_loop
+
+    claims = 0
+    real_claim = task_loop.ClaimingLoop.claim
+
+    def counting_claim(self: task_loop.ClaimingLoop, *a: object, **kw: object) -> object:
+        nonlocal claims
+        claims += 1
+        return real_claim(self, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(task_loop.ClaimingLoop, "claim", counting_claim)
+
+    @q.task
+    def ident(x: int) -> int:
+        return x
+
+    with QueueScheduler(q, concurrency=50, queues=["default"]):
+        assert ident.send(0).result(timeout=60) == 0
+        time.sleep(0.3)  # every thread idle
+        before = claims
+        # Commits the threads do not care about (a queue nobody serves):
+        # each wakes the one watching thread, not all fifty.
+        for i in range(30):
+            q.send(ident, args=[i], queue="elsewhere")
+        time.sleep(0.3)
+        woken = claims - before
+        # After the idle spell, a burst still reaches the threads.
+        handles = ident.map([(i,) for i in range(200)])
+        assert [h.result(timeout=60) for h in handles] == list(range(200))
+    assert woken < 150, f"{woken} claims for 30 commits: idle threads all woke"

@@ -277,6 +277,30 @@ def test_await_handle_does_not_block_the_loop(queue: Queue) -> None:
         asyncio.run(main())
 
 
+def test_await_raises_what_result_raises(queue: Queue) -> None:
+    @queue.task
+    def parse(text: str) -> int:
+        return int(text)
+
+    @queue.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    async def main() -> None:
+        bad = await parse.asend("x")
+        with pytest.raises(ValueError, match="invalid literal"):
+            await bad
+        # A flow's last step raises the error of the step that stopped it.
+        flow = ferroq.chain(parse.s("nope"), double.s()).send()
+        with pytest.raises(ValueError, match="invalid literal"):
+            await flow
+        good = ferroq.chain(parse.s("21"), double.s()).send()
+        assert await good == 42
+
+    with QueueScheduler(queue, queues=["default"]):
+        asyncio.run(main())
+
+
 def test_await_a_deleted_task_raises(queue: Queue) -> None:
     @queue.task
     def gone(x: int) -> int:

@@ -121,8 +121,9 @@ class TaskHandle(Generic[R]):
                 )
             self._remember(t)
             if self._final is None:
-                value: R = outcome(t, self._fn, allow_pickle=self.queue.allow_pickle)
-                return value
+                # Not done: raised the way result() raises it (a flow's handle
+                # names the step that stopped the flow), after one more read.
+                return self.result(timeout=0)
         done: R = outcome(self._final, self._fn, allow_pickle=self.queue.allow_pickle)
         return done
 

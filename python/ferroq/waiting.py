@@ -28,13 +28,13 @@ __all__ = [
 
 R = TypeVar("R")
 
-#: :func:`wait` returns once every task has finished.
 ALL_COMPLETED: Literal["ALL_COMPLETED"] = "ALL_COMPLETED"
-#: :func:`wait` returns once any task has finished.
+"""``return_when`` for :func:`wait`: return once every task has finished."""
 FIRST_COMPLETED: Literal["FIRST_COMPLETED"] = "FIRST_COMPLETED"
-#: :func:`wait` returns once any task has finished other than ``done``
-#: (failed, cancelled, expired), or once all have finished.
+"""``return_when`` for :func:`wait`: return once any task has finished."""
 FIRST_EXCEPTION: Literal["FIRST_EXCEPTION"] = "FIRST_EXCEPTION"
+"""``return_when`` for :func:`wait`: return once any task has finished
+other than ``done`` (failed, cancelled, expired), or once all have."""
 ReturnWhen = Literal["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 _RETURN_WHEN = (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION)
 # How many pending tasks a wait for all of them reads after each change.
@@ -42,6 +42,9 @@ _WINDOW = 1_000
 # A read of the pending tasks is not repeated sooner than this many times
 # its own duration (at most about a fifth of the waiting thread's time).
 _READ_SHARE = 4.0
+# ...and never held back longer than this (a read slowed by a busy process
+# must not delay the answer by seconds).
+_MAX_PAUSE_S = 0.05
 
 
 
@@ -118,7 +121,7 @@ def _sleep(
     pending tasks after each one would cost more than the drain."""
     store = pending[0].queue._store
     slice_s = SLICE_S if len(tokens) == 1 else 0.05  # several stores: look round often
-    pause = min(deadline - time.monotonic(), _READ_SHARE * read_s)
+    pause = min(deadline - time.monotonic(), _READ_SHARE * read_s, _MAX_PAUSE_S)
     if pause > 0.001:
         time.sleep(pause)
     left = min(deadline - time.monotonic(), slice_s)

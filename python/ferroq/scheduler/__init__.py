@@ -47,7 +47,7 @@ from .listen_loop import ListenLoop
 from .monitor import MonitorLoop
 from .periodic_loop import PeriodicLoop
 from .process_loop import ProcessTaskLoop
-from .task_loop import ClaimingLoop, ClaimPace, ThreadTaskLoop
+from .task_loop import ClaimingLoop, ThreadShare, ThreadTaskLoop
 
 if TYPE_CHECKING:
     from .._connection import Connection
@@ -296,10 +296,10 @@ class QueueScheduler:
                 loops += [ProcessTaskLoop(self.state, qs) for _ in range(self.concurrency)]
             else:
                 # One event loop per scheduler runs the threads' async def tasks.
-                # Its threads also share what they learn of task times.
-                runner, pace = SharedAsyncRunner(self.state), ClaimPace()
+                # Its threads share their task-time estimate and one idle watch.
+                runner, share = SharedAsyncRunner(self.state), ThreadShare()
                 loops += [
-                    ThreadTaskLoop(self.state, qs, runner=runner, pace=pace)
+                    ThreadTaskLoop(self.state, qs, runner=runner, share=share)
                     for _ in range(self.concurrency)
                 ]
                 loops.append(runner)

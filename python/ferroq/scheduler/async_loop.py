@@ -118,13 +118,19 @@ class SharedAsyncRunner(AsyncTaskLoop):
         self._in_flight = 0  # accepted by submit(), not finished; under _slots
         self._closed = False
         self._flush_soon = False
-        self._loop = asyncio.new_event_loop()
+        # Made by run() on the runner's thread (a loop made here would be
+        # left unclosed by a scheduler that fails to start).
+        self._loop = None
+        self._ready = threading.Event()
 
     def submit(self, t: _core.Task) -> bool:
         """Starts a claimed task on the loop once fewer than ``concurrency``
         run there (the calling thread waits for a slot). False, with the
         task not taken, when the scheduler is stopping."""
         s = self.state
+        while not self._ready.wait(WAIT_SLICE_S):  # the loop's thread is starting
+            if s.stopping.is_set():
+                return False
         with self._slots:
             while self._in_flight >= s.concurrency and not self._closed:
                 if s.stopping.is_set():
@@ -133,8 +139,9 @@ class SharedAsyncRunner(AsyncTaskLoop):
             if self._closed or s.stopping.is_set():
                 return False
             self._in_flight += 1
-        loop = self._loop
+            loop = self._loop
         assert loop is not None
+        # Accepted before the close: the loop runs until _in_flight is 0.
         loop.call_soon_threadsafe(self._start, t)
         return True
 
@@ -166,9 +173,9 @@ class SharedAsyncRunner(AsyncTaskLoop):
     def run(self) -> None:
         """The runner's thread: runs the loop until the scheduler stops and
         the tasks it took have finished."""
-        loop = self._loop
-        assert loop is not None
+        loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        self._ready.set()
         try:
             loop.run_until_complete(self._serve())
         finally:
@@ -181,8 +188,17 @@ class SharedAsyncRunner(AsyncTaskLoop):
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        # Idle costs nothing: one executor thread blocks on the stop flag.
-        await loop.run_in_executor(None, self.state.stopping.wait)
+        stop = asyncio.Event()
+
+        def wait_for_stop() -> None:
+            self.state.stopping.wait()
+            loop.call_soon_threadsafe(stop.set)
+
+        # Idle costs nothing: a daemon thread blocks on the stop flag (an
+        # executor's thread would be joined at interpreter exit, hanging a
+        # script that ends with its scheduler running).
+        threading.Thread(target=wait_for_stop, name="ferroq-async-stop", daemon=True).start()
+        await stop.wait()
         with self._slots:
             self._closed = True
             self._slots.notify_all()

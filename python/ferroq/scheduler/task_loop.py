@@ -7,6 +7,7 @@ another pool), and stores the outcomes."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
@@ -23,9 +24,9 @@ if TYPE_CHECKING:
     from ._state import WorkerState
 
 __all__ = [
-    "ClaimPace",
     "ClaimingLoop",
     "CoroutineRunner",
+    "ThreadShare",
     "ThreadTaskLoop",
     "error_text",
     "log_attempt",
@@ -379,15 +380,49 @@ class ClaimingLoop:
         """Called when the grace period ran out: stop what can be stopped."""
 
 
-class ClaimPace:
-    """The recent task time the thread loops of one scheduler size their
-    claims by, shared: a thread that has not met the slow tasks yet must not
-    claim a batch sized for the fast ones that came before."""
+class ThreadShare:
+    """What the thread loops of one scheduler share.
 
-    __slots__ = ("seconds",)
+    * ``seconds``: the recent task time claims are sized by: a thread that
+      has not met the slow tasks yet must not claim a batch sized for the
+      fast ones that came before.
+    * One idle watch: of the threads that found nothing to claim, one (the
+      watcher) waits on the store's change notification; the others wait
+      here for a ticket. Every commit would otherwise wake every idle
+      thread of the scheduler (hundreds at ``concurrency=500``), each
+      making a claim that finds nothing. A previously idle thread whose
+      claim came back full hands a ticket on, so new work fans out one
+      claim at a time, as fast as the store takes claims.
+    """
+
+    __slots__ = ("cond", "followers", "seconds", "tickets", "watching")
 
     def __init__(self) -> None:
         self.seconds = _CLAIM_SECONDS  # start by claiming one task
+        self.cond = threading.Condition()
+        self.watching = False  # an idle thread waits on the store; under cond
+        self.followers = 0  # idle threads waiting for a ticket; under cond
+        self.tickets = 0  # followers let through, not yet gone; under cond
+
+    def pass_on(self, more: bool) -> None:
+        """Called by an idle thread whose claim got work. When ``more`` may
+        be ready, two waiting threads may claim (a burst of work reaches a
+        hundred threads in a handful of rounds, not a hundred hand-offs);
+        else one, only when no thread watches the store any more (it claims
+        once and, finding nothing, watches). So while threads wait here, one
+        watches or one is on its way."""
+        with self.cond:
+            n = 2 if more else (0 if self.watching else 1)
+            n = min(n, self.followers - self.tickets)
+            if n > 0:
+                self.tickets += n
+                self.cond.notify(n)
+
+    def wake_all(self) -> None:
+        """Lets every waiting idle thread go (the scheduler stops)."""
+        with self.cond:
+            self.tickets = self.followers
+            self.cond.notify_all()
 
 
 class CoroutineRunner(Protocol):
@@ -411,27 +446,73 @@ class ThreadTaskLoop(ClaimingLoop):
         state: WorkerState,
         queues: list[str],
         runner: Optional[CoroutineRunner] = None,
-        pace: Optional[ClaimPace] = None,
+        share: Optional[ThreadShare] = None,
     ) -> None:
+        self.share = share or ThreadShare()
         super().__init__(state, queues)
         self.runner = runner
-        self.pace = pace or ClaimPace()
+        # True once a claim found nothing: the next claim goes through the
+        # shared idle watch instead of straight to the store.
+        self._idle = False
 
-    def batch_limit(self) -> int:
-        """How many tasks the next claim asks for (about 50 ms of work, by
-        the task time the scheduler's threads saw last)."""
-        per_claim = int(_CLAIM_SECONDS / max(self.pace.seconds, 1e-6))
-        return max(1, min(self.state.batch_size, per_claim))
+    @property
+    def _avg_seconds(self) -> float:
+        """The recent task time claims are sized by: the scheduler's threads
+        share it (:class:`ThreadShare`; a race between threads loses an
+        observation, never corrupts the value)."""
+        return self.share.seconds
 
-    def observe(self, seconds: float) -> None:
-        """Feeds one task's run time into the shared claim sizing (a race
-        between threads loses an observation, never corrupts the value)."""
-        self.pace.seconds = 0.8 * self.pace.seconds + 0.2 * seconds
+    @_avg_seconds.setter
+    def _avg_seconds(self, value: float) -> None:
+        self.share.seconds = value
+
+    def claim(self, wait: float, limit: Optional[int] = None) -> list[_core.Task]:
+        """Claims up to ``limit`` tasks. A thread that was busy claims at
+        once; one that found nothing last time waits through the shared
+        idle watch (:class:`ThreadShare`) when ``wait`` > 0."""
+        if wait <= 0:
+            return super().claim(wait, limit)
+        if not self._idle:
+            tasks = super().claim(0.0, limit)
+            if tasks:
+                return tasks
+            self._idle = True
+        share, stopping = self.share, self.state.stopping
+        with share.cond:
+            follower = share.watching
+            if follower:
+                share.followers += 1
+                try:
+                    while not share.tickets and not stopping.is_set():
+                        share.cond.wait(WAIT_SLICE_S)
+                    if share.tickets:
+                        share.tickets -= 1
+                finally:
+                    share.followers -= 1
+            else:
+                share.watching = True
+        # Sized now, not before the wait: what was learnt meanwhile counts.
+        size = limit or self.batch_limit()
+        if follower:
+            tasks = super().claim(0.0, size) if not stopping.is_set() else []
+        else:
+            try:
+                tasks = super().claim(wait, size)  # claims, or waits for a change
+            finally:
+                with share.cond:
+                    share.watching = False
+                if stopping.is_set():
+                    share.wake_all()
+        if tasks:
+            self._idle = False
+            # Off to work: a full claim says more may be ready.
+            share.pass_on(more=len(tasks) >= size)
+        return tasks
 
     def next_result_in(self) -> float:
         """Tasks run one after another here: the next result is one recent
         task time away."""
-        return self.pace.seconds
+        return self._avg_seconds
 
     def tick(self, wait: float = 0.0) -> int:
         """One step: claim a batch (waiting up to ``wait``), run it, store
