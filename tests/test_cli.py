@@ -684,8 +684,14 @@ def reference() -> str:
     return "\n".join(out)
 
 
+def _comparable(page: str) -> str:
+    """The page without what differs between click releases alone (whether
+    a group whose command is optional shows ``[COMMAND]`` or ``COMMAND``)."""
+    return page.replace("[COMMAND]", "COMMAND")
+
+
 def test_the_reference_page_is_current() -> None:
-    assert REFERENCE.read_text() == reference(), (
+    assert _comparable(REFERENCE.read_text()) == _comparable(reference()), (
         "docs/cli.md is stale: run `python tests/test_cli.py` to regenerate it"
     )
 

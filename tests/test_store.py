@@ -201,7 +201,7 @@ def test_bad_store_paths(tmp_path: Path) -> None:
     with pytest.raises(ferroq.InvalidArgumentError, match="shards"):
         Queue(f"sqlite://{tmp_path}/x?shards=0")
     with pytest.raises(ferroq.InvalidArgumentError, match="unknown store scheme"):
-        Queue("redis://localhost")
+        Queue("mysql://localhost")
 
 
 def test_unwritable_directory(tmp_path: Path) -> None:

@@ -199,9 +199,15 @@ def test_a_second_interrupt_forces_the_stop(tmp_path: Path) -> None:
     assert "forced stop" in w.err
     with Queue(url) as q:
         counts = q.stats()["default"]
-        # Given back, not finished: the grace period was cut short.
-        assert (counts["queued"], counts["running"], counts["done"]) == (len(ids), 0, 0)
-        assert q.workers() == []
+        # Given back, not finished: the grace period was cut short. A child
+        # that could not give its tasks back within 5 s of the force (a
+        # loaded machine) was killed: its tasks stay running until their
+        # lease ends and recovery requeues them. Nothing finished, nothing lost.
+        assert counts["done"] == 0 and counts["queued"] + counts["running"] == len(ids)
+        if counts["running"]:
+            assert "killing it" in w.err, w.err
+        else:
+            assert q.workers() == []
 
 
 def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
