@@ -672,20 +672,23 @@ pub const MOVE_TO_DONE: &str = concat!(
     "INSERT INTO task_done (",
     task_row!(),
     ", origin) SELECT id,
-        CASE WHEN f.status = 3 AND qs.dead_letter IS NOT NULL THEN qs.dead_letter ELSE task.queue END,
-        name, payload, priority, f.status,
+        CASE WHEN ?2 = 3 AND cancel_requested = 0
+            THEN coalesce((SELECT dead_letter FROM queue_setting AS qs WHERE qs.queue = task.queue), queue)
+            ELSE queue END,
+        name, payload, priority, CASE WHEN cancel_requested <> 0 THEN 4 ELSE ?2 END,
         run_at, attempts, max_attempts,
         NULL, worker, key, batch, progress, ?3, coalesce(?4, error), created_at, started_at,
         ?5, expires_at, metadata, cancel_requested, backoff, result_ttl,
-        ?5 + CASE WHEN f.status = 3 THEN coalesce(qs.dead_retention_ms, result_ttl, qs.retention_ms, ?6)
-            ELSE coalesce(result_ttl, qs.retention_ms, ?6) END,
+        ?5 + CASE WHEN ?2 = 3 AND cancel_requested = 0
+            THEN coalesce((SELECT dead_retention_ms FROM queue_setting AS qs WHERE qs.queue = task.queue),
+                result_ttl, (SELECT retention_ms FROM queue_setting AS qs WHERE qs.queue = task.queue), ?6)
+            ELSE coalesce(result_ttl, (SELECT retention_ms FROM queue_setting AS qs WHERE qs.queue = task.queue), ?6)
+            END,
         requires, payload_sum, ?9,
-        CASE WHEN f.status = 3 AND qs.dead_letter IS NOT NULL THEN task.queue END
-    FROM task
-    CROSS JOIN (SELECT CASE WHEN cancel_requested <> 0 THEN 4 ELSE ?2 END AS status
-        FROM task WHERE id = ?1) AS f
-    LEFT JOIN queue_setting AS qs ON qs.queue = task.queue
-    WHERE task.id = ?1 AND task.status = ?7 AND (?8 IS NULL OR task.worker = ?8)"
+        CASE WHEN ?2 = 3 AND cancel_requested = 0
+            AND (SELECT dead_letter FROM queue_setting AS qs WHERE qs.queue = task.queue) IS NOT NULL
+            THEN queue END
+    FROM task WHERE id = ?1 AND status = ?7 AND (?8 IS NULL OR worker = ?8)"
 );
 /// Second half of a move: drop the row from `task`.
 pub const DELETE_ACTIVE: &str = "DELETE FROM task WHERE id = ?1";
