@@ -739,3 +739,17 @@ def test_reshard_copies_a_stopped_store_into_a_new_shard_count(tmp_path: Path) -
     again = ferroq_cmd("reshard", dest, "--shards", "2", "--url", src)
     assert again.returncode == 1 and again.stderr.startswith("ferroq:")
     assert "Traceback" not in again.stderr
+
+
+def test_a_module_that_is_not_a_module_name_is_a_usage_error(tmp_path: Path) -> None:
+    Queue(str(tmp_path / "s")).close()
+    url = str(tmp_path / "s")
+    for bad in ("../../etc", "", "app/tasks.py", ".tasks", "app..tasks"):
+        for command in ("schedules", "worker"):
+            args = [command, bad, "--url", url] + (["--burst"] if command == "worker" else [])
+            result = invoke(*args)
+            assert result.exit_code == 2, (command, bad, result.output)
+            assert "not a module name" in result.stderr, result.stderr
+    real = ferroq_cmd("worker", "app/tasks.py", "--url", url, "--burst")
+    assert real.returncode == 2 and "Traceback" not in real.stderr
+    assert "'app/tasks.py' is not a module name" in real.stderr

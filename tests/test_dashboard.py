@@ -427,3 +427,27 @@ def test_templates_and_assets_ship_in_the_package() -> None:
         assert pkg.joinpath(name).is_file(), name
     js = pkg.joinpath("static/dashboard.js").read_text()
     assert "http://" not in js and "https://" not in js  # nothing fetched from a CDN
+
+
+def test_out_of_range_ids_and_bad_hints_are_answered_not_crashed(
+    served: tuple[Queue, Client],
+) -> None:
+    q, c = served
+    h = q.put("prompts", {"prompt": "Ship it?", "options": ["yes", "no"]})
+    huge = "9" * 25  # matches the {id:int} route, but no task id is that large
+    page = c.get(f"/tasks/{huge}")
+    assert page.status == 200 and f"No task {huge}" in page.text
+    assert c.get(f"/api/tasks/{huge}").status == 404
+    for held in ("abc", huge, "1.5"):
+        r = c.get(f"/inbox/q?queue=prompts&held={held}")
+        assert r.status == 200, (held, r.status)
+    # A bad hint is ignored, not taken for a task: the prompt is still handed out once.
+    held_id, _ = _held(c)
+    assert held_id == h.id
+    t = q.get(h.id)
+    assert t is not None and t.status == "running"
+    # A huge queue name is not echoed whole into the redirect (a header
+    # clients and proxies refuse past 64 KiB or less).
+    token = csrf_of(c.get("/").text)
+    r = c.post("/queues/retry-failed", {"csrf": token, "queue": "q" * 100_000})
+    assert r.status == 303 and len(r.headers["location"]) < 2000

@@ -158,3 +158,30 @@ def test_members_list_ids_per_status(q: Queue) -> None:
     assert set(members["other"]) == set(q.stats()["other"])
     assert q.members("other")["other"]["queued"] == later
     assert sum(len(v) for v in q.members(limit=2).get("other", {}).values()) <= 2
+
+
+def test_bad_filters_and_limits_are_invalid_arguments(q: Queue) -> None:
+    h = q.put("jobs", {"n": 1})
+    t = q.claim("jobs", worker="w")
+    assert t is not None and t.id == h.id
+    t.fail("boom")
+    bad_failed: list[dict[str, object]] = [
+        {"finished_after": "2020-01-01"},
+        {"finished_before": 1_700_000_000},
+        {"finished_before": datetime(1, 1, 1)},  # naive, local time: before the epoch's range
+        {"limit": "5"},
+        {"limit": 1.5},
+        {"limit": True},
+    ]
+    for kw in bad_failed:
+        with pytest.raises(ferroq.InvalidArgumentError):
+            list(q.failed(**kw))  # type: ignore[arg-type]
+        if "limit" not in kw:
+            with pytest.raises(ferroq.InvalidArgumentError):
+                q.retry_failed(**kw)  # type: ignore[arg-type]
+    for limit in (-1, "5", 1.5, None):
+        with pytest.raises(ferroq.InvalidArgumentError):
+            q.members(limit=limit)  # type: ignore[arg-type]
+    # Nothing moved: the dead letter is still there, once.
+    assert [r.id for r in q.failed()] == [h.id]
+    assert q.members()["jobs"]["failed"] == [h.id]

@@ -84,3 +84,19 @@ def test_the_gpu_probe_without_a_gpu_reports_none() -> None:
     assert ferroq.gpu_probe() == {}
     probe = ferroq.default_probe()
     assert probe["cpus"] >= 1 and "gpu_utilization" not in probe
+
+
+def test_requires_that_is_not_a_mapping_is_an_invalid_argument(queue: ferroq.Queue) -> None:
+    for bad in ([("gpu", 1)], "gpu", 3):
+        with pytest.raises(ferroq.InvalidArgumentError, match="requires must be a mapping"):
+
+            @queue.task(requires=bad)  # type: ignore[arg-type]
+            def f() -> int:
+                return 1
+    assert queue.stats() == {}
+
+
+@pytest.mark.parametrize("bad", [{"gpu": -1}, {"gpu": float("nan")}, {"gpu": "x"}, "gpu", {"": 1}])
+def test_a_bad_fixed_offer_is_refused_when_the_scheduler_is_made(bad: object) -> None:
+    with Queue() as q, pytest.raises(ferroq.InvalidArgumentError, match="resources"):
+        QueueScheduler(q, resources=bad)  # type: ignore[arg-type]

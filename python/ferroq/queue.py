@@ -69,6 +69,28 @@ F = TypeVar("F", bound=Callable[[Any], Any])
 H = TypeVar("H", bound=HasId)
 
 
+def _count(value: object, what: str) -> int:
+    """A count the caller gave (a limit): a whole number >= 0, else
+    :class:`InvalidArgumentError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentError(f"{what} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _timestamp(value: Optional[datetime], what: str) -> Optional[float]:
+    """A datetime filter as seconds since the epoch (None stays None);
+    anything else, or a date the platform cannot place, is
+    :class:`InvalidArgumentError`."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidArgumentError(f"{what} must be a datetime, got {value!r}")
+    try:
+        return value.timestamp()
+    except (ValueError, OverflowError, OSError) as e:
+        raise InvalidArgumentError(f"{what} {value!r} is out of range: {e}") from None
+
+
 class Queue(Connection):
     """A ferroq store: where tasks are sent, and what schedulers serve.
 
@@ -345,10 +367,22 @@ class Queue(Connection):
         :attr:`TaskRecord.error_type`, or the bare class name) and finish
         time (``finished_after <= finished_at < finished_before``; naive
         datetimes are local time). Reads the store a page at a time."""
-        if limit is not None and limit < 0:
-            raise InvalidArgumentError(f"limit must be >= 0, got {limit}")
-        lo = None if finished_after is None else finished_after.timestamp()
-        hi = None if finished_before is None else finished_before.timestamp()
+        if limit is not None:
+            _count(limit, "limit")
+        lo = _timestamp(finished_after, "finished_after")
+        hi = _timestamp(finished_before, "finished_before")
+        # Checked here, at the call; the pages are read as they are consumed.
+        return self._dead_letters(queue, name, error_type, lo, hi, limit)
+
+    def _dead_letters(
+        self,
+        queue: Optional[str],
+        name: Optional[str],
+        error_type: Optional[str],
+        lo: Optional[float],
+        hi: Optional[float],
+        limit: Optional[int],
+    ) -> Iterator[TaskRecord]:
         after: Optional[int] = None
         given = 0
         while limit is None or given < limit:
@@ -440,6 +474,7 @@ class Queue(Connection):
         """Task ids per queue and status, ``{queue: {status: [ids]}}`` (every
         status present), at most ``limit`` ids in all: the member lists
         beside :meth:`stats`' totals, read a page at a time."""
+        _count(limit, "limit")
         out: dict[str, dict[str, List[int]]] = {}
         after: Optional[int] = None
         seen = 0

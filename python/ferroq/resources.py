@@ -27,6 +27,7 @@ __all__ = [
     "CEILING_BASE",
     "Requirement",
     "ResourceProbe",
+    "checked_offer",
     "default_probe",
     "gpu_probe",
     "offered",
@@ -54,6 +55,10 @@ def stored_requirements(requires: Mapping[str, Requirement]) -> dict[str, float]
     """``requires`` as the store matches it: floors only, each ceiling
     ``("<=", n)`` on ``k`` turned into the floor ``CEILING_BASE - n`` on
     ``k<=``. Raises :class:`InvalidArgumentError` for anything else."""
+    if not isinstance(requires, Mapping):
+        raise InvalidArgumentError(
+            f"requires must be a mapping of resource names, got {requires!r}"
+        )
     out: dict[str, float] = {}
     for key, req in requires.items():
         if not isinstance(key, str) or not key or key.endswith("<="):
@@ -70,6 +75,26 @@ def stored_requirements(requires: Mapping[str, Requirement]) -> dict[str, float]
                 out[key] = n
         else:
             out[key] = _number(key, req)
+    return out
+
+
+def checked_offer(resources: object) -> dict[str, float]:
+    """A fixed offer (``QueueScheduler(resources={...})``) as numbers,
+    refused with :class:`InvalidArgumentError` unless it maps resource
+    names to finite numbers >= 0."""
+    if not isinstance(resources, Mapping):
+        raise InvalidArgumentError(
+            f"resources must be a dict of numbers or a probe function, got {resources!r}"
+        )
+    out: dict[str, float] = {}
+    for key, value in resources.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidArgumentError(f"resources keys must be resource names, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value < math.inf
+        ):
+            raise InvalidArgumentError(f"resources[{key!r}] needs a number >= 0, got {value!r}")
+        out[key] = float(value)
     return out
 
 

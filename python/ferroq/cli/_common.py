@@ -24,6 +24,7 @@ __all__ = [
     "echo_json",
     "existing",
     "mask",
+    "module_names",
     "open_queue",
     "record_dict",
     "table",
@@ -94,6 +95,22 @@ class Group(click.Group):
 def usage_error(message: str) -> click.UsageError:
     """A usage error (exit code 2, with the usage line) of the running command."""
     return click.UsageError(message, click.get_current_context(silent=True))
+
+
+def module_names(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The MODULE... argument of ``worker`` and ``schedules``: dotted module
+    names (``app.tasks``), checked before anything is imported, so a path or
+    an empty name is a usage error rather than a traceback from the import
+    machinery."""
+    for name in value:
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            hint = " (give the dotted name, e.g. app.tasks)" if "/" in name or name.endswith(
+                ".py"
+            ) else ""
+            raise click.BadParameter(f"{name!r} is not a module name{hint}", ctx, param)
+    return value
 
 
 def url_option(fn: F) -> F:

@@ -11,13 +11,15 @@ from typing import Optional
 import click
 
 from .. import discover, set_default_queue
-from ._common import CliError, existing, url_option
+from ._common import CliError, existing, module_names, url_option
 
 __all__ = ["schedules"]
 
 
 @click.command(short_help="Periodic tasks: schedule, next and last run.")
-@click.argument("modules", nargs=-1, required=True, metavar="MODULE...")
+@click.argument(
+    "modules", nargs=-1, required=True, metavar="MODULE...", callback=module_names
+)
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def schedules(modules: tuple[str, ...], url: Optional[str], as_json: bool) -> int:

@@ -322,6 +322,6 @@ _verb(
 _verb(
     "delete",
     _delete,
-    "Delete tasks that are not running.",
+    "Delete finished tasks.",
     "Delete finished tasks now, whatever their retention (cancel unfinished ones first).",
 )

@@ -15,7 +15,7 @@ import click
 
 from .. import Queue, QueueScheduler, discover, set_default_queue
 from ..supervisor import cpu_count
-from ._common import CliError, mask, open_queue, url_option
+from ._common import CliError, mask, module_names, open_queue, url_option
 
 __all__ = ["worker"]
 
@@ -114,7 +114,9 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str) -> int:
 
 
 @click.command(short_help="Run tasks from the named modules until stopped or drained.")
-@click.argument("modules", metavar="MODULE...", nargs=-1, required=True)
+@click.argument(
+    "modules", metavar="MODULE...", nargs=-1, required=True, callback=module_names
+)
 @url_option
 @click.option(
     "--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True,

@@ -113,7 +113,9 @@ class _Dashboard:
     @staticmethod
     def back(request: Request, to: str, **params: Optional[str]) -> RedirectResponse:
         """A 303 to ``to`` (relative to the mount point) with a message."""
-        query = urlencode({k: v for k, v in params.items() if v})
+        # A message quoting a huge input (a 100 KB queue name) is cut short:
+        # clients and proxies refuse long Location headers.
+        query = urlencode({k: _clip(v) for k, v in params.items() if v})
         base = request.scope.get("root_path", "")
         sep = "&" if "?" in to else "?"
         return RedirectResponse(f"{base}{to}{sep + query if query else ''}", status_code=303)
@@ -179,6 +181,25 @@ def _int(value: Optional[str], what: str) -> Optional[int]:
         return int(value)
     except ValueError:
         raise InvalidArgumentError(f"{what} must be a whole number, got {value!r}") from None
+
+
+def _clip(text: str, most: int = 500) -> str:
+    """``text``, or its first ``most`` characters and an ellipsis."""
+    return text if len(text) <= most else text[:most] + "…"
+
+
+def _task_id(value: object) -> Optional[int]:
+    """A task id from a URL: the int itself when a store can hold it (a
+    64-bit integer), else None: no task has it. Bad hints and ids a URL can
+    carry are then "no such task", not a server error."""
+    if isinstance(value, str):
+        try:
+            value = int(value) if value.strip().isascii() else None
+        except ValueError:
+            return None
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return value
+    return None
 
 
 def _session(request: Request) -> tuple[str, bool]:
@@ -271,7 +292,9 @@ def _routes(d: _Dashboard) -> list[Any]:  # noqa: C901 - one closure per route
 
     async def task_detail(request: Request) -> Response:
         task_id = request.path_params["id"]
-        record = await run_in_threadpool(d.queue.get, task_id)
+        record = None
+        if _task_id(task_id) is not None:
+            record = await run_in_threadpool(d.queue.get, task_id)
         if record is None:
             return d.page(request, "missing.html", task_id=task_id)
         fields = {
@@ -287,7 +310,8 @@ def _routes(d: _Dashboard) -> list[Any]:  # noqa: C901 - one closure per route
         )
 
     async def api_task(request: Request) -> Response:
-        record = await run_in_threadpool(d.queue.get, request.path_params["id"])
+        task_id = _task_id(request.path_params["id"])
+        record = None if task_id is None else await run_in_threadpool(d.queue.get, task_id)
         if record is None:
             return JSONResponse({"error": "no such task"}, status_code=404)
         return JSONResponse(
@@ -348,7 +372,8 @@ def _routes(d: _Dashboard) -> list[Any]:  # noqa: C901 - one closure per route
         if not name:
             return d.back(request, "/inbox")
         sid, new = _session(request)
-        hint = _int(request.query_params.get("held"), "held")
+        # The id this session last held, from the page: only a hint, so a bad one is none.
+        hint = _task_id(request.query_params.get("held"))
         take = request.query_params.get("take", "1") != "0"
         hand = await run_in_threadpool(lambda: d.inbox.hand(name, sid, hint=hint, take=take))
         waiting = await run_in_threadpool(

@@ -38,7 +38,7 @@ from .._loops import wake_waiters
 from ..events import Event, EventFollower
 from ..logs import configure as configure_logging
 from ..registry import discover, registered
-from ..resources import ResourceProbe, default_probe
+from ..resources import ResourceProbe, checked_offer, default_probe
 from ..supervisor import ChildControl, Supervisor
 from ._state import StatusHook, WorkerState
 from .async_loop import AsyncTaskLoop, SharedAsyncRunner
@@ -162,7 +162,7 @@ class QueueScheduler:
         elif callable(resources):
             probe = resources
         else:
-            fixed = {k: float(v) for k, v in resources.items()}
+            fixed = checked_offer(resources)
 
             def offer() -> dict[str, float]:
                 return fixed
