@@ -130,11 +130,31 @@ def test_bad_bulk_sends_raise_and_store_nothing(queue: Queue) -> None:
         (InvalidArgumentError, lambda: f.options(by_reference=True).map([(1,)])),
         (InvalidArgumentError, lambda: f.options(delay=-1).map([(1,)])),
         (InvalidArgumentError, lambda: f.options(metadata={"x": float("nan")}).map([(1,)])),
+        (InvalidArgumentError, lambda: f.map(None)),  # type: ignore[arg-type]
+        (InvalidArgumentError, lambda: f.map(5)),  # type: ignore[arg-type]
+        (InvalidArgumentError, lambda: queue.send_many(f, None)),  # type: ignore[arg-type]
+        (InvalidArgumentError, lambda: f.map([(1,)], keys=5)),  # type: ignore[arg-type]
     ]
     for error, call in cases:
         with pytest.raises(error):
             call()
     assert stored(queue) == n
+
+
+def test_waits_refuse_what_is_not_a_list_of_handles(queue: Queue) -> None:
+    @queue.task
+    def f(x: Any) -> Any:
+        return x
+
+    (h,) = f.map([(1,)])
+    for bad in (None, 5):
+        with pytest.raises(InvalidArgumentError, match="list of handles"):
+            ferroq.wait(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="list of handles"):
+            ferroq.as_completed(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="timeout"):
+        h.result("soon")  # type: ignore[arg-type]
+    assert h.status() == "queued"
 
 
 def test_wait_all_first_and_failures(queue: Queue) -> None:

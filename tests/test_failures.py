@@ -52,10 +52,18 @@ def test_fail_details_must_be_json(queue: Queue) -> None:
     def odd() -> object:
         return Fail("bad", details={"x": object()})
 
+    @queue.task
+    def not_a_number() -> object:
+        # NaN is not JSON: stored as is, other readers of the record could not parse it.
+        return Fail("bad", details={"x": float("nan")})
+
     with QueueScheduler(queue):
         h = odd.send()
+        n = not_a_number.send()
         with pytest.raises(ferroq.SerializationError, match="not JSON"):
             h.result(timeout=10)
+        with pytest.raises(ferroq.SerializationError, match="not JSON"):
+            n.result(timeout=10)
 
 
 def test_on_failure_sees_each_failed_attempt_with_its_exception(queue: Queue) -> None:
@@ -103,6 +111,32 @@ def test_a_handler_that_raises_changes_nothing(
         with pytest.raises(KeyError):
             h.result(timeout=10)
     assert queue.get(h.id).error_type == "builtins.KeyError"  # type: ignore[union-attr]
+    assert any("on_failure handler" in r.getMessage() for r in caplog.records)
+
+
+def test_a_handler_that_exits_changes_nothing_either(
+    queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    # sys.exit() (or any BaseException) in a handler is the handler's own
+    # error: the attempt still ends failed, and the worker thread goes on.
+    @queue.task
+    def boom() -> None:
+        raise KeyError("k")
+
+    @boom.on_failure
+    def leaving(exc: BaseException, task: TaskContext) -> None:
+        raise SystemExit(3)
+
+    @queue.task
+    def fine() -> str:
+        return "ok"
+
+    with QueueScheduler(queue, concurrency=1):
+        h = boom.send()
+        with pytest.raises(KeyError):
+            h.result(timeout=30)
+        assert fine.send().result(timeout=30) == "ok"
+    assert queue.get(h.id).status == "failed"  # type: ignore[union-attr]
     assert any("on_failure handler" in r.getMessage() for r in caplog.records)
 
 

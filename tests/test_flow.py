@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import signal
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +196,34 @@ def test_after_a_task_already_done_runs_and_after_a_failed_one_is_cancelled(q: Q
     assert (later.result(0), dep.result(0)) == (4, 6)
 
 
+def test_result_without_timeout_waits_through_the_waiting_status(
+    q: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # result() with no timeout waits in slices; a step still ``waiting`` for
+    # its parent is unfinished like a queued one, never a timeout. (Short
+    # slices here, so that several pass while the step waits.)
+    import ferroq.handle
+
+    monkeypatch.setattr(ferroq.handle, "_FOREVER_SLICE", 0.05)
+    parent = q.send(add, 1, 2)
+    child = double.options(after=[parent]).send(4)
+    got: list[object] = []
+
+    def wait_for_child() -> None:
+        try:
+            got.append(child.result())
+        except Exception as e:  # the assertion below shows it
+            got.append(e)
+
+    waiter = threading.Thread(target=wait_for_child)
+    waiter.start()
+    waiter.join(0.5)  # slices pass while the child waits for its parent
+    assert child.status() == "waiting"
+    with QueueScheduler(q, queues=["default"]):
+        waiter.join(60)
+    assert got == [8]
+
+
 def test_after_across_shards(tmp_path: Path) -> None:
     q = Queue(f"sqlite://{tmp_path}/store?shards=4")
     set_default_queue(q)
@@ -244,7 +273,46 @@ def test_bad_flows_are_refused_before_anything_is_stored(q: Queue) -> None:
         chain(add.s(1, 2), double.s()).send(after=[10**12])
     with eager(), pytest.raises(InvalidArgumentError, match="eager"):
         chain(add.s(1, 2), double.s()).send()
+    # Not iterables, and a queue that is not one: typed errors, not TypeError
+    # or AttributeError from inside.
+    with pytest.raises(InvalidArgumentError, match="group"):
+        group(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="group"):
+        group(5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="group"):
+        chord(None, total.s())  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="takes a Queue"):
+        chain(add.s(1, 2), double.s()).send("default")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="takes a Queue"):
+        group([add.s(1, 2)]).send(q.url)  # type: ignore[arg-type]
     assert count(q) == before
+
+
+def test_after_refuses_a_handle_of_another_store(q: Queue, tmp_path: Path) -> None:
+    # A handle's id means a task of its own store only: in another store the
+    # same id is some other task (or none), so a dependency on it is refused
+    # rather than made on the wrong task.
+    other = Queue(f"sqlite://{tmp_path}/other-store")
+    try:
+        theirs = other.send(add, 1, 1)
+        ours = q.send(add, 2, 2)
+        before = count(q)
+        with pytest.raises(InvalidArgumentError, match="another store"):
+            double.options(after=[theirs]).send(1)
+        with pytest.raises(InvalidArgumentError, match="another store"):
+            chain(add.s(1, 2), double.s()).send(q, after=[theirs])
+        assert count(q) == before
+        if q.url.startswith("memory"):
+            return  # each memory:// queue is a store of its own
+        # The same store opened twice is the same store.
+        again = Queue(q.url)
+        try:
+            h = double.options(after=[again.handle(ours.id)]).send(1)
+            assert q._store.dependencies([h.id])[0] == [ours.id]
+        finally:
+            again.close()
+    finally:
+        other.close()
 
 
 FLOW_APP = '''

@@ -150,6 +150,37 @@ def test_send_options_are_never_the_tasks_arguments(queue: Queue) -> None:
     assert run(queue, explicit, own, direct) == [[1, 2], "t:3", "u:4"]
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("priority", 1.5, "priority must be an int"),
+        ("priority", float("nan"), "priority must be an int"),
+        ("queue", 5, "queue must be a non-empty str"),
+        ("queue", "", "queue must be a non-empty str"),
+        ("key", 5, "key must be a non-empty str"),
+        ("batch", 5, "batch must be a non-empty str"),
+        ("run_at", "2030-01-01", "run_at must be a datetime"),
+        ("metadata", "x", "metadata must be a dict"),
+        ("metadata", [1], "metadata must be a dict"),
+        ("callback", 5, "callback must be callable"),
+        ("after", 5, "after must be a list of task handles"),
+        ("after", "12", "after must be a list of task handles"),
+    ],
+)
+def test_fn_options_refuse_a_bad_value_where_it_is_given(
+    option: str, value: Any, message: str
+) -> None:
+    # fn.options(...) checks as queue.send's explicit form does: the error is
+    # typed and raised by options() itself, never a TypeError or
+    # AttributeError from deep in a later send, map or flow.
+    with pytest.raises(ferroq.InvalidArgumentError, match=message):
+        pair.options(**{option: value})
+    with pytest.raises(ferroq.InvalidArgumentError, match=message):
+        pair.options(retries=1).options(**{option: value})
+    with pytest.raises(ferroq.InvalidArgumentError, match="unknown send option"):
+        pair.options(retries=1).options(prio=1)
+
+
 def test_short_names_resolve_to_one_registered_task(queue: Queue) -> None:
     h = queue.send("msg_short_unique", 4)
     record = queue.get(h.id)

@@ -439,11 +439,29 @@ def test_cron_in_utc_by_default_and_seconds_fields() -> None:
         {"every": 60, "catch_up": "sometimes"},
         {"every": 60, "catch_up": "all", "max_catch_up": 0},
         {"every": 60, "grace": -1},
+        # Intervals whose ticks are past any date (year 9999): refused here,
+        # not a ValueError later from Queue.schedules() or the CLI.
+        {"every": timedelta(days=999_999_999)},
+        {"every": 10**12},
+        {"every": timedelta(days=36_501)},
     ],
 )
 def test_bad_schedules_are_refused_when_declared(schedule: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgumentError):
         periodic(**schedule)
+
+
+def test_the_longest_interval_shows_its_next_run(tmp_path: Path) -> None:
+    q = Queue(store_url("sqlite-1", tmp_path), clock=ManualClock(T0))
+    try:
+        bind(q, every=timedelta(days=36_500))
+        (record,) = q.schedules()
+        assert record.every == timedelta(days=36_500)
+        # The first multiple of the interval since the epoch.
+        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        assert record.next_run == epoch + timedelta(days=36_500)
+    finally:
+        q.close()
 
 
 @pytest.mark.parametrize("bad", ["61 * * * *", "every day", timedelta(seconds=0)])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from . import _connection, _default
@@ -189,6 +189,10 @@ def group(members: Iterable[Union[Signature, Chain]]) -> Group:
     """``group([a.s(1), a.s(2)])``: members run side by side; the handle's
     :meth:`GroupHandle.results` returns their results in order. A member
     may be a chain (its last step's result counts)."""
+    if isinstance(members, (str, bytes)) or not isinstance(members, Iterable):
+        raise InvalidArgumentError(
+            f"a group takes a list of signatures (fn.s(...)) or chains, got {members!r}"
+        )
     out = list(members)
     if not out:
         raise InvalidArgumentError("a group needs at least one member")
@@ -264,11 +268,13 @@ class _Builder:
 def _send(item: Flow, queue: Optional[Connection], after: Sequence[Any]) -> Any:
     """Sends a flow in one ``enqueue_flow`` call; returns its handle."""
     _check_flow(item, "a flow")
-    parents = [-(pid + 1) for pid in _parent_ids(after)]
+    if queue is not None and not isinstance(queue, _connection.Connection):
+        raise InvalidArgumentError(f"send() takes a Queue to send to, got {queue!r}")
+    conn = queue if queue is not None else _connection_of(list(_calls(item)))
+    parents = [-(pid + 1) for pid in _parent_ids(after, conn)]
     b = _Builder()
     # The first steps only wait for ``after``: no result is passed to them.
     exits, how = b.lay(item, parents, None)
-    conn = queue if queue is not None else _connection_of(b.calls)
     if conn.eager or _connection.eager_everywhere:
         raise InvalidArgumentError(
             "flows do not run in eager mode: send them to a queue a scheduler serves"
@@ -279,6 +285,21 @@ def _send(item: Flow, queue: Optional[Connection], after: Sequence[Any]) -> Any:
         members = [_member_handle(handles, e) for e in exits]
         return GroupHandle(conn, members, handles)
     return FlowHandle(conn, handles[exits[0]].id, handles[exits[0]]._fn, handles)
+
+
+def _calls(item: Flow) -> Iterator[FlowCall]:
+    """The calls of a flow's steps."""
+    if isinstance(item, Signature):
+        yield item.call
+    elif isinstance(item, Chain):
+        for s in item.steps:
+            yield from _calls(s)
+    elif isinstance(item, Group):
+        for m in item.members:
+            yield from _calls(m)
+    else:
+        yield from _calls(item.header)
+        yield item.callback.call
 
 
 def _member_handle(handles: list[TaskHandle[Any]], index: int) -> FlowHandle:
@@ -297,12 +318,25 @@ def _connection_of(calls: list[FlowCall]) -> Connection:
     return _default.get_default()
 
 
-def _parent_ids(after: Sequence[Any]) -> list[int]:
-    """Task ids from handles (or ids) given as ``after``."""
+def _same_store(a: Connection, b: Connection) -> bool:
+    """True when ``a`` and ``b`` reach one store (each memory:// queue is a
+    store of its own; any other URL names its store)."""
+    if a is b or a._store is b._store:
+        return True
+    return a.url == b.url and not a.url.startswith("memory:")
+
+
+def _parent_ids(after: Sequence[Any], conn: Connection) -> list[int]:
+    """Task ids from handles (or ids) given as ``after``; a handle of a
+    store other than ``conn``'s is refused (its id means another task there)."""
     if isinstance(after, (str, bytes)) or not isinstance(after, Iterable):
         raise InvalidArgumentError(f"after must be a list of task handles, got {after!r}")
     out: list[int] = []
     for h in after:
+        if isinstance(h, (GroupHandle, TaskHandle)) and not _same_store(h.queue, conn):
+            raise InvalidArgumentError(
+                f"after names {h!r}, a task of another store ({h.queue!r}), not of {conn!r}"
+            )
         if isinstance(h, GroupHandle):
             out += [m.id for m in h.members]
         elif isinstance(h, TaskHandle):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import numbers
 import sys
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
@@ -88,11 +89,15 @@ class TaskHandle(Generic[R]):
         store = self.queue._store
         if timeout is None:
             t = store.wait_finished(self.id, _FOREVER_SLICE)
-            while t.status in ("queued", "running"):
+            while t.status in ("waiting", "queued", "running"):
                 t = store.wait_finished(self.id, _FOREVER_SLICE)
         else:
             # The store treats <= 0 as "look once", inf as "no limit", and
             # refuses NaN (which max(0.0, nan) would have turned into 0).
+            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+                raise _errors.InvalidArgumentError(
+                    f"timeout must be a number of seconds or None, got {timeout!r}"
+                )
             t = store.wait_finished(self.id, timeout)
         value: R = outcome(t, self._fn, allow_pickle=self.queue.allow_pickle)
         return value

@@ -3,8 +3,9 @@ the overrides of one send (:class:`SendOptions`), and their checks."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Optional, Union
 
 from ._checks import seconds
@@ -19,6 +20,7 @@ __all__ = [
     "TaskOptions",
     "check_options",
     "check_retries",
+    "check_send_options",
     "parse_rate",
 ]
 
@@ -81,6 +83,39 @@ class SendOptions:
 #: The overrides of a plain ``fn.send(...)``: none. Compared by identity on
 #: the hot path, which then sends with the task's precomputed defaults.
 NO_OVERRIDES = SendOptions()
+
+
+def check_send_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Send options (``fn.options(...)``, ``queue.send``'s explicit form)
+    with timedeltas as seconds and their types checked: a bad value raises
+    :class:`InvalidArgumentError` where it is given, not later in a send."""
+    out = dict(options)
+    for name in ("delay", "expires"):
+        value = out.get(name)
+        if isinstance(value, timedelta):
+            out[name] = value.total_seconds()
+    priority = out.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise InvalidArgumentError(f"priority must be an int, got {priority!r}")
+    for name in ("queue", "key", "batch"):
+        value = out.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InvalidArgumentError(f"{name} must be a non-empty str, got {value!r}")
+    run_at = out.get("run_at")
+    if run_at is not None and not isinstance(run_at, datetime):
+        raise InvalidArgumentError(f"run_at must be a datetime, got {run_at!r}")
+    metadata = out.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidArgumentError(f"metadata must be a dict, got {metadata!r}")
+    callback = out.get("callback")
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
+    after = out.get("after")
+    if after is not None:
+        if isinstance(after, (str, bytes)) or not isinstance(after, Iterable):
+            raise InvalidArgumentError(f"after must be a list of task handles, got {after!r}")
+        out["after"] = list(after)
+    return out
 
 
 def check_retries(retries: object) -> int:

@@ -70,6 +70,8 @@ _MAX_KEY = 1000
 _GRACE_CAP_MS = 60_000
 # Most missed runs ``catch_up="all"`` may be allowed to send at once.
 _MAX_CATCH_UP_LIMIT = 100_000
+# The longest interval: 100 years of days (its ticks stay well within datetime).
+_MAX_EVERY_S = 36_500 * 86_400
 # The nicknames of common cron expressions.
 _NICKNAMES = {
     "@yearly": "0 0 1 1 *",
@@ -254,6 +256,11 @@ def make_schedule(
         if every_s < 1 or every_s != int(every_s):
             raise InvalidArgumentError(
                 f"every must be a whole number of seconds, at least 1, got {every!r}"
+            )
+        if every_s > _MAX_EVERY_S:
+            # Ticks further apart would fall past any date a datetime holds.
+            raise InvalidArgumentError(
+                f"every must be at most {_MAX_EVERY_S} seconds (100 years), got {every!r}"
             )
         return Schedule(
             every=timedelta(seconds=every_s),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar, Union, overload
 
@@ -14,7 +14,14 @@ from typing_extensions import ParamSpec
 from ._errors import InvalidArgumentError, UnknownTaskError
 from .backoff import Backoff
 from .handle import TaskHandle
-from .options import NO_OVERRIDES, SendOptions, TaskOptions, check_options, parse_rate
+from .options import (
+    NO_OVERRIDES,
+    SendOptions,
+    TaskOptions,
+    check_options,
+    check_send_options,
+    parse_rate,
+)
 from .periodic import CatchUp, add_schedule, make_schedule
 from .registry import discover, lookup, register, registered
 from .resources import Requirement
@@ -366,25 +373,4 @@ def send_call(
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
     """Send options with timedeltas as seconds and their types checked."""
-    out = dict(options)
-    for name in ("delay", "expires"):
-        value = out.get(name)
-        if isinstance(value, timedelta):
-            out[name] = value.total_seconds()
-    priority = out.get("priority")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise InvalidArgumentError(f"priority must be an int, got {priority!r}")
-    for name in ("queue", "key", "batch"):
-        value = out.get(name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise InvalidArgumentError(f"{name} must be a non-empty str, got {value!r}")
-    run_at = out.get("run_at")
-    if run_at is not None and not isinstance(run_at, datetime):
-        raise InvalidArgumentError(f"run_at must be a datetime, got {run_at!r}")
-    metadata = out.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise InvalidArgumentError(f"metadata must be a dict, got {metadata!r}")
-    callback = out.get("callback")
-    if callback is not None and not callable(callback):
-        raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
-    return out
+    return check_send_options(options)

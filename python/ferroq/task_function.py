@@ -42,7 +42,7 @@ from ._errors import InvalidArgumentError, QueueFullError, SerializationError, U
 from .context import TaskContext, _current
 from .flow import FLOW_KEY, Signature
 from .handle import TaskHandle
-from .options import NO_OVERRIDES, SendOptions, TaskOptions, check_retries
+from .options import NO_OVERRIDES, SendOptions, TaskOptions, check_retries, check_send_options
 from .resources import stored_requirements
 from .serialization import JSON, ArgBinder, decode, encode
 
@@ -371,13 +371,8 @@ class TaskFunction(Generic[P, R]):
         fails, is cancelled or expires (see :doc:`flows`). Their results
         are not passed to it (a :func:`~ferroq.chain` does that).
         """
-        if isinstance(delay, timedelta):
-            delay = delay.total_seconds()
-        if isinstance(expires, timedelta):
-            expires = expires.total_seconds()
-        return TaskCall(
-            self,
-            SendOptions(
+        given = check_send_options(
+            dict(
                 queue=queue,
                 priority=priority,
                 delay=delay,
@@ -389,9 +384,12 @@ class TaskFunction(Generic[P, R]):
                 metadata=metadata,
                 wait=wait,
                 callback=callback,
-            ),
-            by_reference=bool(by_reference),
-            after=after,
+                after=after,
+            )
+        )
+        after = given.pop("after")
+        return TaskCall(
+            self, SendOptions(**given), by_reference=bool(by_reference), after=after
         )
 
     def _refuse_options(self, kwargs: dict[str, Any]) -> None:
@@ -614,7 +612,7 @@ class TaskCall(Generic[P, R]):
             raise InvalidArgumentError("give key= (a function of the item) or keys=, not both")
         if key is not None and not callable(key):
             raise InvalidArgumentError(f"key must be a function of the item, got {key!r}")
-        if isinstance(items, (str, bytes, Mapping)):
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
             raise InvalidArgumentError(
                 f"map() takes an iterable of calls (tuples or dicts), got {type(items).__name__}"
             )
@@ -644,7 +642,7 @@ class TaskCall(Generic[P, R]):
             payloads = [tracing.carry(p) for p in payloads]
         stored_keys: Optional[list[Optional[str]]] = None
         if keys is not None:
-            if isinstance(keys, (str, bytes)):
+            if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
                 raise InvalidArgumentError("keys must be a list of keys, one per item")
             stored_keys = list(keys)
             if len(stored_keys) != len(calls):
@@ -817,6 +815,13 @@ class TaskCall(Generic[P, R]):
 
     def options(self, **changes: Any) -> TaskCall[P, R]:
         """Further overrides on top of these."""
+        unknown = sorted(set(changes) - SEND_OPTIONS)
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown send option(s) {', '.join(map(repr, unknown))} "
+                f"(options: {', '.join(sorted(SEND_OPTIONS))})"
+            )
+        changes = check_send_options(changes)
         by_reference = bool(changes.pop("by_reference", self.by_reference))
         after = changes.pop("after", self.after)
         return TaskCall(

@@ -83,6 +83,8 @@ def _deadline(timeout: Optional[float]) -> float:
 def _checked(handles: Iterable[TaskHandle[R]]) -> list[TaskHandle[R]]:
     if isinstance(handles, TaskHandle):
         raise InvalidArgumentError("give a list of handles, not one handle (use .result())")
+    if isinstance(handles, (str, bytes)) or not isinstance(handles, Iterable):
+        raise InvalidArgumentError(f"give a list of handles, got {handles!r}")
     out = list(handles)
     for h in out:
         if not isinstance(h, TaskHandle):

@@ -157,7 +157,7 @@ def _produced(fn: TaskFunction[Any, Any], value: Any) -> Outcome:
         if value.details is not None:
             doc["details"] = value.details
         try:
-            error = json.dumps(doc)
+            error = json.dumps(doc, allow_nan=False)
         except (TypeError, ValueError) as e:
             bad = SerializationError(f"Fail details are not JSON: {e}")
             return Outcome(error=error_text(bad, ""), retry="never")
@@ -174,7 +174,7 @@ def _failed_in(fn: TaskFunction[Any, Any], e: BaseException, ctx: TaskContext) -
     if handler is not None and not outcome.cancelled:
         try:
             handler(e, ctx)
-        except Exception:
+        except BaseException:  # noqa: B036 - sys.exit() in a handler is its own error too
             log.exception(
                 "the on_failure handler of %s raised (task %s); the task's outcome stands",
                 ctx.name,
