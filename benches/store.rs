@@ -149,6 +149,7 @@ fn claim_complete(c: &mut Criterion) {
             limit: CLAIM_BATCH,
             lease_ms: 60_000,
             resources: None,
+            home: None,
         };
         let fill: Vec<NewTask> = (0..BATCH).map(|_| task()).collect();
         g.bench_function(label, |b| {

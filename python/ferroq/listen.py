@@ -16,7 +16,7 @@ from ._errors import InvalidArgumentError
 if TYPE_CHECKING:
     from ._connection import Connection
 
-__all__ = ["listener", "listeners_for"]
+__all__ = ["any_listeners", "listener", "listeners_for"]
 
 F = TypeVar("F", bound=Callable[[Any], Any])
 
@@ -42,6 +42,12 @@ def listener(key: str, *, queue: Optional[Connection] = None) -> Callable[[F], F
         return fn
 
     return register
+
+
+def any_listeners(queue: Connection) -> bool:
+    """True when some listener would run in a scheduler of ``queue``."""
+    with _lock:
+        return bool(_listeners or queue._listeners)
 
 
 def listeners_for(key: str, queue: Connection) -> list[Callable[[Any], Any]]:

@@ -101,8 +101,11 @@ class QueueScheduler:
       these options, listeners run in the first only, and hooks given here
       see their moves through the store's event feed;
     * ``home``: ``(index, count)``: this scheduler is worker ``index`` of
-      ``count`` (each child of ``processes`` gets its own); kept for claims
-      that prefer the home shards, which they do not do yet.
+      ``count`` (each child of ``processes`` gets its own). On a sharded
+      SQLite store each claiming thread of worker ``index`` is served first
+      from its home shards, which no other worker's threads share when
+      there are at least as many shards as workers (see "Shards and
+      claim order" in the docs).
 
     Use ``start()`` / ``stop(grace)``, a ``with`` block, or
     ``run_forever()``, which stops gracefully on SIGINT or SIGTERM.
@@ -303,6 +306,13 @@ class QueueScheduler:
                     for _ in range(self.concurrency)
                 ]
                 loops.append(runner)
+        # Number the claiming loops after those of the schedulers before
+        # this one (`home`), so that each takes its home shards first and
+        # the loops of one process share their shards with no other process.
+        claimers = [loop for loop in loops if loop.queues]
+        index, count = self.home or (0, 1)
+        for i, claimer in enumerate(claimers):
+            claimer.home = (index * len(claimers) + i, count * len(claimers))
         return loops
 
     def start(self) -> QueueScheduler:

@@ -84,6 +84,9 @@ class WorkerState:
         self.lock = threading.Lock()
         #: Set when the scheduler is stopping.
         self.stopping = threading.Event()
+        #: Set by :meth:`keep` when a loop claims: the monitor, asleep while
+        #: nothing is claimed, wakes to watch the new tasks' timeouts.
+        self.busy = threading.Event()
         self.hooks = hooks
         #: Where the loops find the function for a stored task name.
         self.tasks = Overlay()
@@ -115,6 +118,7 @@ class WorkerState:
         hold the GIL from its first instant, before the monitor runs."""
         if self.keeper is not None and not self.keeper.closed:
             self.keeper.add(ids)
+        self.busy.set()
 
     @property
     def queues(self) -> list[str]:

@@ -151,7 +151,9 @@ class CleanupLoop:
                 if self.state.store.closed:
                     return
                 log.exception("cleanup error; retrying", extra={"worker": self.state.worker_id})
-            self._stopped.wait(0.1)
+            # Sleep until the next step is due (stop() ends the wait at once).
+            due = min(self._due.values(), default=0.0) - time.monotonic()
+            self._stopped.wait(min(max(due, 0.1), 1.0))
 
     def signal_stop(self) -> None:
         """Tells the loop to stop (it ends its current wait at once), and

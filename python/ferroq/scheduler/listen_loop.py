@@ -8,8 +8,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Optional
 
-from .._loops import run_on_changes
-from ..listen import listeners_for
+from .._loops import IDLE_WAIT_S
+from ..listen import any_listeners, listeners_for
 
 if TYPE_CHECKING:
     from ._state import WorkerState
@@ -64,8 +64,26 @@ class ListenLoop:
         return ran
 
     def run(self) -> None:
-        """Ticks until stopped, waking when the store changes."""
-        run_on_changes(self.state.store, self._stopped, self.tick, log, "listen loop")
+        """Ticks until stopped, waking when the listen data changes (the
+        store waits for that itself: commits of tasks do not wake this
+        thread) and at least every half second."""
+        store = self.state.store
+        while not self._stopped.is_set():
+            try:
+                self.tick()
+                if self._stopped.is_set():
+                    return
+                if any_listeners(self.state.conn):
+                    store.wait_listen(self.since, IDLE_WAIT_S)
+                else:
+                    # Nobody listens (yet): no need to wake for each change;
+                    # a listener registered later runs within this wait.
+                    self._stopped.wait(IDLE_WAIT_S)
+            except Exception:
+                if self._stopped.is_set() or store.closed:
+                    return
+                log.exception("listen loop error; retrying")
+                self._stopped.wait(IDLE_WAIT_S)
 
     def signal_stop(self) -> None:
         """Tells the loop to stop (the scheduler then wakes its wait)."""

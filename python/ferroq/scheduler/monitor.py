@@ -32,6 +32,9 @@ log = logging.getLogger("ferroq.monitor")
 _TICK_S = 0.05
 # How often running tasks are checked for a cancellation request.
 _CANCEL_POLL_S = 0.2
+# With nothing claimed the monitor has nothing to watch: it sleeps until a
+# loop claims (WorkerState.busy) or this long passes.
+_IDLE_S = 1.0
 
 
 class MonitorLoop:
@@ -156,7 +159,27 @@ class MonitorLoop:
 
     def run(self) -> None:
         """Ticks until stopped."""
-        while not self._stopped.wait(_TICK_S):
+        s = self.state
+        ticked_busy = False
+        while True:
+            if s.claimed or ticked_busy:
+                # One more tick after the last claimed task is gone, which
+                # takes it out of the lease keeper.
+                ticked_busy = bool(s.claimed)
+                if self._stopped.wait(_TICK_S):
+                    return
+            else:
+                # Cleared before looking, so a claim made after the look
+                # ends the wait at once.
+                s.busy.clear()
+                if not s.claimed:
+                    s.busy.wait(_IDLE_S)
+                if self._stopped.is_set():
+                    return
+                # Tick after the usual wait: a claim wakes this loop at most
+                # once per tick however fast tasks come and go.
+                ticked_busy = True
+                continue
             try:
                 self.tick(time.monotonic())
             except Exception:
@@ -167,9 +190,11 @@ class MonitorLoop:
     def signal_stop(self) -> None:
         """Tells the loop to stop (it ends its current wait at once)."""
         self._stopped.set()
+        self.state.busy.set()
 
     def stop(self) -> None:
         """Stops the loop and the lease keeper's thread."""
         self._stopped.set()
+        self.state.busy.set()
         if self.state.keeper is not None:
             self.state.keeper.close()

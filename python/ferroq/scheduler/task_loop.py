@@ -40,6 +40,11 @@ task_log = logging.getLogger("ferroq.task")
 _CLAIM_SECONDS = 0.05
 # Longest claim wait, so a stop is noticed promptly.
 WAIT_SLICE_S = 0.25
+# How long an idle worker thread waits for work (or for its turn to) at a
+# time: a stop ends the wait at once (the scheduler wakes the store, and the
+# watching thread lets the others go), so it can be long, and an idle
+# scheduler wakes a few times a second whatever its concurrency.
+IDLE_CLAIM_WAIT_S = 1.0
 # Results wait in a buffer at most this long (or this many) before being
 # stored in one call: fast tasks share a transaction, while a crash can only
 # re-run work finished in the last few milliseconds.
@@ -134,6 +139,9 @@ class ClaimingLoop:
         # Tasks being failed because no function is registered for them.
         self._unknown: set[int] = set()
         self._first_done_at = 0.0
+        # (index, count) among every claiming loop of the store's workers:
+        # a sharded store serves this loop from its home shards first.
+        self.home: Optional[tuple[int, int]] = None
 
     def batch_limit(self) -> int:
         """How many tasks the next claim asks for (about 50 ms of work)."""
@@ -150,21 +158,31 @@ class ClaimingLoop:
         store = s.store
         limit = limit or self.batch_limit()
         resources = s.resources_json()
-        # The wait is ours, not the store's (a claim with a wait runs until
-        # it ends): a scheduler that stops wakes it (wake_waiters), so an
-        # idle loop ends at once instead of after its slice.
-        token = store.change_token() if wait > 0 else 0
         tasks = []
-        for i in range(len(self.queues)):
-            q = self.queues[(self._next_queue + i) % len(self.queues)]
-            tasks = store.claim(q, s.worker_id, limit, s.lease_ms, 0.0, resources)
-            if tasks:
-                self._next_queue = (self._next_queue + i + 1) % len(self.queues)
-                break
-        if not tasks and wait > 0 and not s.stopping.is_set():
-            # Delayed tasks become ready without a commit: with several
-            # queues look again soon; with one, within the slice.
-            store.wait_for_change(token, wait if len(self.queues) == 1 else min(wait, 0.05))
+        if len(self.queues) == 1 and wait > 0:
+            if s.stopping.is_set():
+                return []
+            # One queue: the store waits for ready work itself, claiming
+            # again after each change without coming back here (a commit
+            # that adds nothing to claim, such as our own results, costs no
+            # Python), and gives up at once when the scheduler stops
+            # (wake_waiters wakes the store).
+            tasks = store.claim(
+                self.queues[0], s.worker_id, limit, s.lease_ms, wait, resources, self.home
+            )
+        else:
+            # Several queues: claim from each in turn, then wait for a
+            # change here (a scheduler that stops wakes this wait too).
+            token = store.change_token() if wait > 0 else 0
+            for i in range(len(self.queues)):
+                q = self.queues[(self._next_queue + i) % len(self.queues)]
+                tasks = store.claim(q, s.worker_id, limit, s.lease_ms, 0.0, resources, self.home)
+                if tasks:
+                    self._next_queue = (self._next_queue + i + 1) % len(self.queues)
+                    break
+            if not tasks and wait > 0 and not s.stopping.is_set():
+                # Delayed tasks become ready without a commit: look again soon.
+                store.wait_for_change(token, min(wait, 0.05))
         if tasks:
             with s.lock:
                 for t in tasks:
@@ -484,7 +502,7 @@ class ThreadTaskLoop(ClaimingLoop):
                 share.followers += 1
                 try:
                     while not share.tickets and not stopping.is_set():
-                        share.cond.wait(WAIT_SLICE_S)
+                        share.cond.wait(IDLE_CLAIM_WAIT_S)
                     if share.tickets:
                         share.tickets -= 1
                 finally:
@@ -541,7 +559,7 @@ class ThreadTaskLoop(ClaimingLoop):
         """Ticks until the scheduler stops."""
         while not self.state.stopping.is_set():
             try:
-                self.tick(WAIT_SLICE_S)
+                self.tick(IDLE_CLAIM_WAIT_S)
             except Exception:
                 if self.state.store.closed:
                     return

@@ -171,6 +171,7 @@ mod tests {
                 limit: n as u32,
                 lease_ms: 60_000,
                 resources: None,
+                home: None,
             })
             .unwrap();
         let (fail, done): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|t| t.id % 3 == 0);

@@ -28,8 +28,15 @@ fn open_any(dir: &Path, clock: &Arc<ManualClock>) -> Arc<dyn Store> {
 }
 
 fn claim(s: &dyn Store, queue: &str, worker: &str, limit: u32) -> Vec<Task> {
-    s.claim(&ClaimParams { queue: queue.into(), worker: worker.into(), limit, lease_ms: 30_000, resources: None })
-        .unwrap()
+    s.claim(&ClaimParams {
+        queue: queue.into(),
+        worker: worker.into(),
+        limit,
+        lease_ms: 30_000,
+        resources: None,
+        home: None,
+    })
+    .unwrap()
 }
 
 fn all_tasks(s: &dyn Store) -> Vec<Task> {

@@ -91,6 +91,21 @@ fn parse_on_duplicate(py: Python<'_>, on_duplicate: Option<&str>) -> PyResult<On
 /// How long one GIL-free wait slice lasts before Ctrl+C is checked.
 const SLICE: Duration = Duration::from_millis(100);
 
+/// The slice of a wait on any other thread than the main one, where
+/// Python delivers no signals and there is no Ctrl+C to check: long, so
+/// that an idle worker thread does not wake ten times a second for nothing.
+/// (`close()` and `wake()` end such waits at once.)
+const OTHER_THREAD_SLICE: Duration = Duration::from_secs(1);
+
+/// True on Python's main thread (the one signal handlers run on).
+fn on_main_thread(py: Python<'_>) -> bool {
+    let Ok(threading) = py.import("threading") else { return true };
+    match (threading.call_method0("current_thread"), threading.call_method0("main_thread")) {
+        (Ok(current), Ok(main)) => current.is(&main),
+        _ => true,
+    }
+}
+
 /// A ferroq store opened from a URL (`memory://`, a path, `sqlite:///...`).
 #[pyclass(name = "Store", module = "ferroq._core", frozen)]
 pub struct PyStore {
@@ -298,10 +313,11 @@ pub(crate) fn sliced<T: Send>(
     mut f: impl FnMut(Duration) -> ferroq_core::Result<Option<T>> + Send,
 ) -> PyResult<Option<T>> {
     let deadline = total.and_then(|t| Instant::now().checked_add(t));
+    let longest = if total.is_some_and(|t| t <= SLICE) || on_main_thread(py) { SLICE } else { OTHER_THREAD_SLICE };
     loop {
         let slice = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
-            None => SLICE,
+            Some(d) => d.saturating_duration_since(Instant::now()).min(longest),
+            None => longest,
         };
         if let Some(v) = py.detach(|| f(slice)).py(py)? {
             return Ok(Some(v));
@@ -340,6 +356,11 @@ impl PyStore {
     /// Closes the store; later calls raise `StoreUnavailableError`.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let taken = self.inner.write().map_err(|_| to_py(py, Error::Storage("store lock poisoned".into())))?.take();
+        if let Some(store) = &taken {
+            // Threads waiting on the store end their waits now and find it
+            // closed, rather than holding it open until their slice ends.
+            store.wake();
+        }
         // Dropping the last handle may checkpoint and close files: no GIL.
         py.detach(|| drop(taken));
         Ok(())
@@ -488,9 +509,10 @@ impl PyStore {
 
     /// Claims up to `limit` ready tasks of `queue` for `worker` with a lease
     /// of `lease_ms`, waiting up to `wait` seconds for work (GIL released;
-    /// `inf` waits until work comes).
-    #[pyo3(signature = (queue, worker, limit=Int(1), lease_ms=Int(30_000), wait=0.0, resources=None),
-        text_signature = "($self, queue, worker, limit=1, lease_ms=30000, wait=0.0, resources=None)")]
+    /// `inf` waits until work comes). `home=(index, count)`: the claimer is
+    /// `index` of `count` and is served from its home shards first.
+    #[pyo3(signature = (queue, worker, limit=Int(1), lease_ms=Int(30_000), wait=0.0, resources=None, home=None),
+        text_signature = "($self, queue, worker, limit=1, lease_ms=30000, wait=0.0, resources=None, home=None)")]
     #[allow(clippy::too_many_arguments)]
     fn claim<'py>(
         &self,
@@ -501,18 +523,24 @@ impl PyStore {
         lease_ms: Int<i64>,
         wait: f64,
         resources: Option<Text>,
+        home: Option<(Int<u32>, Int<u32>)>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let home = home.map(|(i, n)| (i.0, n.0));
         let queue: String = queue.0;
         let worker: String = worker.0;
         let resources: Option<String> = resources.map(String::from);
         let wait = seconds(py, wait, "wait")?;
-        let p = ClaimParams { queue, worker, limit: limit.0, lease_ms: lease_ms.0, resources };
+        let p = ClaimParams { queue, worker, limit: limit.0, lease_ms: lease_ms.0, resources, home };
         let tasks = if wait == Some(Duration::ZERO) {
             self.call(py, |store| store.claim(&p))?
         } else {
+            // A wake (a scheduler stopping) ends the wait, empty-handed.
+            let mut woken: Option<u64> = None;
             self.wait(py, wait, |store, slice| {
+                let before = *woken.get_or_insert_with(|| store.wake_count());
                 let got = store.claim_wait(&p, slice)?;
-                Ok(if got.is_empty() { None } else { Some(got) })
+                let stop = got.is_empty() && store.wake_count() != before;
+                Ok(if got.is_empty() && !stop { None } else { Some(got) })
             })?
             .unwrap_or_default()
         };
@@ -1156,6 +1184,24 @@ impl PyStore {
         let total = seconds(py, timeout, "timeout")?;
         let changed = self.wait(py, total, |store, slice| Ok(store.wait_for_change(token, slice)?.then_some(())))?;
         Ok(changed.is_some())
+    }
+
+    /// Waits up to `timeout` seconds (GIL released) for listen data newer
+    /// than version `after`; returns the newest version (not above `after`
+    /// when nothing newer came). `wake()` ends the wait.
+    fn wait_listen(&self, py: Python<'_>, after: Int<i64>, timeout: f64) -> PyResult<i64> {
+        let after: i64 = after.0;
+        let total = seconds(py, timeout, "timeout")?;
+        let mut woken: Option<u64> = None;
+        let got = self.wait(py, total, |store, slice| {
+            let before = *woken.get_or_insert_with(|| store.wake_count());
+            let head = store.wait_listen(after, slice)?;
+            Ok((head > after || store.wake_count() != before).then_some(head))
+        })?;
+        match got {
+            Some(head) => Ok(head),
+            None => self.call(py, |store| store.listen_head()),
+        }
     }
 
     /// How many threads are inside a wait on this store right now

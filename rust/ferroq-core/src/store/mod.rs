@@ -270,6 +270,12 @@ pub trait Store: Send + Sync {
     /// `wait_for_change`, `claim_wait`, `wait_finished`) as a commit would,
     /// writing nothing: a loop told to stop sees it at once.
     fn wake(&self);
+    /// How many times [`Store::wake`] was called on this handle: a wait
+    /// that sees it change gives up early (a scheduler stopping).
+    /// `claim_wait` returns empty when woken so.
+    fn wake_count(&self) -> u64 {
+        0
+    }
     /// Waits until the change token differs from `token` or `timeout` passes;
     /// true when something changed.
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool>;
@@ -282,6 +288,7 @@ pub trait Store: Send + Sync {
     /// soon as at least one task is claimed.
     fn claim_wait(&self, p: &ClaimParams, wait: Duration) -> Result<Vec<Task>> {
         let deadline = Instant::now() + wait;
+        let woken = self.wake_count();
         loop {
             let token = self.change_token()?;
             let tasks = self.claim(p)?;
@@ -296,6 +303,27 @@ pub trait Store: Send + Sync {
                 slice = slice.min(Duration::from_millis(until));
             }
             self.wait_for_change(token, slice)?;
+            if self.wake_count() != woken {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Waits until the listen data holds a version newer than `after`,
+    /// `timeout` passes or [`Store::wake`] is called; returns the newest
+    /// version. The waiting happens here, so commits that change no listen
+    /// data (every task's claim and completion) cost the caller nothing.
+    fn wait_listen(&self, after: i64, timeout: Duration) -> Result<i64> {
+        let deadline = Instant::now() + timeout;
+        let woken = self.wake_count();
+        loop {
+            let token = self.change_token()?;
+            let head = self.listen_head()?;
+            let now = Instant::now();
+            if head > after || now >= deadline || self.wake_count() != woken {
+                return Ok(head);
+            }
+            self.wait_for_change(token, deadline - now)?;
         }
     }
 

@@ -30,6 +30,14 @@ pub struct ClaimParams {
     /// requirements is at most the worker's resource of that name (missing
     /// counts as 0); tasks without requirements are always claimable.
     pub resources: Option<String>,
+    /// The claimer's place among the store's claimers, `(index, count)`:
+    /// claimer `index` of `count` (a worker thread of a worker process).
+    /// A sharded SQLite store serves it from its home shards
+    /// (`rules::home_shards`) while they
+    /// hold work at least as urgent as the others'; PostgreSQL (one table),
+    /// Redis (one ready set) and a single shard ignore it. None: no home,
+    /// every shard alike.
+    pub home: Option<(u32, u32)>,
 }
 
 /// Extend the leases of `ids` held by `worker`.

@@ -374,7 +374,32 @@ pub(crate) fn check_claim(p: &ClaimParams) -> Result<()> {
     if p.worker.is_empty() {
         return Err(Error::InvalidArgument("worker id must not be empty".into()));
     }
+    if let Some((index, count)) = p.home {
+        if index >= count {
+            return Err(Error::InvalidArgument(format!(
+                "claim home ({index}, {count}) must be (index, count) with index < count"
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The home shards of claimer `index` of `count` in a store of `shards`
+/// shards, as a range. Shards are dealt out in blocks so that the threads
+/// of one worker process (numbered together) share their shards with no
+/// other process: with fewer claimers than shards each gets a block of
+/// shards, with more each shard is home to a block of claimers.
+pub fn home_shards(index: u32, count: u32, shards: u32) -> std::ops::Range<u32> {
+    let (i, n, s) = (u64::from(index), u64::from(count.max(1)), u64::from(shards.max(1)));
+    if n >= s {
+        let home = (i * s / n) as u32;
+        home..home + 1
+    } else {
+        // The shards `h` with h * n / s == i: from ceil(i * s / n) up to ceil((i + 1) * s / n).
+        let first = (i * s).div_ceil(n) as u32;
+        let end = ((i + 1) * s).div_ceil(n) as u32;
+        first..end
+    }
 }
 
 /// Checks a lease length.
@@ -592,6 +617,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn home_shards_cover_every_shard_and_every_claimer() {
+        for shards in 1..=8u32 {
+            for count in 1..=12u32 {
+                let mut homes_of_shard = vec![0u32; shards as usize];
+                for index in 0..count {
+                    let home = home_shards(index, count, shards);
+                    assert!(!home.is_empty() && home.end <= shards, "{index}/{count} over {shards}: {home:?}");
+                    for s in home {
+                        homes_of_shard[s as usize] += 1;
+                    }
+                }
+                assert!(homes_of_shard.iter().all(|&k| k > 0), "{count} claimers over {shards}: {homes_of_shard:?}");
+                if count <= shards {
+                    // Blocks: each shard is home to exactly one claimer.
+                    assert!(homes_of_shard.iter().all(|&k| k == 1));
+                }
+            }
+        }
+        // Two processes of four threads on two shards: each process keeps to its own.
+        assert_eq!((0..4).map(|i| home_shards(i, 8, 2).start).collect::<Vec<_>>(), [0, 0, 0, 0]);
+        assert_eq!((4..8).map(|i| home_shards(i, 8, 2).start).collect::<Vec<_>>(), [1, 1, 1, 1]);
+        assert_eq!(home_shards(1, 2, 4), 2..4);
+    }
+
     fn claim(limit: u32, lease_ms: i64, worker: &str, resources: Option<&str>) -> ClaimParams {
         ClaimParams {
             queue: "q".into(),
@@ -599,6 +649,7 @@ mod tests {
             limit,
             lease_ms,
             resources: resources.map(str::to_string),
+            home: None,
         }
     }
 

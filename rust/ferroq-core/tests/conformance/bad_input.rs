@@ -68,6 +68,7 @@ fn bad_claims_claim_nothing(b: Backend) {
         limit,
         lease_ms,
         resources: None,
+        home: None,
     };
     for (what, params) in [
         ("limit 0", p(0, 1_000, "w")),
@@ -111,7 +112,14 @@ fn open_and_use(dir: &Path) -> Result<(), Error> {
     s.counts()?;
     s.list(&ListParams { limit: 1_000, ..Default::default() })?;
     s.enqueue(&[task("q")])?;
-    s.claim(&ClaimParams { queue: "q".into(), worker: "w".into(), limit: 1_000, lease_ms: 1_000, resources: None })?;
+    s.claim(&ClaimParams {
+        queue: "q".into(),
+        worker: "w".into(),
+        limit: 1_000,
+        lease_ms: 1_000,
+        resources: None,
+        home: None,
+    })?;
     Ok(())
 }
 

@@ -207,7 +207,14 @@ impl Env {
     /// Claims with a given lease.
     pub fn claim_lease(&self, queue: &str, worker: &str, limit: u32, lease_ms: i64) -> Vec<Task> {
         self.store
-            .claim(&ClaimParams { queue: queue.into(), worker: worker.into(), limit, lease_ms, resources: None })
+            .claim(&ClaimParams {
+                queue: queue.into(),
+                worker: worker.into(),
+                limit,
+                lease_ms,
+                resources: None,
+                home: None,
+            })
             .unwrap()
     }
 

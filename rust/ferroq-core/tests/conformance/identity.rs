@@ -242,6 +242,7 @@ fn store_of_schema_4_gains_pause_aging_and_dead_letters() {
             limit: n,
             lease_ms: 60_000,
             resources: None,
+            home: None,
         };
         let mut want = s.get(&ids).unwrap().into_iter().map(Option::unwrap).collect::<Vec<_>>();
         want.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
@@ -293,6 +294,7 @@ fn store_of_the_previous_schema_opens_and_keeps_its_tasks() {
                 limit: 1,
                 lease_ms: 60_000,
                 resources: None,
+                home: None,
             };
             let t = s.claim(&env_claim).unwrap().pop().unwrap();
             s.complete(&[CompleteParams {

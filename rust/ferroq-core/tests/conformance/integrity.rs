@@ -37,7 +37,14 @@ fn open(dir: &Path, shards: u32) -> Arc<dyn Store> {
 }
 
 fn claim_all(s: &dyn Store) -> Result<Vec<ferroq_core::Task>, Error> {
-    s.claim(&ClaimParams { queue: "q".into(), worker: "w".into(), limit: 1_000, lease_ms: 60_000, resources: None })
+    s.claim(&ClaimParams {
+        queue: "q".into(),
+        worker: "w".into(),
+        limit: 1_000,
+        lease_ms: 60_000,
+        resources: None,
+        home: None,
+    })
 }
 
 /// Flips the lowest bit of the last byte of every copy of `marker` in the
@@ -126,7 +133,7 @@ fn flipped_bit_in_a_payload_or_result_is_reported_not_returned() {
 }
 
 fn claim_params() -> ClaimParams {
-    ClaimParams { queue: "q".into(), worker: "w".into(), limit: 1_000, lease_ms: 60_000, resources: None }
+    ClaimParams { queue: "q".into(), worker: "w".into(), limit: 1_000, lease_ms: 60_000, resources: None, home: None }
 }
 
 #[test]

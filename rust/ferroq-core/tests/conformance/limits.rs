@@ -36,6 +36,7 @@ fn claim_with(env: &Env, queue: &str, worker: &str, limit: u32, resources: Optio
             limit,
             lease_ms: 30_000,
             resources: resources.map(String::from),
+            home: None,
         })
         .unwrap()
 }
@@ -204,6 +205,7 @@ fn bad_resource_maps_are_rejected(b: Backend) {
             limit: 1,
             lease_ms: 1_000,
             resources: Some(bad.into()),
+            home: None,
         });
         assert!(matches!(r, Err(Error::InvalidArgument(_))), "{bad}");
     }

@@ -22,6 +22,7 @@ mod durability;
 mod events;
 mod flow;
 mod harness;
+mod home;
 mod identity;
 mod integrity;
 mod limits;

@@ -105,6 +105,7 @@ fn concurrent_claimers_never_share_a_task() {
                         limit: 7,
                         lease_ms: 60_000,
                         resources: None,
+                        home: None,
                     };
                     let got = store.claim(&p).unwrap();
                     if got.is_empty() {

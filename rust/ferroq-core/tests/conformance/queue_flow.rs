@@ -40,6 +40,7 @@ fn a_paused_queue_takes_sends_but_hands_nothing_out(b: Backend) {
         limit: 10,
         lease_ms: 30_000,
         resources: None,
+        home: None,
     };
     assert!(env.store.claim_wait(&p, Duration::from_millis(20)).unwrap().is_empty());
     match start(&env, waiting[0], "person") {

@@ -111,8 +111,14 @@ fn a_restart_mid_run_loses_nothing_acknowledged() {
     let worker = {
         let (store, done, stop) = (store.clone(), done.clone(), stop.clone());
         std::thread::spawn(move || {
-            let p =
-                ClaimParams { queue: "q".into(), worker: "w".into(), limit: 10, lease_ms: 600_000, resources: None };
+            let p = ClaimParams {
+                queue: "q".into(),
+                worker: "w".into(),
+                limit: 10,
+                lease_ms: 600_000,
+                resources: None,
+                home: None,
+            };
             while !stop.load(Ordering::SeqCst) {
                 let Ok(tasks) = store.claim(&p) else { continue };
                 let items: Vec<CompleteParams> = tasks

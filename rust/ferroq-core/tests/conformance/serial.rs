@@ -137,8 +137,14 @@ fn sixteen_threads_never_see_two_running(b: Backend) {
     }
     for round in 0..8 {
         let got: Vec<Vec<Task>> = at_once(&env.store, |store, i| {
-            let p =
-                ClaimParams { queue: "s".into(), worker: format!("w{i}"), limit: 5, lease_ms: 30_000, resources: None };
+            let p = ClaimParams {
+                queue: "s".into(),
+                worker: format!("w{i}"),
+                limit: 5,
+                lease_ms: 30_000,
+                resources: None,
+                home: None,
+            };
             store.claim(&p).unwrap()
         });
         let handed: Vec<&Task> = got.iter().flatten().collect();

@@ -471,6 +471,7 @@ fn postgres_store_of_schema_1_is_migrated() {
         limit: n,
         lease_ms: 30_000,
         resources: None,
+        home: None,
     };
     let order: Vec<i64> = store.claim(&claim(10)).unwrap().iter().map(|t| t.id).collect();
     assert_eq!(order, [big, old]);

@@ -6,7 +6,7 @@
 //! came back well before the timeout, never a tight latency.
 
 use crate::harness::*;
-use ferroq_core::store::ClaimParams;
+use ferroq_core::store::{ClaimParams, ListenSetParams};
 use ferroq_core::{NewTask, Status};
 use std::time::{Duration, Instant};
 
@@ -16,13 +16,15 @@ crate::conformance!(
     claim_wait_times_out_empty,
     claim_wait_wakes_for_a_delayed_task_without_a_commit,
     wait_finished_returns_when_another_thread_completes,
+    claim_wait_gives_up_when_the_store_is_woken,
+    wait_listen_returns_for_listen_data_not_for_tasks,
 );
 
 /// Long enough that a test returning near it clearly failed to wake.
 pub const LONG_WAIT: Duration = Duration::from_secs(20);
 
 pub fn claim_params(queue: &str, worker: &str) -> ClaimParams {
-    ClaimParams { queue: queue.into(), worker: worker.into(), limit: 10, lease_ms: 30_000, resources: None }
+    ClaimParams { queue: queue.into(), worker: worker.into(), limit: 10, lease_ms: 30_000, resources: None, home: None }
 }
 
 fn claim_wait_returns_when_another_thread_enqueues(b: Backend) {
@@ -101,4 +103,44 @@ fn wait_finished_returns_when_another_thread_completes(b: Backend) {
     assert_eq!(t.status, Status::Queued);
     let missing = env.store.wait_finished(1_000_000_007, Duration::from_millis(20));
     assert!(matches!(missing, Err(ferroq_core::Error::NotFound(_))), "{missing:?}");
+}
+
+fn claim_wait_gives_up_when_the_store_is_woken(b: Backend) {
+    let env = b.open();
+    let store = env.store.clone();
+    let waker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        store.wake();
+    });
+    let started = Instant::now();
+    let got = env.store.claim_wait(&claim_params("q", "w"), LONG_WAIT).unwrap();
+    waker.join().unwrap();
+    assert!(got.is_empty(), "a wake claims nothing");
+    assert!(started.elapsed() < LONG_WAIT / 2, "a wake (a scheduler stopping) ends the wait");
+    // The task sent later is still there for the next claim.
+    let id = env.add("q");
+    assert_eq!(env.claim("q", "w", 10).iter().map(|t| t.id).collect::<Vec<_>>(), vec![id]);
+}
+
+fn wait_listen_returns_for_listen_data_not_for_tasks(b: Backend) {
+    let env = b.open();
+    let head = env.store.listen_head().unwrap();
+    // Commits that change no listen data do not end the wait.
+    env.add("q");
+    let short = Duration::from_millis(150);
+    assert_eq!(env.store.wait_listen(head, short).unwrap(), head, "tasks are not listen data");
+    let store = env.store.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        store.enqueue(&[task("q")]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        store.listen_set(&ListenSetParams { key: "k".into(), value: b"1".to_vec() }).unwrap()
+    });
+    let started = Instant::now();
+    let got = env.store.wait_listen(head, LONG_WAIT).unwrap();
+    let version = writer.join().unwrap();
+    assert_eq!(got, version, "returns the new version, not at the enqueue before it");
+    assert!(started.elapsed() < LONG_WAIT / 2);
+    // Already newer: at once.
+    assert_eq!(env.store.wait_listen(head, LONG_WAIT).unwrap(), version);
 }

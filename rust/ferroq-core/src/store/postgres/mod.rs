@@ -253,7 +253,11 @@ impl Store for PostgresStore {
         notify::change_token(self)
     }
     fn wake(&self) {
+        self.wake.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.wake.bump()
+    }
+    fn wake_count(&self) -> u64 {
+        self.wake.wakes.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         notify::wait_for_change(self, token, timeout)

@@ -21,6 +21,8 @@ pub(super) struct Wake {
     pub(super) cv: Condvar,
     listening: AtomicBool,
     stop: AtomicBool,
+    /// Calls of `Store::wake` (see `Store::wake_count`).
+    pub(super) wakes: std::sync::atomic::AtomicU64,
 }
 
 impl Wake {
@@ -29,6 +31,7 @@ impl Wake {
             generation: Mutex::new(0),
             cv: Condvar::new(),
             listening: AtomicBool::new(false),
+            wakes: std::sync::atomic::AtomicU64::new(0),
             stop: AtomicBool::new(false),
         }
     }

@@ -119,6 +119,7 @@ pub(super) fn active(store: &PostgresStore, p: &ActiveParams) -> Result<Option<T
         limit: 1,
         lease_ms: p.lease_ms,
         resources: None,
+        home: None,
     };
     rules::check_claim(&cp)?;
     let options = queue_options(store, &p.queue)?;

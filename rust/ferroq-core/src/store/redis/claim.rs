@@ -267,6 +267,7 @@ pub(super) fn active(s: &RedisStore, p: &ActiveParams) -> Result<Option<Task>> {
         limit: 1,
         lease_ms: p.lease_ms,
         resources: None,
+        home: None,
     };
     rules::check_claim(&cp)?;
     let options = admin::queue_options(s, &p.queue)?;

@@ -335,7 +335,11 @@ impl Store for RedisStore {
         Ok(chg.unwrap_or(0).wrapping_add(self.wake.local().wrapping_mul(1 << 32)))
     }
     fn wake(&self) {
+        self.wake.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.wake.bump()
+    }
+    fn wake_count(&self) -> u64 {
+        self.wake.wakes.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;

@@ -20,6 +20,8 @@ pub(super) struct Wake {
     cond: Condvar,
     stopped: AtomicBool,
     listening: AtomicBool,
+    /// Calls of `Store::wake` (see `Store::wake_count`).
+    pub(super) wakes: AtomicU64,
 }
 
 impl Wake {

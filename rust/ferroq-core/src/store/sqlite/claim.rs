@@ -79,22 +79,74 @@ pub(super) fn claim(store: &SqliteStore, p: &ClaimParams) -> Result<Vec<Task>> {
     rules::check_claim(p)?;
     let now = store.clock.now_ms();
     let resources = p.resources.as_deref().unwrap_or("{}");
-    let conn0 = store.shards[0].conn.lock();
-    let mode = claim_mode(&conn0, &p.queue)?;
+    // Read on shard 0's reader: the writer may be busy with a claim of the
+    // claimers whose home shard 0 is, and this one need not wait for it.
+    let mode = store.on_reader(0, |conn| claim_mode(conn, &p.queue))?;
     if mode.paused {
         return Ok(Vec::new());
     }
     let lease_ms = rules::lease_for(p.lease_ms, mode.answer_timeout_ms);
-    if mode.serial {
-        let got = store.serial_handout(p, lease_ms, conn0, &mode, false)?;
-        return Ok(got.into_iter().collect());
-    }
-    if mode.limited {
+    if mode.serial || mode.limited {
+        let conn0 = store.shards[0].conn.lock();
+        if mode.serial {
+            let got = store.serial_handout(p, lease_ms, conn0, &mode, false)?;
+            return Ok(got.into_iter().collect());
+        }
         return store.claim_limited(p, lease_ms, resources, mode.aging_ms, conn0);
     }
-    drop(conn0);
     let c = ClaimCtx { now, aging_ms: mode.aging_ms, lease_ms, resources, excluded: None };
-    store.claim_merged(p, &c, None, &mut None)
+    if p.home.is_some() {
+        store.claim_by_heads(p, &c, None, &mut None)
+    } else {
+        // No home: the exact claim order across shards, ties included (a
+        // person's or a script's claim, not a worker's).
+        store.claim_merged(p, &c, None, &mut None)
+    }
+}
+
+/// How much longer another shard's head must have been ready than the
+/// best home shard's, at equal claim rank, for a claimer with a home to
+/// take it first. It bounds how long a shard that is nobody's home (its
+/// worker is down, or fewer claimers run than were counted) waits behind
+/// busy home shards, and it evens out shards drained at different speeds.
+pub(super) const HOME_SLACK_MS: i64 = 250;
+
+/// The first ready task of one shard in claim order.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    rank: i64,
+    run_at: i64,
+    /// Global id.
+    id: i64,
+}
+
+impl Head {
+    /// Claim order: higher rank first, then earlier run_at, then lower id.
+    fn before(&self, other: &Head) -> bool {
+        (std::cmp::Reverse(self.rank), self.run_at, self.id) < (std::cmp::Reverse(other.rank), other.run_at, other.id)
+    }
+}
+
+/// The shard the next part of a claim comes from: the shard whose head is
+/// first in claim order, unless a home shard's head ranks as high and
+/// became ready no more than [`HOME_SLACK_MS`] after it.
+fn pick_shard(heads: &[Option<Head>], home: &std::ops::Range<u32>) -> Option<usize> {
+    let first_of = |keep: &dyn Fn(usize) -> bool| {
+        let mut best: Option<(usize, Head)> = None;
+        for (s, h) in heads.iter().enumerate() {
+            if let (Some(h), true) = (h, keep(s)) {
+                if best.as_ref().is_none_or(|(_, b)| h.before(b)) {
+                    best = Some((s, *h));
+                }
+            }
+        }
+        best
+    };
+    let (best, b) = first_of(&|_| true)?;
+    match first_of(&|s| home.contains(&(s as u32))) {
+        Some((s, h)) if h.rank == b.rank && h.run_at <= b.run_at.saturating_add(HOME_SLACK_MS) => Some(s),
+        _ => Some(best),
+    }
 }
 
 impl SqliteStore {
@@ -110,12 +162,33 @@ impl SqliteStore {
         c: &ClaimCtx<'_>,
         allowance: &mut Option<HashMap<String, u64>>,
     ) -> Result<Vec<Task>> {
-        let rows = self.query_rows(
-            tx,
-            shard,
-            sql::CLAIM,
-            params![p.queue, c.now, limit, p.worker, c.now + c.lease_ms, c.resources, c.excluded],
-        )?;
+        self.claim_in_from(tx, shard, p, limit, c, allowance, None)
+    }
+
+    /// [`Self::claim_in`] taking only tasks whose claim rank is at least
+    /// `floor` (when given): the part of a claim one shard serves while
+    /// another shard's head ranks `floor`.
+    #[allow(clippy::too_many_arguments)]
+    fn claim_in_from(
+        &self,
+        tx: &WriteTx,
+        shard: usize,
+        p: &ClaimParams,
+        limit: u32,
+        c: &ClaimCtx<'_>,
+        allowance: &mut Option<HashMap<String, u64>>,
+        floor: Option<i64>,
+    ) -> Result<Vec<Task>> {
+        let args = params![p.queue, c.now, limit, p.worker, c.now + c.lease_ms, c.resources, c.excluded];
+        let rows = match floor {
+            None => self.query_rows(tx, shard, sql::CLAIM, args)?,
+            Some(f) => self.query_rows(
+                tx,
+                shard,
+                sql::CLAIM_RANKED_AT_LEAST,
+                params![p.queue, c.now, limit, p.worker, c.now + c.lease_ms, c.resources, c.excluded, f],
+            )?,
+        };
         // Recorded before anything else the transaction records (a damaged
         // row's failure, a give-back): the triggers leave claims out.
         if rows.iter().all(|r| r.is_ok()) {
@@ -163,6 +236,90 @@ impl SqliteStore {
         let why = damaged.error.to_string();
         self.move_to_done(tx, shard, local, Status::Failed, None, Some(&why), Status::Running, None, now)?;
         Ok(())
+    }
+
+    /// Runs `f` on shard `s`'s reader connection (its writer in memory,
+    /// which has none): reads that must not queue behind this process's
+    /// write transactions on the shard.
+    pub(super) fn on_reader<T>(&self, s: usize, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let shard = &self.shards[s];
+        let out = match &shard.watch {
+            Some(reader) => f(&reader.lock()),
+            None => f(&shard.conn.lock()),
+        };
+        out.map_err(|e| self.shard_err(s, e))
+    }
+
+    /// The first ready task of shard `s` in claim order, if it has one
+    /// (shard 0 read through `tx0` when the caller holds it: its lock is
+    /// taken, and in memory the shard has no other connection).
+    fn peek_head(&self, s: usize, p: &ClaimParams, c: &ClaimCtx<'_>, tx0: Option<&WriteTx>) -> Result<Option<Head>> {
+        let peek = |conn: &Connection| -> Result<Option<Head>> {
+            let mut stmt = conn.prepare_cached(sql::PEEK_READY)?;
+            let mut rows = stmt.query(params![p.queue, c.now, 1, c.resources, c.excluded])?;
+            Ok(match rows.next()? {
+                Some(r) => Some(Head { rank: r.get(0)?, run_at: r.get(1)?, id: self.global(s, r.get(2)?) }),
+                None => None,
+            })
+        };
+        match tx0 {
+            Some(tx) if s == 0 => peek(tx).map_err(|e| self.shard_err(0, e)),
+            _ => self.on_reader(s, peek),
+        }
+    }
+
+    /// A claim with no function limits in force and a queue that is not
+    /// serial. Each shard's head is peeked (a read); the claim is then
+    /// served shard by shard, each part one write transaction: first the
+    /// shard [`pick_shard`] names (a home shard, in the common case), taking
+    /// only tasks ranked at least as high as every other shard's head, then,
+    /// while the claim is not full, the next. So no task is handed out while
+    /// a ready task of strictly higher rank waited in another shard when
+    /// the claim began, and a claimer whose home shards hold enough work
+    /// takes it in one transaction, never touching the others' write locks.
+    ///
+    /// `tx0` is shard 0's open transaction when the caller holds it (a
+    /// claim under function limits, whose `allowance` gives back what a
+    /// limited name may not take), so shard 0 is claimed through it.
+    fn claim_by_heads(
+        &self,
+        p: &ClaimParams,
+        c: &ClaimCtx<'_>,
+        tx0: Option<&WriteTx>,
+        allowance: &mut Option<HashMap<String, u64>>,
+    ) -> Result<Vec<Task>> {
+        let n = self.shard_count();
+        let home = match p.home {
+            Some((index, count)) if n > 1 => rules::home_shards(index, count, n),
+            _ => 0..0,
+        };
+        let mut heads = (0..self.shards.len()).map(|s| self.peek_head(s, p, c, tx0)).collect::<Result<Vec<_>>>()?;
+        let mut all: Vec<Task> = Vec::new();
+        let mut want = p.limit;
+        // Each round claims from one shard; bounded so that heads taken
+        // again and again by other processes cannot keep a claim going.
+        let mut rounds = 2 * self.shards.len();
+        while let Some(s) = pick_shard(&heads, &home).filter(|_| rounds > 0) {
+            rounds -= 1;
+            let floor = heads.iter().enumerate().filter(|(o, _)| *o != s).filter_map(|(_, h)| h.map(|h| h.rank)).max();
+            let got = match tx0 {
+                Some(tx) if s == 0 => {
+                    self.claim_in_from(tx, s, p, want, c, allowance, floor).map_err(|e| self.shard_err(s, e))?
+                }
+                _ => self.write(s, |tx| self.claim_in_from(tx, s, p, want, c, allowance, floor))?,
+            };
+            want -= got.len() as u32;
+            all.extend(got);
+            if want == 0 || floor.is_none() {
+                break;
+            }
+            // The shard ran out of work ranked `floor` or higher; what it
+            // has left competes again with the other heads.
+            heads[s] = self.peek_head(s, p, c, tx0)?;
+        }
+        // RETURNING gives rows in no particular order.
+        all.sort_by(claim_order_aged(c.aging_ms));
+        Ok(all)
     }
 
     /// Peeks every shard, merges the heads in claim order and claims the
@@ -275,7 +432,11 @@ impl SqliteStore {
         let before = allowance.clone();
         let c = ClaimCtx { now, aging_ms, lease_ms, resources, excluded: excluded.as_deref() };
         let mut allow = Some(allowance);
-        let tasks = self.claim_merged(p, &c, Some(tx0), &mut allow)?;
+        let tasks = if p.home.is_some() {
+            self.claim_by_heads(p, &c, Some(tx0), &mut allow)?
+        } else {
+            self.claim_merged(p, &c, Some(tx0), &mut allow)?
+        };
         let after = allow.unwrap_or_default();
         for (name, level) in levels {
             let used = before.get(&name).copied().unwrap_or(0) - after.get(&name).copied().unwrap_or(0);

@@ -276,6 +276,10 @@ impl SqliteStore {
         let watch =
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         watch.busy_timeout(config.busy_timeout)?;
+        // The reader runs the peeks of every claim and the change checks
+        // of every wait: keep all of them prepared.
+        watch.set_prepared_statement_cache_capacity(32);
+        schema::plan_once(&watch)?;
         Ok((Shard::new(conn, Some(watch), label), info))
     }
 
@@ -447,7 +451,11 @@ impl Store for SqliteStore {
         wake::change_token(self)
     }
     fn wake(&self) {
+        self.wake.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.wake.bump()
+    }
+    fn wake_count(&self) -> u64 {
+        self.wake.wakes.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         wake::wait_for_change(self, token, timeout)

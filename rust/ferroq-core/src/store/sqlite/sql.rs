@@ -482,6 +482,23 @@ pub const CLAIM: &str = concat!(
     task_row!()
 );
 
+/// [`CLAIM`] of tasks ranked ?8 or higher only: a shard's part of a claim
+/// while another shard's head ranks ?8 (the ready index's second column
+/// bounds the scan).
+pub const CLAIM_RANKED_AT_LEAST: &str = concat!(
+    "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = ?5, worker = ?4,
+        started_at = ?2, cancel_requested = 0
+    WHERE id IN (SELECT id FROM task
+        WHERE queue = ?1 AND status = 0 AND claim_rank >= ?8 AND run_at <= ?2
+          AND (expires_at IS NULL OR expires_at > ?2)
+          AND (?7 IS NULL OR name NOT IN (SELECT value FROM json_each(?7)))
+          AND ",
+    requirements_met!("?6"),
+    " ORDER BY claim_rank DESC, run_at, id LIMIT ?3)
+    RETURNING ",
+    task_row!()
+);
+
 /// Gives back a task a limited claim took beyond its allowance (the attempt
 /// is not counted: it never started).
 pub const UNCLAIM: &str = "UPDATE task SET status = 0, attempts = attempts - 1,

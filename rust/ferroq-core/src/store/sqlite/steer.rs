@@ -147,6 +147,7 @@ pub(super) fn active(store: &SqliteStore, p: &ActiveParams) -> Result<Option<Tas
         limit: 1,
         lease_ms: p.lease_ms,
         resources: None,
+        home: None,
     };
     rules::check_claim(&cp)?;
     let conn0 = store.shards[0].conn.lock();
