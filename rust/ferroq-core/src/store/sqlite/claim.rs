@@ -368,15 +368,45 @@ impl SqliteStore {
             }
         }
         let mut all = Vec::new();
+        let mut tried = vec![false; self.shards.len()];
         for (s, k) in per_shard.into_iter().enumerate().filter(|(_, k)| *k > 0) {
-            let got = match tx0 {
-                Some(tx) if s == 0 => self.claim_in(tx, s, p, k, c, allowance).map_err(|e| self.shard_err(s, e))?,
-                _ => self.write(s, |tx| self.claim_in(tx, s, p, k, c, allowance))?,
-            };
-            all.extend(got);
+            tried[s] = true;
+            all.extend(self.claim_from(s, p, k, c, tx0, allowance)?);
+        }
+        // A concurrent claimer may have taken what was peeked in the shards
+        // chosen: take what is missing from the other shards that had ready
+        // work (in the order of their heads), rather than come back with
+        // less while tasks wait elsewhere.
+        for h in &heads {
+            let missing = (p.limit as usize).saturating_sub(all.len());
+            if missing == 0 {
+                break;
+            }
+            let s = h.3;
+            if std::mem::replace(&mut tried[s], true) {
+                continue;
+            }
+            all.extend(self.claim_from(s, p, missing as u32, c, tx0, allowance)?);
         }
         all.sort_by(claim_order_aged(c.aging_ms));
         Ok(all)
+    }
+
+    /// Claims up to `k` tasks from shard `s` (in `tx0` for shard 0 when
+    /// the caller holds it).
+    fn claim_from(
+        &self,
+        s: usize,
+        p: &ClaimParams,
+        k: u32,
+        c: &ClaimCtx<'_>,
+        tx0: Option<&WriteTx>,
+        allowance: &mut Option<HashMap<String, u64>>,
+    ) -> Result<Vec<Task>> {
+        match tx0 {
+            Some(tx) if s == 0 => self.claim_in(tx, s, p, k, c, allowance).map_err(|e| self.shard_err(s, e)),
+            _ => self.write(s, |tx| self.claim_in(tx, s, p, k, c, allowance)),
+        }
     }
 
     /// A claim while function limits are in force: shard 0's write lock
