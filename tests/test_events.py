@@ -181,3 +181,17 @@ def test_event_verbs_on_the_native_store(url: str) -> None:
     assert store.listen_cursor_get("other") is None
     assert [(k, v) for _ver, k, v, _at in store.listen_keys()] == [("k", b"1")]
     store.close()
+
+
+def test_a_follower_ends_quietly_when_its_store_closes(tmp_path: Path) -> None:
+    # close() wakes every waiter; a follower woken that way must end, not
+    # raise "store is closed" on its thread (seen as a thread exception
+    # failing an unrelated test).
+    for i in range(5):
+        q = ferroq.Queue(str(tmp_path / f"s{i}"))
+        follower = q.follow(f"c{i}", lambda e: None).start()
+        time.sleep(0.05)  # in its wait for a change
+        q.close()
+        assert follower._thread is not None
+        follower._thread.join(5)
+        assert not follower._thread.is_alive()

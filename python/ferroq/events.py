@@ -124,7 +124,13 @@ class EventFollower:
     def run(self) -> None:
         """Ticks until stopped, waking when the store changes."""
         while not self._stopped.is_set():
-            token = self.store.change_token()
+            try:
+                token = self.store.change_token()
+            except Exception:
+                # Closed under us (close() wakes every waiter): the follow ends.
+                if self.store.closed:
+                    return
+                raise
             try:
                 self.tick()
             except Exception:
