@@ -66,7 +66,8 @@ def main(expected_version: str) -> None:
             info = failing.info()
             assert info.status == "failed", info.status
             assert info.attempts == 2, info.attempts  # the first try and one retry
-            assert info.error is not None and "Traceback" in info.error, info.error
+            assert info.error_type == "builtins.ValueError", info.error_type
+            assert info.traceback is not None and "Traceback" in info.traceback, info.traceback
 
         frames = "skipped (polars not installed)"
         try:
