@@ -15,6 +15,7 @@ crate::conformance!(
     same_key_same_queue_is_the_same_task,
     same_key_in_another_queue_is_a_new_task,
     duplicate_keys_inside_one_batch,
+    big_keyed_batch_stores_each_key_once,
     key_stays_taken_until_the_task_is_purged,
 );
 
@@ -212,6 +213,57 @@ fn duplicate_keys_inside_one_batch(b: Backend) {
     assert_eq!(env.get(out[0].id).payload, b"one".to_vec());
     assert_eq!(env.total(), 3);
     assert_eq!(env.claim("q", "w", 10).len(), 3);
+}
+
+/// A batch big enough for multi-row inserts: keys taken by queued,
+/// running and finished tasks, keys repeated inside the batch (also across
+/// statements), and rows without a key in between, each answered as the
+/// first task with that key.
+fn big_keyed_batch_stores_each_key_once(b: Backend) {
+    let env = b.open();
+    let queued = env.enqueue(keyed("q", "k7"));
+    let running = env.enqueue(keyed("q", "k50"));
+    let finished = env.enqueue(keyed("q", "k90"));
+    let other_queue = env.enqueue(keyed("other", "k3"));
+    env.claim("q", "w", 3);
+    env.complete(finished.id, "w", b"r").unwrap();
+    let mut batch = Vec::new();
+    for i in 0..200 {
+        batch.push(match i % 5 {
+            4 => task("q"),
+            // Every key twice: row i and row i + 100 (another statement).
+            _ => NewTask { payload: format!("p{i}").into_bytes(), ..keyed("q", &format!("k{}", i % 100)) },
+        });
+    }
+    let out = env.store.enqueue(&batch).unwrap();
+    assert_eq!(out.len(), batch.len());
+    let mut first: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    first.insert("k7".into(), queued.id);
+    first.insert("k50".into(), running.id);
+    first.insert("k90".into(), finished.id);
+    let mut fresh = 0;
+    for (t, e) in batch.iter().zip(&out) {
+        let Some(k) = &t.key else {
+            assert!(e.inserted);
+            fresh += 1;
+            continue;
+        };
+        match first.get(k) {
+            Some(&id) => assert_eq!((e.id, e.inserted), (id, false), "key {k}"),
+            None => {
+                assert!(e.inserted, "key {k}");
+                assert_eq!(env.get(e.id).payload, t.payload, "key {k}");
+                first.insert(k.clone(), e.id);
+                fresh += 1;
+            }
+        }
+    }
+    // 80 keys k0..k99 (rows i % 5 != 4), 3 of them taken before; 40 unkeyed rows.
+    assert_eq!(fresh, 77 + 40);
+    assert_eq!(env.total(), 4 + fresh);
+    assert_ne!(first["k3"], other_queue.id);
+    let ids: std::collections::HashSet<i64> = out.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 80 + 40, "one id per key and per unkeyed row");
 }
 
 fn key_stays_taken_until_the_task_is_purged(b: Backend) {

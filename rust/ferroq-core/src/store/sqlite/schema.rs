@@ -290,3 +290,20 @@ pub fn finish_creating(conn: &Connection) -> Result<()> {
 pub fn last_local_id(conn: &Connection) -> Result<i64> {
     Ok(conn.prepare_cached(sql::LAST_LOCAL_ID)?.query_row([], |r| r.get(0))?)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The bundled SQLite is built as `.cargo/config.toml` asks: no shared
+    /// page-cache mutex, no allocation statistics (both serialise threads
+    /// writing different shards).
+    #[test]
+    fn sqlite_is_built_for_threads_on_separate_shards() -> rusqlite::Result<()> {
+        let conn = rusqlite::Connection::open_in_memory()?;
+        let mut stmt = conn.prepare("PRAGMA compile_options")?;
+        let options: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+        assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+        assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
+        Ok(())
+    }
+}

@@ -306,6 +306,17 @@ pub const TABLE_EXISTS: &str = "SELECT count(*) FROM sqlite_master WHERE type = 
 pub const FIND_KEY: &str = "SELECT id FROM task WHERE queue = ?1 AND key = ?2
     UNION ALL SELECT id FROM task_done WHERE coalesce(origin, queue) = ?1 AND key = ?2 LIMIT 1";
 
+/// A queued or running task with this key (`task_key`).
+pub const FIND_KEY_LIVE: &str = "SELECT id FROM task WHERE queue = ?1 AND key = ?2";
+/// A finished task with this key (a dead letter by its home queue).
+pub const FIND_KEY_DONE: &str = "SELECT id FROM task_done WHERE coalesce(origin, queue) = ?1 AND key = ?2";
+/// Whether any finished task of queue ?1 has a key: when none has, a batch
+/// of keyed sends need not look each key up among the finished ones.
+pub const ANY_DONE_KEY: &str =
+    "SELECT EXISTS (SELECT 1 FROM task_done WHERE coalesce(origin, queue) = ?1 AND key IS NOT NULL)";
+/// Whether a task with local id ?1 is in the task table.
+pub const TASK_ID_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM task WHERE id = ?1)";
+
 /// The aging step (ms per priority level) of queue `$q`, NULL when it has
 /// none: from this shard's copy of the queue's options (every shard has
 /// one, see `steer::set_queue_options`).
@@ -342,12 +353,18 @@ macro_rules! claim_rank {
 /// template for statements built at run time (`insert_task_rows`).
 const CLAIM_RANK_TEMPLATE: &str = claim_rank!("{p}", "{r}", aging_of!("{q}"));
 
+/// The head of a task insert after its verb (`INSERT` or `INSERT OR IGNORE`).
+macro_rules! insert_task_into {
+    () => {
+        " INTO task (id, queue, name, payload, priority, status, run_at,
+    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
+    requires, payload_sum, claim_rank)"
+    };
+}
 /// The head of every task insert.
 macro_rules! insert_task_columns {
     () => {
-        "INSERT INTO task (id, queue, name, payload, priority, status, run_at,
-    attempts, max_attempts, key, batch, created_at, expires_at, metadata, backoff, result_ttl,
-    requires, payload_sum, claim_rank)"
+        concat!("INSERT", insert_task_into!())
     };
 }
 
@@ -361,13 +378,26 @@ pub const INSERT_TASK: &str = concat!(
     ")"
 );
 
+/// [`INSERT_TASK`] that stores nothing when the task's key is taken
+/// (`task_key`): keyed sends insert first and look up only the rows it
+/// refused.
+pub const INSERT_TASK_OR_IGNORE: &str = concat!(
+    "INSERT OR IGNORE",
+    insert_task_into!(),
+    " VALUES (?14, ?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?15, ?16, ",
+    claim_rank!("?4", "?5", aging_of!("?1")),
+    ")"
+);
+
 /// How many values `INSERT_TASK` binds per row (?16: the payload's checksum).
 pub const INSERT_TASK_PARAMS: usize = 16;
 
 /// `INSERT_TASK` for `rows` rows in one statement: row `r` binds its values
 /// at `r * INSERT_TASK_PARAMS` + the single-row positions.
-pub fn insert_task_rows(rows: usize) -> String {
-    let mut out = String::from(insert_task_columns!());
+/// With `or_ignore`, a row whose key is taken stores nothing.
+pub fn insert_task_rows(rows: usize, or_ignore: bool) -> String {
+    let mut out = String::from(if or_ignore { "INSERT OR IGNORE" } else { "INSERT" });
+    out.push_str(insert_task_into!());
     out.push_str(" VALUES ");
     for r in 0..rows {
         let b = r * INSERT_TASK_PARAMS;

@@ -28,7 +28,13 @@ const INSERT_ROWS: usize = 32;
 /// The text of the `INSERT_ROWS`-row insert, built once.
 fn insert_rows_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| sql::insert_task_rows(INSERT_ROWS))
+    SQL.get_or_init(|| sql::insert_task_rows(INSERT_ROWS, false))
+}
+
+/// The `INSERT_ROWS`-row insert of keyed tasks (`INSERT OR IGNORE`), built once.
+fn insert_keyed_rows_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| sql::insert_task_rows(INSERT_ROWS, true))
 }
 
 /// What each row insert binds beside the task itself: its local id, its
@@ -138,10 +144,13 @@ pub(super) fn enqueue(store: &SqliteStore, tasks: &[NewTask]) -> Result<Vec<Enqu
 
 impl SqliteStore {
     /// Inserts `tasks[i]` for each `i` in `idxs` into shard `s` (within the
-    /// caller's transaction); a task whose key exists stores nothing. Tasks
-    /// without a key go in multi-row statements of `INSERT_ROWS` rows: a
-    /// statement's fixed cost (opening a cursor on the table and each of its
-    /// indexes) is a large share of a one-row insert.
+    /// caller's transaction); a task whose key exists stores nothing. Rows
+    /// go in multi-row statements of `INSERT_ROWS` rows: a statement's
+    /// fixed cost (opening a cursor on the table and each of its indexes) is
+    /// a large share of a one-row insert. Keyed rows are inserted with `OR
+    /// IGNORE` and only the rows the key index refused are looked up
+    /// afterwards (a fresh batch looks nothing up); finished tasks are
+    /// looked up by key first, only in a queue that has keyed ones.
     fn insert_tasks(
         &self,
         tx: &Connection,
@@ -153,38 +162,91 @@ impl SqliteStore {
     ) -> Result<Vec<Enqueued>> {
         let mut last = schema::last_local_id(tx)?;
         let mut out = Vec::with_capacity(idxs.len());
-        // Unkeyed rows waiting for a full multi-row statement.
-        let mut rows: Vec<(&NewTask, RowExtras)> = Vec::with_capacity(INSERT_ROWS);
+        // Rows waiting for a full multi-row statement, with their place in `out`.
+        let mut rows: Vec<(usize, &NewTask, RowExtras)> = Vec::with_capacity(INSERT_ROWS);
+        let mut keyed: Vec<(usize, &NewTask, RowExtras)> = Vec::with_capacity(INSERT_ROWS);
+        // Per queue: whether any finished task of it has a key.
+        let mut done_keys: Vec<(&str, bool)> = Vec::new();
         for &i in idxs {
             let t = &tasks[i];
             if let Some(k) = &t.key {
-                let existing: Option<i64> =
-                    tx.prepare_cached(sql::FIND_KEY)?.query_row((&t.queue, k), |r| r.get(0)).optional()?;
-                if let Some(local) = existing {
-                    out.push(Enqueued { id: self.global(s, local), inserted: false });
-                    continue;
+                let any_done = match done_keys.iter().find(|(q, _)| *q == t.queue) {
+                    Some(&(_, any)) => any,
+                    None => {
+                        let any: bool = tx.prepare_cached(sql::ANY_DONE_KEY)?.query_row([&t.queue], |r| r.get(0))?;
+                        done_keys.push((&t.queue, any));
+                        any
+                    }
+                };
+                if any_done {
+                    let existing: Option<i64> =
+                        tx.prepare_cached(sql::FIND_KEY_DONE)?.query_row((&t.queue, k), |r| r.get(0)).optional()?;
+                    if let Some(local) = existing {
+                        out.push(Enqueued { id: self.global(s, local), inserted: false });
+                        continue;
+                    }
                 }
             }
             let local = (first_local + i as i64).max(last + 1);
             last = local;
             out.push(Enqueued { id: self.global(s, local), inserted: true });
             let extras = RowExtras::new(t, local);
-            if t.key.is_some() {
-                tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, &extras)[..])?;
-                continue;
-            }
-            rows.push((t, extras));
-            if rows.len() == INSERT_ROWS {
-                let values: Vec<&dyn ToSql> = rows.iter().flat_map(|(t, x)| insert_values(t, &now, x)).collect();
-                tx.prepare_cached(insert_rows_sql())?.execute(&values[..])?;
-                rows.clear();
+            let buf = if t.key.is_some() { &mut keyed } else { &mut rows };
+            buf.push((out.len() - 1, t, extras));
+            if buf.len() == INSERT_ROWS {
+                let values: Vec<&dyn ToSql> = buf.iter().flat_map(|(_, t, x)| insert_values(t, &now, x)).collect();
+                if t.key.is_some() {
+                    let stored = tx.prepare_cached(insert_keyed_rows_sql())?.execute(&values[..])?;
+                    drop(values);
+                    if stored < keyed.len() {
+                        self.take_existing(tx, s, &keyed, &mut out)?;
+                    }
+                    keyed.clear();
+                } else {
+                    tx.prepare_cached(insert_rows_sql())?.execute(&values[..])?;
+                    drop(values);
+                    rows.clear();
+                }
             }
         }
-        for (t, x) in &rows {
+        for (_, t, x) in &rows {
             tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, x)[..])?;
+        }
+        let mut stored = 0;
+        for (_, t, x) in &keyed {
+            stored += tx.prepare_cached(sql::INSERT_TASK_OR_IGNORE)?.execute(&insert_values(t, &now, x)[..])?;
+        }
+        if stored < keyed.len() {
+            self.take_existing(tx, s, &keyed, &mut out)?;
         }
         self.last_local.fetch_max(last, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// After an `OR IGNORE` insert of `rows` stored fewer than all: each row
+    /// not stored under its own id had its key taken (by a queued or
+    /// running task, or by an earlier row of this batch), and gets that
+    /// task's id instead.
+    fn take_existing(
+        &self,
+        tx: &Connection,
+        s: usize,
+        rows: &[(usize, &NewTask, RowExtras)],
+        out: &mut [Enqueued],
+    ) -> Result<()> {
+        for (at, t, x) in rows {
+            let stored: bool = tx.prepare_cached(sql::TASK_ID_EXISTS)?.query_row([x.local], |r| r.get(0))?;
+            if stored {
+                continue;
+            }
+            let existing: Option<i64> =
+                tx.prepare_cached(sql::FIND_KEY_LIVE)?.query_row((&t.queue, &t.key), |r| r.get(0)).optional()?;
+            let Some(local) = existing else {
+                return Err(Error::Storage(format!("task {} was neither stored nor found by its key", x.local)));
+            };
+            out[*at] = Enqueued { id: self.global(s, local), inserted: false };
+        }
+        Ok(())
     }
 
     /// Inserts one task without a key as a statement of its own (see
