@@ -377,3 +377,51 @@ def test_process_mode_task_reads_its_metadata(tmp_path: Path) -> None:
             set_default_queue(None)
     assert out["pid"] != os.getpid(), "ran in a child process"
     assert out["metadata"] == {"team": "media", "run": 3}
+
+
+@pytest.mark.parametrize("kind", ["sqlite-1", "sqlite-4"])
+def test_batch_wait_claims_a_trickle_together(kind: str, tmp_path: Path) -> None:
+    """With ``batch_wait``, two tasks sent 50 ms apart to an idle scheduler
+    are claimed in the same wake-up: the first is not started before the
+    second is sent. Without it, the first starts at once."""
+    from conftest import store_url
+
+    for batch_wait in (0.0, 0.5):
+        q = Queue(store_url(kind, tmp_path / str(batch_wait)))
+
+        @q.task(name="trickle.echo")
+        def echo(x: int) -> int:
+            return x
+
+        with QueueScheduler(q, concurrency=2, batch_wait=batch_wait):
+            # Idle: past the wait its own start-up commits began (any change
+            # starts one), and not when an idle thread's 1 s wait ends (a
+            # claim that finds work at once takes it at once).
+            time.sleep(0.7)
+            first = echo.send(1)
+            if not batch_wait:
+                wait_for(
+                    lambda q=q, first=first: q.get(first.id).started_at is not None,
+                    10,
+                    "first task started",
+                )
+            time.sleep(0.05)
+            sent_second_ms = time.time() * 1000
+            second = echo.send(2)
+            assert first.result(timeout=10) == 1 and second.result(timeout=10) == 2
+        a, b = q.get(first.id).raw, q.get(second.id).raw
+        assert a.started_at is not None and b.started_at is not None
+        if batch_wait:
+            assert a.started_at >= int(sent_second_ms), "the first waited for the second"
+            assert b.started_at - a.started_at < batch_wait * 1000 / 2, "no second wait"
+        else:
+            assert a.started_at < b.created_at, "the first started at once"
+        q.close()
+
+
+def test_batch_wait_is_checked() -> None:
+    q = Queue("memory://")
+    for bad in (-1, 1.5, "0.1", True):
+        with pytest.raises(ferroq.InvalidArgumentError, match="batch_wait"):
+            QueueScheduler(q, batch_wait=bad)  # type: ignore[arg-type]
+    q.close()

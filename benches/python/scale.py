@@ -75,11 +75,12 @@ def cpu_seconds(root: int) -> float:
     return total
 
 
-def start_worker(url: str, processes: int) -> subprocess.Popen[bytes]:
-    """``ferroq worker basics -c 4 --processes P`` on ``url``."""
+def start_worker(url: str, processes: int, batch_wait: float = 0.0) -> subprocess.Popen[bytes]:
+    """``ferroq worker basics -c 4 --processes P [--batch-wait S]`` on ``url``."""
     return subprocess.Popen(
         [sys.executable, "-m", "ferroq", "worker", "basics", "--url", url, "-c", "4",
-         "--processes", str(processes), "--log-level", "warning"],
+         "--processes", str(processes), "--log-level", "warning",
+         "--batch-wait", str(batch_wait)],
         cwd=HERE,
     )
 
@@ -193,11 +194,14 @@ def send_trickle(url: str, n: int, rate: float) -> None:
             q.send(noop, i)
 
 
-def bench_trickle(base: str, n: int, rate: float, backlog: dict[str, float]) -> None:
-    """Worker CPU per task under a steady trickle, against a backlog drain."""
-    for shards in (1, 4):
+def bench_trickle(
+    base: str, n: int, rate: float, backlog: dict[str, float], waits: list[float]
+) -> None:
+    """Worker CPU per task under a steady trickle, against a backlog drain:
+    claiming at once (the default) and with each ``--batch-wait`` of ``waits``."""
+    for shards, batch_wait in [(s, w) for s in (1, 4) for w in waits]:
         url = f"sqlite://{base}/{uuid.uuid4().hex}?shards={shards}"
-        w = start_worker(url, 1)
+        w = start_worker(url, 1, batch_wait)
         try:
             settle(w, 1)
             c0 = cpu_seconds(w.pid)
@@ -217,7 +221,8 @@ def bench_trickle(base: str, n: int, rate: float, backlog: dict[str, float]) -> 
         ref = backlog.get(f"backlog_cpu_ms_{shards}")
         vs = f"  {per / ref:.2f}x the backlog drain's {ref:.3f} (goal <= 2x)" if ref else ""
         check = "ok" if ok else "FAILED"
-        print(f"trickle {n} tasks at {rate:.0f}/s from another process, {shards} shard(s): "
+        how = f"--batch-wait {batch_wait:g}" if batch_wait else "claims at once"
+        print(f"trickle {n} tasks at {rate:.0f}/s from another process, {shards} shard(s), {how}: "
               f"{per:.3f} worker CPU-ms/task{vs}  check={check}  {load()}", flush=True)
 
 
@@ -266,6 +271,8 @@ def main() -> None:
     ap.add_argument("--trickle", type=int, default=5_000, help="tasks sent at --rate")
     ap.add_argument("--rate", type=float, default=1_000.0)
     ap.add_argument("--sends", type=int, default=20_000)
+    ap.add_argument("--batch-waits", default="0,0.01,0.02",
+                    help="worker --batch-wait values the trickle runs with")
     ap.add_argument("--only", default="drain,idle,trickle,senders")
     a = ap.parse_args()
     only = set(a.only.split(","))
@@ -276,7 +283,8 @@ def main() -> None:
         if "idle" in only:
             bench_idle(base, a.idle_seconds)
         if "trickle" in only:
-            bench_trickle(base, a.trickle, a.rate, backlog)
+            waits = [float(w) for w in a.batch_waits.split(",")]
+            bench_trickle(base, a.trickle, a.rate, backlog, waits)
         if "senders" in only:
             bench_senders(base, a.sends, a.rounds)
 

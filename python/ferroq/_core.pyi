@@ -157,6 +157,8 @@ class Store:
         wait: float = 0.0,
         resources: Optional[str] = None,
         home: Optional[tuple[int, int]] = None,
+        *,
+        gather: float = 0.0,
     ) -> list[Task]: ...
     def heartbeat(
         self, ids: list[int], worker: str, lease_ms: int, *, force: bool = False

@@ -139,6 +139,13 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str) -> int:
     metavar="SECONDS", help="How long a claim stays valid without a heartbeat.",
 )
 @click.option(
+    "--batch-wait", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
+    metavar="SECONDS",
+    help="When work arrives at an idle worker, wait this long before claiming it, so "
+    "tasks sent one at a time are claimed several at once: less CPU per task for up "
+    "to this much more latency.",
+)
+@click.option(
     "--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
     metavar="SECONDS", help="On stop, how long running tasks get to finish.",
 )
@@ -179,6 +186,7 @@ def worker(
     processes: int,
     queues: tuple[str, ...],
     lease: float,
+    batch_wait: float,
     grace: float,
     mode: str,
     burst: bool,
@@ -228,6 +236,7 @@ def worker(
             concurrency=concurrency,
             queues=list(queues) or None,
             lease=lease,
+            batch_wait=batch_wait,
             mode=mode,  # type: ignore[arg-type]  # one of the click choices
             processes=processes,
             imports=list(modules) if processes > 1 else None,

@@ -82,6 +82,11 @@ class QueueScheduler:
       (heartbeats run every ``lease / 3``);
     * ``batch_size``: most tasks one thread claims at once (it claims about
       50 ms of work; one at a time for slow tasks);
+    * ``batch_wait``: seconds an idle scheduler waits, once work arrives,
+      before claiming it (0 to 1; default 0: at once). Tasks sent one at a
+      time by a steady trickle are then claimed and stored several per
+      wake-up and transaction: much less CPU per task, for up to this much
+      more latency (see "Throughput or latency" in the docs);
     * ``resources``: what this host offers to tasks with ``requires=``: a
       dict, a probe function, or None for :func:`ferroq.resources.default_probe`;
     * ``cleanup``: :class:`CleanupIntervals`; ``replay_listen``: run
@@ -121,6 +126,7 @@ class QueueScheduler:
         modes: Optional[Mapping[str, Mode]] = None,
         lease: float = 30.0,
         batch_size: int = 32,
+        batch_wait: float = 0.0,
         hooks: Sequence[StatusHook] = (),
         resources: Union[None, Mapping[str, float], ResourceProbe] = None,
         cleanup: Optional[CleanupIntervals] = None,
@@ -151,6 +157,11 @@ class QueueScheduler:
         lease = seconds(lease, "lease", minimum=0.1, strict=True)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        batch_wait = seconds(batch_wait, "batch_wait")
+        if batch_wait > 1.0:
+            raise InvalidArgumentError(
+                f"batch_wait must be at most 1 second (it delays every claim), got {batch_wait!r}"
+            )
         if listen_consumer is not None and listen_consumer.startswith("ferroq:"):
             # The store keeps the marks of periodic schedules under such names.
             raise InvalidArgumentError(
@@ -186,6 +197,7 @@ class QueueScheduler:
             queues=list(queues) if queues else None,
             hooks=list(hooks),
             probe=probe,
+            batch_wait=batch_wait,
         )
         self._threads: list[threading.Thread] = []
         self._support: list[threading.Thread] = []
@@ -220,6 +232,7 @@ class QueueScheduler:
                     dict(
                         concurrency=concurrency, queues=list(queues) if queues else None,
                         mode=mode, modes=dict(modes or {}), lease=lease, batch_size=batch_size,
+                        batch_wait=batch_wait,
                         resources=resources, cleanup=cleanup, replay_listen=replay_listen,
                         listen_consumer=listen_consumer, periodic=periodic,
                     ),

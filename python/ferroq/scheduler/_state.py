@@ -70,6 +70,7 @@ class WorkerState:
         queues: Optional[list[str]],
         hooks: list[StatusHook],
         probe: ResourceProbe,
+        batch_wait: float = 0.0,
     ) -> None:
         #: The connection served (its listeners, its serializer).
         self.conn = conn
@@ -79,6 +80,8 @@ class WorkerState:
         self.concurrency = concurrency
         self.lease_ms = lease_ms
         self.batch_size = batch_size
+        #: Seconds an idle loop waits, once work arrives, before claiming it.
+        self.batch_wait = batch_wait
         #: Claimed tasks by id; guarded by :attr:`lock`.
         self.claimed: dict[int, InFlight] = {}
         self.lock = threading.Lock()

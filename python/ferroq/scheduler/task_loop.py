@@ -168,7 +168,8 @@ class ClaimingLoop:
             # Python), and gives up at once when the scheduler stops
             # (wake_waiters wakes the store).
             tasks = store.claim(
-                self.queues[0], s.worker_id, limit, s.lease_ms, wait, resources, self.home
+                self.queues[0], s.worker_id, limit, s.lease_ms, wait, resources, self.home,
+                gather=s.batch_wait,
             )
         else:
             # Several queues: claim from each in turn, then wait for a
@@ -182,7 +183,8 @@ class ClaimingLoop:
                     break
             if not tasks and wait > 0 and not s.stopping.is_set():
                 # Delayed tasks become ready without a commit: look again soon.
-                store.wait_for_change(token, min(wait, 0.05))
+                if store.wait_for_change(token, min(wait, 0.05)) and s.batch_wait:
+                    s.stopping.wait(s.batch_wait)  # let a trickle gather (see batch_wait)
         if tasks:
             with s.lock:
                 for t in tasks:

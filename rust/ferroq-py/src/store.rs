@@ -511,8 +511,10 @@ impl PyStore {
     /// of `lease_ms`, waiting up to `wait` seconds for work (GIL released;
     /// `inf` waits until work comes). `home=(index, count)`: the claimer is
     /// `index` of `count` and is served from its home shards first.
-    #[pyo3(signature = (queue, worker, limit=Int(1), lease_ms=Int(30_000), wait=0.0, resources=None, home=None),
-        text_signature = "($self, queue, worker, limit=1, lease_ms=30000, wait=0.0, resources=None, home=None)")]
+    /// `gather` (seconds): after waiting, once work arrives, wait this much
+    /// more before claiming, so a trickle is claimed in batches.
+    #[pyo3(signature = (queue, worker, limit=Int(1), lease_ms=Int(30_000), wait=0.0, resources=None, home=None, *, gather=0.0),
+        text_signature = "($self, queue, worker, limit=1, lease_ms=30000, wait=0.0, resources=None, home=None, *, gather=0.0)")]
     #[allow(clippy::too_many_arguments)]
     fn claim<'py>(
         &self,
@@ -524,8 +526,11 @@ impl PyStore {
         wait: f64,
         resources: Option<Text>,
         home: Option<(Int<u32>, Int<u32>)>,
+        gather: f64,
     ) -> PyResult<Bound<'py, PyList>> {
         let home = home.map(|(i, n)| (i.0, n.0));
+        // At most a second (the scheduler checks its option before this).
+        let gather = seconds(py, gather, "gather")?.map_or(Duration::from_secs(1), |d| d.min(Duration::from_secs(1)));
         let queue: String = queue.0;
         let worker: String = worker.0;
         let resources: Option<String> = resources.map(String::from);
@@ -538,7 +543,7 @@ impl PyStore {
             let mut woken: Option<u64> = None;
             self.wait(py, wait, |store, slice| {
                 let before = *woken.get_or_insert_with(|| store.wake_count());
-                let got = store.claim_wait(&p, slice)?;
+                let got = store.claim_gathering(&p, slice, gather)?;
                 let stop = got.is_empty() && store.wake_count() != before;
                 Ok(if got.is_empty() && !stop { None } else { Some(got) })
             })?

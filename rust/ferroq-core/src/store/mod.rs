@@ -287,6 +287,15 @@ pub trait Store: Send + Sync {
     /// Claims, waiting up to `wait` for work to become ready. Returns as
     /// soon as at least one task is claimed.
     fn claim_wait(&self, p: &ClaimParams, wait: Duration) -> Result<Vec<Task>> {
+        self.claim_gathering(p, wait, Duration::ZERO)
+    }
+
+    /// [`Store::claim_wait`] that, once it has waited and sees a change,
+    /// waits `gather` more before claiming (even past `wait`): work sent a
+    /// task at a time then arrives in batches, one claim and one wake-up
+    /// for several tasks, for up to `gather` more latency. A claim that
+    /// finds work without waiting takes it at once.
+    fn claim_gathering(&self, p: &ClaimParams, wait: Duration, gather: Duration) -> Result<Vec<Task>> {
         let deadline = Instant::now() + wait;
         let woken = self.wake_count();
         loop {
@@ -302,9 +311,22 @@ pub trait Store: Send + Sync {
                 let until = (at - self.clock().now_ms()).max(1) as u64;
                 slice = slice.min(Duration::from_millis(until));
             }
-            self.wait_for_change(token, slice)?;
+            let changed = self.wait_for_change(token, slice)?;
             if self.wake_count() != woken {
                 return Ok(Vec::new());
+            }
+            if changed && !gather.is_zero() {
+                // The whole `gather`, even past `wait` (a caller waiting in
+                // slices would otherwise cut it short), in steps short
+                // enough that a wake (a scheduler stopping) ends it soon.
+                let until = Instant::now() + gather;
+                while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                    std::thread::sleep(left.min(Duration::from_millis(10)));
+                    if self.wake_count() != woken {
+                        return Ok(Vec::new());
+                    }
+                }
+                return self.claim(p);
             }
         }
     }
