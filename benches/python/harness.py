@@ -11,7 +11,9 @@ Workloads (payload ``{"i": i, "text": "hello world"}``; the task returns it):
       and ``enqueue_frame`` from Polars, into a 4-shard store).
 * W2  drain: N tasks already queued, drained by a worker process with 4
       threads, from the moment it starts consuming until every result is
-      stored; the worker's peak RSS.
+      stored; the worker's peak RSS. ferroq also drains a 4-shard store, and
+      runs 2 worker processes (``QueueScheduler(processes=2)``) on 1 and on
+      4 shards (variants ``4sh``, ``2p``, ``4sh+2p``).
 * W3  latency: an idle worker in another process; sequential sends, each
       waiting for its result; p50 / p95 / p99.
 * W4  crash: tasks that log their id and sleep 5 ms; the worker is SIGKILLed
@@ -398,7 +400,7 @@ def w1b_batch(peer: Peer, n: int, cap: float, variant: str) -> dict[str, Any]:
 
 
 def drain(
-    peer: Peer, system: str, root: Path, n: int, cap: float
+    peer: Peer, system: str, root: Path, n: int, cap: float, variant: str = ""
 ) -> tuple[dict[str, Any], Progress]:
     """Prefills ``n`` echo tasks, runs a worker until every result is
     stored (or the cap), checks the results. Shared by W2 and W5."""
@@ -407,7 +409,7 @@ def drain(
     prefill_s = time.perf_counter() - t
     if len(expected) != n:
         raise CheckFailed(f"prefill returned {len(expected)} ids for {n} tasks")
-    worker = Worker(system, root, "drain")
+    worker = Worker(system, root, "drain", env={"BENCH_VARIANT": variant})
     try:
         t0 = worker.wait_ready()
         prog = Progress(peer, worker, n, cap, t0)
@@ -429,9 +431,28 @@ def drain(
     return out, prog
 
 
-def w2_drain(peer: Peer, system: str, root: Path, n: int, cap: float) -> dict[str, Any]:
-    out, _ = drain(peer, system, root, n, cap)
+def w2_drain(
+    peer: Peer, system: str, root: Path, n: int, cap: float, variant: str
+) -> dict[str, Any]:
+    out, _ = drain(peer, system, root, n, cap, variant)
     return out
+
+
+# W2's ferroq variants: (shards, worker processes).
+W2_VARIANTS = {"": (1, 1), "4sh": (4, 1), "2p": (1, 2), "4sh+2p": (4, 2)}
+
+
+def variant_options(system: str, workload: str, variant: str) -> dict[str, Any]:
+    """The adapter options of a case: ferroq's W1b into 4 shards, its W2
+    variants' shards and processes."""
+    if system != "ferroq":
+        return {}
+    if workload == "W1b":
+        return {"shards": 4}
+    if workload == "W2":
+        shards, processes = W2_VARIANTS[variant]
+        return {"shards": shards, "processes": processes}
+    return {}
 
 
 def w5_memory(peer: Peer, system: str, root: Path, n: int, cap: float) -> dict[str, Any]:
@@ -625,9 +646,7 @@ def w4_crash(
 def run_case(args: argparse.Namespace) -> dict[str, Any]:
     """One (workload, size, system) in this process; the caller prints it."""
     root = Path.cwd()
-    options: dict[str, Any] = {}
-    if args.workload == "W1b" and args.system == "ferroq":
-        options["shards"] = 4
+    options = variant_options(args.system, args.workload, args.variant)
     peer = load(args.system, root, "driver", **options)
     try:
         if args.workload == "W1":
@@ -635,7 +654,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         elif args.workload == "W1b":
             out = w1b_batch(peer, args.n, args.cap, args.variant)
         elif args.workload == "W2":
-            out = w2_drain(peer, args.system, root, args.n, args.cap)
+            out = w2_drain(peer, args.system, root, args.n, args.cap, args.variant)
         elif args.workload == "W3":
             out = w3_latency(peer, args.system, root, args.n, args.cap)
         elif args.workload == "W4":
@@ -656,7 +675,9 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_worker(args: argparse.Namespace) -> None:
-    peer = load(args.system, Path.cwd(), "worker")
+    workload = "W2" if os.environ.get("BENCH_VARIANT") else ""
+    options = variant_options(args.system, workload, os.environ.get("BENCH_VARIANT", ""))
+    peer = load(args.system, Path.cwd(), "worker", **options)
 
     def ready() -> None:
         sys.stdout.write("READY\n")
@@ -691,11 +712,15 @@ def plan(only: list[str], systems: list[str], sizes: dict[str, list[int]]) -> li
     for w in WORKLOADS:
         if w not in only:
             continue
-        variants = {"W1": ["1", str(PRODUCERS)], "W1b": ["batch", "frame"]}.get(w, [""])
+        variants = {
+            "W1": ["1", str(PRODUCERS)], "W1b": ["batch", "frame"], "W2": list(W2_VARIANTS)
+        }.get(w, [""])
         for v in variants:
             for n in sizes[w]:
                 for s in systems:
                     if w == "W1b" and v == "frame" and s != "ferroq":
+                        continue
+                    if w == "W2" and v and s != "ferroq":
                         continue
                     cases.append(Case(w, n, s, v))
     return cases
@@ -719,7 +744,7 @@ def execute(case: Case, caps: dict[str, float], quick: bool, keep: bool) -> dict
     ]
     if case.workload == "W1":
         cmd += ["--threads", case.variant]
-    if case.workload == "W1b":
+    if case.workload in ("W1b", "W2"):
         cmd += ["--variant", case.variant]
     if case.workload == "W4":
         cmd += ["--kill-after", "0.5" if quick else "1.0", "--idle", "5" if quick else "10"]
@@ -1018,6 +1043,10 @@ def build_table(
         row(
             f"W2 drain {n:,}, c=4 tasks/s", ("W2", "", n), rate, value, raw_key="claim_complete_100"
         )
+        for v, label in (
+            ("4sh", "4 shards"), ("2p", "2 processes"), ("4sh+2p", "4 shards, 2 processes")
+        ):
+            row(f"W2 drain {n:,}, c=4, {label} tasks/s", ("W2", v, n), rate, value)
         row(
             f"W2 drain {n:,} peak RSS",
             ("W2", "", n),

@@ -1,12 +1,14 @@
 """ferroq from this checkout: ``Queue(path)`` (one SQLite shard, WAL,
 synchronous=NORMAL by default), ``@task`` functions, ``q.send(...)``,
 ``handle.result()``, and a ``QueueScheduler(queue, concurrency=4)`` worker
-(threads). Batches: ``queue._store.enqueue_many`` and ``queue.enqueue_frame``
-from Polars, into a 4-shard store."""
+(threads; W2 also with ``processes=2`` and on 4 shards). Batches:
+``queue._store.enqueue_many`` and ``queue.enqueue_frame`` from Polars, into a
+4-shard store."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -38,8 +40,9 @@ class Adapter(Peer):
     ]
     prefill_note = "store.enqueue_many (its batch API)"
 
-    def __init__(self, root: Path, role: str, shards: int = 1) -> None:
+    def __init__(self, root: Path, role: str, shards: int = 1, processes: int = 1) -> None:
         super().__init__(root, role)
+        self.processes = processes
         self.dir = root / "ferroq-store"
         url = str(self.dir) if shards == 1 else f"sqlite://{self.dir}?shards={shards}"
         self.q = Queue(url)
@@ -126,8 +129,27 @@ class Adapter(Peer):
         if mode not in ("drain", "serve", "crash"):
             raise NotSupported(mode)
         stop = wait_for_sigterm()
-        sched = QueueScheduler(self.q, concurrency=concurrency, queues=["default"])
-        ready()
-        sched.start()
+        sched = QueueScheduler(
+            self.q,
+            concurrency=concurrency,
+            queues=["default"],
+            processes=self.processes,
+            # The worker processes import this module for the task functions.
+            imports=[__name__] if self.processes > 1 else None,
+        )
+        if self.processes > 1:
+            # Worker processes take a moment to start (a Python each, its
+            # imports): the queue stays paused until they all serve it, so
+            # the clock (from READY) times the drain, not their start-up.
+            self.q.pause("default")
+            sched.start()
+            while len(self.q.workers()) < self.processes:
+                time.sleep(0.05)
+            time.sleep(0.5)  # their loops are waiting for work
+            self.q.resume("default")
+            ready()
+        else:
+            ready()
+            sched.start()
         stop.wait()
         sched.stop()
