@@ -147,6 +147,24 @@ fn aging_orders_by_priority_and_waiting_time_as_the_rule_says(b: Backend) {
     let want = expected_order(&mut stored, aging);
     let got: Vec<i64> = env.claim("q", "w", 100).iter().map(|t| t.id).collect();
     assert_eq!(got, want);
+    // The same in one batch (multi-row inserts), extremes included.
+    options(&env, QueueOptions { queue: "batch".into(), aging_ms: aging, ..Default::default() });
+    let mut batch: Vec<NewTask> = (0..70_i64)
+        .map(|i| NewTask { run_at: Some(env.now() - (i * 13) % 5 * 400), ..prio("batch", (i * 7) % 11 - 5) })
+        .collect();
+    batch.push(prio("batch", i64::MAX));
+    batch.push(NewTask { run_at: Some(i64::MIN / 2), ..prio("batch", i64::MIN) });
+    let ids: Vec<i64> = env.store.enqueue(&batch).unwrap().iter().map(|e| e.id).collect();
+    let mut stored: Vec<Task> = ids.iter().map(|id| env.get(*id)).collect();
+    let want = expected_order(&mut stored, aging);
+    // Claimed a few at a time: each claim must take the best of what is left.
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let claimed = env.claim("batch", "w", 3);
+        assert!(!claimed.is_empty());
+        got.extend(claimed.iter().map(|t| t.id));
+    }
+    assert_eq!(got, want);
     // Without aging the same sends go in plain priority order.
     let mut plain = Vec::new();
     for i in 0..20_i64 {

@@ -349,10 +349,6 @@ macro_rules! claim_rank {
     };
 }
 
-/// [`claim_rank!`] of priority `{p}`, ready at `{r}`, in queue `{q}`, as a
-/// template for statements built at run time (`insert_task_rows`).
-const CLAIM_RANK_TEMPLATE: &str = claim_rank!("{p}", "{r}", aging_of!("{q}"));
-
 /// The head of a task insert after its verb (`INSERT` or `INSERT OR IGNORE`).
 macro_rules! insert_task_into {
     () => {
@@ -392,21 +388,27 @@ pub const INSERT_TASK_OR_IGNORE: &str = concat!(
 /// How many values `INSERT_TASK` binds per row (?16: the payload's checksum).
 pub const INSERT_TASK_PARAMS: usize = 16;
 
+/// How many values each row of [`insert_task_rows`] binds: those of
+/// `INSERT_TASK`, then its claim rank (computed by the caller from the
+/// queue's aging step, read once per batch, instead of a lookup per row).
+pub const INSERT_ROW_PARAMS: usize = INSERT_TASK_PARAMS + 1;
+
 /// `INSERT_TASK` for `rows` rows in one statement: row `r` binds its values
-/// at `r * INSERT_TASK_PARAMS` + the single-row positions.
+/// at `r * INSERT_ROW_PARAMS` + the single-row positions, and its claim
+/// rank (`rules::claim_rank`) at position 17.
 /// With `or_ignore`, a row whose key is taken stores nothing.
 pub fn insert_task_rows(rows: usize, or_ignore: bool) -> String {
     let mut out = String::from(if or_ignore { "INSERT OR IGNORE" } else { "INSERT" });
     out.push_str(insert_task_into!());
     out.push_str(" VALUES ");
     for r in 0..rows {
-        let b = r * INSERT_TASK_PARAMS;
+        let b = r * INSERT_ROW_PARAMS;
         let p = |k: usize| b + k;
         if r > 0 {
             out.push(',');
         }
         out.push_str(&format!(
-            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{}, 0, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, {})",
+            "(?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{}, 0, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
             p(14),
             p(1),
             p(2),
@@ -423,10 +425,7 @@ pub fn insert_task_rows(rows: usize, or_ignore: bool) -> String {
             p(13),
             p(15),
             p(16),
-            CLAIM_RANK_TEMPLATE
-                .replace("{p}", &format!("?{}", p(4)))
-                .replace("{r}", &format!("?{}", p(5)))
-                .replace("{q}", &format!("?{}", p(1)))
+            p(17),
         ));
     }
     out

@@ -23,7 +23,7 @@ const PARALLEL_ENQUEUE_MIN: usize = 2_000;
 const CAPACITY_RECHECK: Duration = Duration::from_millis(250);
 
 /// Rows per multi-row insert (see `insert_tasks`).
-const INSERT_ROWS: usize = 32;
+const INSERT_ROWS: usize = 64;
 
 /// The text of the `INSERT_ROWS`-row insert, built once.
 fn insert_rows_sql() -> &'static str {
@@ -162,13 +162,25 @@ impl SqliteStore {
     ) -> Result<Vec<Enqueued>> {
         let mut last = schema::last_local_id(tx)?;
         let mut out = Vec::with_capacity(idxs.len());
-        // Rows waiting for a full multi-row statement, with their place in `out`.
-        let mut rows: Vec<(usize, &NewTask, RowExtras)> = Vec::with_capacity(INSERT_ROWS);
-        let mut keyed: Vec<(usize, &NewTask, RowExtras)> = Vec::with_capacity(INSERT_ROWS);
+        // Rows waiting for a full multi-row statement, with their place in
+        // `out` and their claim rank.
+        let mut rows: Vec<(usize, &NewTask, RowExtras, i64)> = Vec::with_capacity(INSERT_ROWS);
+        let mut keyed: Vec<(usize, &NewTask, RowExtras, i64)> = Vec::with_capacity(INSERT_ROWS);
         // Per queue: whether any finished task of it has a key.
         let mut done_keys: Vec<(&str, bool)> = Vec::new();
+        // Per queue: its aging step (read in this transaction, once).
+        let mut agings: Vec<(&str, Option<i64>)> = Vec::new();
         for &i in idxs {
             let t = &tasks[i];
+            let aging = match agings.iter().find(|(q, _)| *q == t.queue) {
+                Some(&(_, a)) => a,
+                None => {
+                    let a: Option<Option<i64>> =
+                        tx.prepare_cached(sql::AGING_GET)?.query_row([&t.queue], |r| r.get(0)).optional()?;
+                    agings.push((&t.queue, a.flatten()));
+                    a.flatten()
+                }
+            };
             if let Some(k) = &t.key {
                 let any_done = match done_keys.iter().find(|(q, _)| *q == t.queue) {
                     Some(&(_, any)) => any,
@@ -191,10 +203,16 @@ impl SqliteStore {
             last = local;
             out.push(Enqueued { id: self.global(s, local), inserted: true });
             let extras = RowExtras::new(t, local);
+            let rank = rules::claim_rank(t.priority, t.run_at.unwrap_or(now), aging);
             let buf = if t.key.is_some() { &mut keyed } else { &mut rows };
-            buf.push((out.len() - 1, t, extras));
+            buf.push((out.len() - 1, t, extras, rank));
             if buf.len() == INSERT_ROWS {
-                let values: Vec<&dyn ToSql> = buf.iter().flat_map(|(_, t, x)| insert_values(t, &now, x)).collect();
+                let values: Vec<&dyn ToSql> = buf
+                    .iter()
+                    .flat_map(|(_, t, x, rank)| {
+                        insert_values(t, &now, x).into_iter().chain(std::iter::once(rank as &dyn ToSql))
+                    })
+                    .collect();
                 if t.key.is_some() {
                     let stored = tx.prepare_cached(insert_keyed_rows_sql())?.execute(&values[..])?;
                     drop(values);
@@ -209,11 +227,11 @@ impl SqliteStore {
                 }
             }
         }
-        for (_, t, x) in &rows {
+        for (_, t, x, _) in &rows {
             tx.prepare_cached(sql::INSERT_TASK)?.execute(&insert_values(t, &now, x)[..])?;
         }
         let mut stored = 0;
-        for (_, t, x) in &keyed {
+        for (_, t, x, _) in &keyed {
             stored += tx.prepare_cached(sql::INSERT_TASK_OR_IGNORE)?.execute(&insert_values(t, &now, x)[..])?;
         }
         if stored < keyed.len() {
@@ -231,10 +249,10 @@ impl SqliteStore {
         &self,
         tx: &Connection,
         s: usize,
-        rows: &[(usize, &NewTask, RowExtras)],
+        rows: &[(usize, &NewTask, RowExtras, i64)],
         out: &mut [Enqueued],
     ) -> Result<()> {
-        for (at, t, x) in rows {
+        for (at, t, x, _) in rows {
             let stored: bool = tx.prepare_cached(sql::TASK_ID_EXISTS)?.query_row([x.local], |r| r.get(0))?;
             if stored {
                 continue;
