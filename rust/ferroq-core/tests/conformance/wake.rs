@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 crate::conformance!(
     claim_wait_returns_when_another_thread_enqueues,
     claim_wait_returns_at_once_when_work_is_ready,
+    claim_gathering_takes_what_arrives_within_the_gather,
     claim_wait_times_out_empty,
     claim_wait_wakes_for_a_delayed_task_without_a_commit,
     wait_finished_returns_when_another_thread_completes,
@@ -50,6 +51,29 @@ fn claim_wait_returns_at_once_when_work_is_ready(b: Backend) {
     let got = env.store.claim_wait(&claim_params("q", "w"), LONG_WAIT).unwrap();
     assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), vec![id]);
     assert!(started.elapsed() < LONG_WAIT / 2);
+}
+
+/// With a gather, a claim woken by the first send waits that long before
+/// claiming: a second send meanwhile comes in the same claim. Work ready
+/// before the claim is taken at once, gather or not.
+fn claim_gathering_takes_what_arrives_within_the_gather(b: Backend) {
+    let env = b.open();
+    let store = env.store.clone();
+    let producer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let first = store.enqueue(&[task("q")]).unwrap()[0].id;
+        std::thread::sleep(Duration::from_millis(30));
+        (first, store.enqueue(&[task("q")]).unwrap()[0].id)
+    });
+    let gather = Duration::from_millis(600);
+    let got = env.store.claim_gathering(&claim_params("q", "w"), LONG_WAIT, gather).unwrap();
+    let (first, second) = producer.join().unwrap();
+    assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), vec![first, second], "one claim for both");
+    let id = env.add("q");
+    let started = Instant::now();
+    let got = env.store.claim_gathering(&claim_params("q", "w"), LONG_WAIT, LONG_WAIT).unwrap();
+    assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), vec![id]);
+    assert!(started.elapsed() < LONG_WAIT / 2, "ready work waited for the gather");
 }
 
 fn claim_wait_times_out_empty(b: Backend) {
