@@ -44,8 +44,9 @@ class Adapter(ferroq_peer.Adapter):
         "its appendfsync says (everysec here).",
     ]
 
-    def __init__(self, root: Path, role: str, shards: int = 1) -> None:
+    def __init__(self, root: Path, role: str, shards: int = 1, processes: int = 1) -> None:
         ferroq_peer.Peer.__init__(self, root, role)
+        self.processes = processes
         self.dir = root / "ferroq-store"  # unused: nothing on local disk
         # Driver and worker of one case share its directory, hence the prefix.
         self.url = f"{REDIS_URL}?prefix=bench_{root.name}"
