@@ -4,6 +4,9 @@ its own subprocess, so ``ru_maxrss`` is that phase's alone):
 
 * ``enqueue``: ``queue.enqueue_frame`` of N rows (keyed) into a 4-shard
   SQLite store, as rows/s;
+* ``prompts``: the batch runner's main path, ``enqueue_frame(df,
+  key=["batch_id", "input_text"])`` of N prompt rows into 4 shards, keyed
+  by their text, beside the same rows unkeyed (``prompts_unkeyed``);
 * ``process``: ``queue.process`` of M rows with a no-op function on 10
   threads, as rows/s (enqueue included: it is part of the call);
 * ``results``: ``queue.results_frame`` of N finished rows, in seconds (the
@@ -74,6 +77,53 @@ def phase_enqueue(url: str, rows: int) -> dict[str, Any]:
     }
 
 
+@task(name="bench.frames.prompt")
+def prompt(input_text: str) -> str:
+    """Returns its prompt."""
+    return input_text
+
+
+def prompt_frame(rows: int) -> pl.DataFrame:
+    """A batch of prompts as the batch runner keeps them: a batch id and
+    a distinct text per row."""
+    return pl.DataFrame({"i": pl.int_range(rows, eager=True)}).select(
+        batch_id=pl.lit("batch-2026-12-01"),
+        input_text=pl.format("Summarise support ticket #{} in one sentence.", "i"),
+    )
+
+
+def enqueue_prompts(url: str, rows: int, keyed: bool) -> dict[str, Any]:
+    """enqueue_frame of ``rows`` prompts, keyed by (batch_id, input_text) or not."""
+    df = prompt_frame(rows)
+    key = ["batch_id", "input_text"] if keyed else None
+    with Queue(url) as q:
+        t0 = time.perf_counter()
+        summary = q.enqueue_frame(df if keyed else df.select("input_text"), task=prompt,
+                                  key=key, batch="prompts")
+        dt = time.perf_counter() - t0
+        queued = q.stats()[summary.queue]["queued"]
+        # Keyed: sending the frame again stores nothing more.
+        again = q.enqueue_frame(df, task=prompt, key=key, batch="prompts").inserted if keyed else 0
+    ok = summary.inserted == rows and queued == rows and again == 0
+    check = f"FAILED inserted={summary.inserted} queued={queued} again={again}"
+    return {
+        "rows_per_s": rows / dt,
+        "seconds": dt,
+        "check": "ok" if ok else check,
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+def phase_prompts(url: str, rows: int) -> dict[str, Any]:
+    """The batch runner's keyed enqueue (see the module doc)."""
+    return enqueue_prompts(url, rows, keyed=True)
+
+
+def phase_prompts_unkeyed(url: str, rows: int) -> dict[str, Any]:
+    """The same prompts without a key (the reference)."""
+    return enqueue_prompts(url, rows, keyed=False)
+
+
 def phase_process(url: str, rows: int) -> dict[str, Any]:
     """process() of ``rows`` rows with a no-op function on 10 threads."""
     df = make_frame(rows)
@@ -131,6 +181,8 @@ def phase_results(url: str, rows: int) -> dict[str, Any]:
 PHASES = {
     "baseline": phase_baseline,
     "enqueue": phase_enqueue,
+    "prompts": phase_prompts,
+    "prompts_unkeyed": phase_prompts_unkeyed,
     "process": phase_process,
     "finish": phase_finish,
     "results": phase_results,
@@ -172,6 +224,10 @@ def main() -> None:
         r = run_phase("enqueue", url("enqueue"), n)
         print(f"enqueue   {n:>9,} rows enqueue_frame (4 shards) {r['rows_per_s']:>10,.0f} rows/s  "
               f"({r['seconds']:.2f} s)  peak RSS {r['rss_mb']:>7,.0f} MB  check={r['check']}")
+        for phase, how in (("prompts", "keyed by text"), ("prompts_unkeyed", "no key")):
+            r = run_phase(phase, url(phase), n)
+            print(f"prompts   {n:>9,} prompt rows, {how:<13}  {r['rows_per_s']:>10,.0f} rows/s  "
+                  f"({r['seconds']:.2f} s)  peak RSS {r['rss_mb']:>7,.0f} MB  check={r['check']}")
         r = run_phase("process", url("process"), m)
         print(f"process   {m:>9,} rows no-op, 10 threads      {r['rows_per_s']:>10,.0f} rows/s  "
               f"({r['seconds']:.2f} s)  peak RSS {r['rss_mb']:>7,.0f} MB  check={r['check']}")

@@ -147,6 +147,7 @@ class Store:
         result_ttl_ms: Optional[int] = None,
         requires: Optional[str] = None,
         on_duplicate: Optional[Literal["existing", "error"]] = None,
+        metadata: Optional[str] = None,
     ) -> tuple[list[int], list[bool]]: ...
     def claim(
         self,

@@ -688,24 +688,13 @@ class TaskCall(Generic[P, R]):
             else json.dumps(stored_requirements(d.requires)),
         )
         ids: list[int] = []
-        if metadata is not None:
-            # The store's bulk verb takes no metadata: one store call each.
-            for i, payload in enumerate(payloads):
-                k = None if stored_keys is None else stored_keys[i]
-                task_id, _ = store.enqueue(
-                    queue_name, fn.name, payload, key=k, metadata=metadata, **common
-                )
-                ids.append(task_id)
-        else:
-            for start in range(0, len(payloads), MAP_CHUNK):
-                part = payloads[start : start + MAP_CHUNK]
-                chunk_keys = (
-                    None if stored_keys is None else stored_keys[start : start + MAP_CHUNK]
-                )
-                got, _ = store.enqueue_many(
-                    queue_name, fn.name, part, keys=chunk_keys, **common
-                )
-                ids += got
+        for start in range(0, len(payloads), MAP_CHUNK):
+            part = payloads[start : start + MAP_CHUNK]
+            chunk_keys = None if stored_keys is None else stored_keys[start : start + MAP_CHUNK]
+            got, _ = store.enqueue_many(
+                queue_name, fn.name, part, keys=chunk_keys, metadata=metadata, **common
+            )
+            ids += got
         handles: list[TaskHandle[Any]] = [TaskHandle(conn, i, fn) for i in ids]
         if conn.eager or _connection.eager_everywhere:
             return [conn.run_eager(h, o.callback) for h in handles]

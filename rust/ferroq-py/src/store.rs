@@ -435,13 +435,14 @@ impl PyStore {
 
     /// Enqueues many tasks in one call (one transaction per shard). Every
     /// per-task option is either one value for all or a list with one value
-    /// per payload. Returns (ids, inserted flags).
+    /// per payload (`metadata`: one JSON object for all). Returns (ids,
+    /// inserted flags).
     #[pyo3(signature = (queue, name, payloads, *, priority=None, run_at=None,
         max_attempts=Int(1), keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None,
-        requires=None, on_duplicate=None),
+        requires=None, on_duplicate=None, metadata=None),
         text_signature = "($self, queue, name, payloads, *, priority=None, run_at=None, max_attempts=1, \
         keys=None, batch=None, expires_at=None, backoff=None, result_ttl_ms=None, requires=None, \
-        on_duplicate=None)")]
+        on_duplicate=None, metadata=None)")]
     #[allow(clippy::too_many_arguments)]
     fn enqueue_many(
         &self,
@@ -459,9 +460,11 @@ impl PyStore {
         result_ttl_ms: Option<Int<i64>>,
         requires: Option<Text>,
         on_duplicate: Option<Text>,
+        metadata: Option<Text>,
     ) -> PyResult<(Vec<i64>, Vec<bool>)> {
         let on_duplicate = parse_on_duplicate(py, on_duplicate.as_ref().map(|t| t.0.as_str()))?;
         let queue: String = queue.0;
+        let metadata: Option<String> = metadata.map(String::from);
         let name: OneOrMany<String> = name.map(String::from);
         let keys: Option<Vec<Option<String>>> = keys.map(|v| v.into_iter().map(|k| k.map(String::from)).collect());
         let batch: Option<String> = batch.map(String::from);
@@ -496,7 +499,7 @@ impl PyStore {
                     key: keys.as_mut().and_then(|k| k.next()).flatten(),
                     batch: batch.clone(),
                     expires_at: expires_at.as_ref().map(|v| v.0),
-                    metadata: None,
+                    metadata: metadata.clone(),
                     backoff,
                     result_ttl_ms: result_ttl_ms.as_ref().map(|v| v.0),
                     requires: requires.clone(),
