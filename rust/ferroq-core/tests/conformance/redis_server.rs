@@ -157,3 +157,34 @@ fn a_restart_mid_run_loses_nothing_acknowledged() {
     }
     assert!(!done.is_empty());
 }
+
+/// A commit by another handle made while a waiter is between reading the
+/// change token and going to sleep still wakes it (the wake-up is not lost
+/// to the race). The poll is set to a minute, so a lost wake-up would hold
+/// the wait for its whole timeout; 500 rounds put the commit at different
+/// moments of the waiter's round trip.
+#[test]
+fn a_commit_while_the_waiter_reads_the_token_still_wakes_it() {
+    if skip() {
+        return;
+    }
+    let base = std::env::var(crate::harness::REDIS_URL_VAR).unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let url = format!("{base}?prefix=t_race_{}_{nanos}&poll_ms=60000", std::process::id());
+    let waiter = open(&url).unwrap();
+    let writer = open(&url).unwrap();
+    for round in 0..500_u64 {
+        let token = waiter.change_token().unwrap();
+        let w = writer.clone();
+        let delay = Duration::from_micros(round * 7 % 300);
+        let commit = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            w.enqueue(&[task("q")]).unwrap();
+        });
+        let started = std::time::Instant::now();
+        assert!(waiter.wait_for_change(token, Duration::from_secs(5)).unwrap());
+        let took = started.elapsed();
+        commit.join().unwrap();
+        assert!(took < Duration::from_secs(2), "round {round}: woken only after {took:?}");
+    }
+}

@@ -59,6 +59,11 @@ use wake::Wake;
 /// The layout version of the keys this build writes (`P:meta` field `layout`).
 pub const LAYOUT_VERSION: i64 = 1;
 
+/// How long opening a store waits for its wake-up subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// How often a wait looks at the store while the subscription is down.
+const UNSUBSCRIBED_POLL: Duration = Duration::from_millis(5);
+
 /// The Redis backend.
 pub struct RedisStore {
     cfg: Arc<RedisConfig>,
@@ -103,6 +108,14 @@ impl RedisStore {
         if cfg.notify {
             wake::spawn_listener(store.wake.clone(), pool, store.keys.k("wake"))
                 .map_err(|e| Error::Unavailable(format!("cannot start the wake-up thread: {e}")))?;
+            // A message published before the subscription is in place
+            // reaches nobody: give it a moment, so that a wait started
+            // right after opening is woken by the next commit. (Until it is
+            // in place, waits poll every UNSUBSCRIBED_POLL.)
+            let until = Instant::now() + SUBSCRIBE_WAIT;
+            while !store.wake.listening() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         Ok(store)
     }
@@ -344,6 +357,7 @@ impl Store for RedisStore {
     fn wait_for_change(&self, token: u64, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
+            let mark = self.wake.mark();
             if self.change_token()? != token {
                 return Ok(true);
             }
@@ -351,7 +365,14 @@ impl Store for RedisStore {
             if now >= deadline {
                 return Ok(false);
             }
-            self.wake.wait((deadline - now).min(self.cfg.poll_interval));
+            // Without a subscription (still connecting, or reconnecting)
+            // no message comes: look at `P:chg` more often meanwhile.
+            let poll = if self.wake.listening() || !self.cfg.notify {
+                self.cfg.poll_interval
+            } else {
+                self.cfg.poll_interval.min(UNSUBSCRIBED_POLL)
+            };
+            self.wake.wait_since(mark, (deadline - now).min(poll));
         }
     }
     fn clock(&self) -> &Arc<dyn Clock> {
