@@ -143,6 +143,32 @@ def test_dead_letters_are_listed_and_retried_by_filter(q: Queue) -> None:
     assert q.retry_failed(error_type="ValueError") == 0
 
 
+def test_retry_many_answers_each_task_on_its_own(q: Queue) -> None:
+    """The store's batch retry (what retry_failed uses): a failed task goes
+    back; a finished one and an unknown id get their own error, and
+    nothing else is refused with them."""
+    from ferroq import InvalidTransitionError, TaskNotFoundError
+
+    @q.task(retries=0)
+    def boom(x: int) -> int:
+        if x:
+            raise ValueError("no")
+        return x
+
+    with QueueScheduler(q):
+        bad, good = boom.send(1), boom.send(0)
+        with pytest.raises(ValueError):
+            bad.result(timeout=10)
+        assert good.result(timeout=10) == 0
+    missing = max(bad.id, good.id) + 10_000
+    errors = q._store.retry_many([bad.id, good.id, missing])
+    assert errors[0] is None
+    assert isinstance(errors[1], InvalidTransitionError)
+    assert isinstance(errors[2], TaskNotFoundError)
+    assert q.get(bad.id).status == "queued"  # type: ignore[union-attr]
+    assert q.get(good.id).status == "done"  # type: ignore[union-attr]
+
+
 def test_members_list_ids_per_status(q: Queue) -> None:
     @q.task
     def noop() -> None:

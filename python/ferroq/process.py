@@ -138,8 +138,9 @@ def _retry_failed(queue: Connection, queue_name: str, batch: str) -> int:
         )
         if not page:
             return n
-        for t in page:
-            store.retry(t.id)
+        for err in store.retry_many([t.id for t in page]):
+            if err is not None:
+                raise err
         n += len(page)
         after = page[-1].id
 

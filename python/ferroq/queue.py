@@ -68,6 +68,9 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[[Any], Any])
 H = TypeVar("H", bound=HasId)
 
+# Dead letters requeued per store call by retry_failed.
+_RETRY_CHUNK = 1000
+
 
 def _count(value: object, what: str) -> int:
     """A count the caller gave (a limit): a whole number >= 0, else
@@ -433,12 +436,12 @@ class Queue(Connection):
             )
         ]
         moved = 0
-        for task_id in ids:
-            try:
-                self._store.retry(task_id)
-            except (InvalidTransitionError, TaskNotFoundError):
-                continue
-            moved += 1
+        for start in range(0, len(ids), _RETRY_CHUNK):
+            for err in self._store.retry_many(ids[start : start + _RETRY_CHUNK]):
+                if err is None:
+                    moved += 1
+                elif not isinstance(err, (InvalidTransitionError, TaskNotFoundError)):
+                    raise err
         return moved
 
     def list(

@@ -680,6 +680,15 @@ impl PyStore {
         one(py, out, "retry")?.py(py)
     }
 
+    /// Requeues many failed, cancelled or expired tasks with fresh
+    /// attempts in one call; one entry per id: None when it went back, else
+    /// the error that task got (each move is guarded on its own).
+    fn retry_many(&self, py: Python<'_>, ids: Vec<Int<i64>>) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        let p: Vec<RetryParams> = ids.into_iter().map(|id| RetryParams { id: id.0 }).collect();
+        let out = self.call(py, |store| store.retry(&p))?;
+        Ok(item_errors(py, out))
+    }
+
     /// Deletes a finished task now, whatever its retention (its key is
     /// freed). An unfinished task is an invalid transition.
     fn delete(&self, py: Python<'_>, id: Int<i64>) -> PyResult<()> {
