@@ -425,3 +425,39 @@ def test_batch_wait_is_checked() -> None:
         with pytest.raises(ferroq.InvalidArgumentError, match="batch_wait"):
             QueueScheduler(q, batch_wait=bad)  # type: ignore[arg-type]
     q.close()
+
+
+def test_a_failing_loop_backs_off_and_logs_a_repeated_error_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """LoopRetry: waits of 0.5 s doubling to 5 s; the same error logged once
+    (with its traceback), a different one again; a step that works is
+    logged and starts the waits over."""
+    import logging
+
+    from ferroq.scheduler.retrying import LoopRetry
+
+    log = logging.getLogger("ferroq.worker.test")
+    retry = LoopRetry(log, "task loop error", {"worker": "w"})
+    waits = []
+    with caplog.at_level(logging.INFO, logger="ferroq.worker.test"):
+        for _ in range(6):
+            try:
+                raise ConnectionError("store is down")
+            except ConnectionError:
+                waits.append(retry.failed())
+        assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info is not None
+        assert errors[0].__dict__["worker"] == "w"
+        try:
+            raise ValueError("something else")
+        except ValueError:
+            retry.failed()
+        assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
+        retry.ok()
+        assert any("working again after 7 failure(s)" in r.getMessage() for r in caplog.records)
+        try:
+            raise ConnectionError("store is down")
+        except ConnectionError:
+            assert retry.failed() == 0.5

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from .execute import execute_async
+from .retrying import LoopRetry
 from .task_loop import WAIT_SLICE_S, ClaimingLoop
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class AsyncTaskLoop(ClaimingLoop):
         loop = asyncio.get_running_loop()
         self._loop = loop
         s = self.state
+        retry = LoopRetry(log, "claim failed", {"worker": s.worker_id})
         while not s.stopping.is_set():
             free = s.concurrency - len(self._running)
             if free <= 0:
@@ -57,9 +59,12 @@ class AsyncTaskLoop(ClaimingLoop):
             except Exception:
                 if s.store.closed:
                     return
-                log.exception("claim failed; retrying", extra={"worker": s.worker_id})
-                await asyncio.sleep(0.5)
+                # Waited in short steps: a stop is not held up by the back-off.
+                resume_at = loop.time() + retry.failed()
+                while not s.stopping.is_set() and loop.time() < resume_at:
+                    await asyncio.sleep(min(0.1, resume_at - loop.time()))
                 continue
+            retry.ok()
             for t in tasks:
                 at = loop.create_task(self._run_one(t))
                 self._running.add(at)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .._errors import FerroqError
 from ..registry import find, registered
 from .execute import Outcome, error_text, execute_sync, flow_payload, timeout_outcome
+from .retrying import LoopRetry
 from .task_loop import WAIT_SLICE_S, ClaimingLoop
 
 if TYPE_CHECKING:
@@ -172,6 +173,7 @@ class ProcessTaskLoop(ClaimingLoop):
 
     def run(self) -> None:
         """Claims one task at a time and runs it in the child until stopped."""
+        retry = LoopRetry(log, "process loop error", {"worker": self.state.worker_id})
         try:
             while not self.state.stopping.is_set():
                 try:
@@ -181,10 +183,9 @@ class ProcessTaskLoop(ClaimingLoop):
                 except Exception:
                     if self.state.store.closed:
                         return
-                    log.exception(
-                        "process loop error; retrying", extra={"worker": self.state.worker_id}
-                    )
-                    self.state.stopping.wait(0.5)
+                    self.state.stopping.wait(retry.failed())
+                else:
+                    retry.ok()
             self.flush()
         finally:
             self._kill()

@@ -17,6 +17,7 @@ from ..context import TaskContext
 from . import _state
 from .execute import Outcome, error_text, execute_sync
 from .inflight import InFlight
+from .retrying import LoopRetry
 
 if TYPE_CHECKING:
     from .. import _core
@@ -559,14 +560,16 @@ class ThreadTaskLoop(ClaimingLoop):
 
     def run(self) -> None:
         """Ticks until the scheduler stops."""
+        retry = LoopRetry(log, "task loop error", {"worker": self.state.worker_id})
         while not self.state.stopping.is_set():
             try:
                 self.tick(IDLE_CLAIM_WAIT_S)
             except Exception:
                 if self.state.store.closed:
                     return
-                log.exception("task loop error; retrying", extra={"worker": self.state.worker_id})
-                self.state.stopping.wait(0.5)
+                self.state.stopping.wait(retry.failed())
+            else:
+                retry.ok()
         self.flush()
 
     def run_one(self, t: _core.Task) -> None:
