@@ -58,6 +58,7 @@ LAYERS: list[list[str]] = [
     # L4: the scheduler; loops share scheduler._state, never the package __init__.
     [
         "ferroq.scheduler.inflight",
+        "ferroq.scheduler.retrying",
         "ferroq.scheduler._state",
         "ferroq.scheduler.execute",
         "ferroq.scheduler.task_loop",
