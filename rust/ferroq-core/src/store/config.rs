@@ -103,15 +103,15 @@ impl StoreConfig {
         Ok(config)
     }
 
-    /// Applies one `key=value` option (shared with the PostgreSQL URL form).
+    /// Applies one `key=value` option (shared with the PostgreSQL and
+    /// Redis URL forms).
     pub(crate) fn apply(&mut self, key: &str, value: &str) -> Result<()> {
-        let bad = |why: &str| Error::InvalidArgument(format!("store option {key}={value:?}: {why}"));
-        let int = |v: &str| v.parse::<i64>().map_err(|_| bad("not an integer"));
+        let opt = OptionValue { key, value };
         match key {
             "shards" => {
-                let n = int(value)?;
+                let n = opt.int()?;
                 if !(1..=MAX_SHARDS as i64).contains(&n) {
-                    return Err(bad(&format!("shards must be within 1..={MAX_SHARDS}")));
+                    return Err(opt.bad(&format!("shards must be within 1..={MAX_SHARDS}")));
                 }
                 self.shards = Some(n as u32);
             }
@@ -119,62 +119,70 @@ impl StoreConfig {
                 self.synchronous = match value.to_ascii_lowercase().as_str() {
                     "normal" => Synchronous::Normal,
                     "full" => Synchronous::Full,
-                    _ => return Err(bad("use normal or full")),
+                    _ => return Err(opt.bad("use normal or full")),
                 }
             }
-            "max_payload" => {
-                let n = int(value)?;
-                if !(1..=1_000_000_000).contains(&n) {
-                    return Err(bad("must be within 1..=1e9 bytes"));
-                }
-                self.max_payload = n as usize;
-            }
-            "busy_timeout_ms" => {
-                let n = int(value)?;
-                if !(0..=3_600_000).contains(&n) {
-                    return Err(bad("must be within 0..=3600000"));
-                }
-                self.busy_timeout = Duration::from_millis(n as u64);
-            }
-            "poll_ms" => {
-                let n = int(value)?;
-                if !(1..=10_000).contains(&n) {
-                    return Err(bad("must be within 1..=10000"));
-                }
-                self.poll_interval = Duration::from_millis(n as u64);
-            }
-            "retention_s" => {
-                self.retention_ms = if value == "none" || value == "0" {
-                    None
-                } else {
-                    let n = int(value)?;
-                    if n < 0 {
-                        return Err(bad("must be >= 0"));
-                    }
-                    Some(n.saturating_mul(1_000))
-                }
-            }
-            "events" => {
-                self.events = match value.to_ascii_lowercase().as_str() {
-                    "on" | "true" | "1" => true,
-                    "off" | "false" | "0" => false,
-                    _ => return Err(bad("use on or off")),
-                }
-            }
-            "events_retention_s" => {
-                self.events_retention_ms = if value == "none" || value == "0" {
-                    None
-                } else {
-                    let n = int(value)?;
-                    if n < 0 {
-                        return Err(bad("must be >= 0"));
-                    }
-                    Some(n.saturating_mul(1_000))
-                }
-            }
+            "max_payload" => self.max_payload = opt.int_within(1, 1_000_000_000)? as usize,
+            "busy_timeout_ms" => self.busy_timeout = Duration::from_millis(opt.int_within(0, 3_600_000)? as u64),
+            "poll_ms" => self.poll_interval = Duration::from_millis(opt.int_within(1, 10_000)? as u64),
+            "retention_s" => self.retention_ms = opt.seconds_as_ms_or_none()?,
+            "events" => self.events = opt.on_off()?,
+            "events_retention_s" => self.events_retention_ms = opt.seconds_as_ms_or_none()?,
             _ => return Err(Error::InvalidArgument(format!("unknown store option {key:?}"))),
         }
         Ok(())
+    }
+}
+
+/// One `key=value` store option from a URL: how its value is read, and the
+/// error that names it. Shared by the SQLite, PostgreSQL and Redis parsers.
+pub(crate) struct OptionValue<'a> {
+    /// The option's name.
+    pub key: &'a str,
+    /// Its value, decoded.
+    pub value: &'a str,
+}
+
+impl OptionValue<'_> {
+    /// `InvalidArgument` naming the option, its value and `why`.
+    pub fn bad(&self, why: &str) -> Error {
+        Error::InvalidArgument(format!("store option {}={:?}: {why}", self.key, self.value))
+    }
+
+    /// The value as an integer.
+    pub fn int(&self) -> Result<i64> {
+        self.value.parse::<i64>().map_err(|_| self.bad("not an integer"))
+    }
+
+    /// The value as an integer within `lo..=hi`.
+    pub fn int_within(&self, lo: i64, hi: i64) -> Result<i64> {
+        let n = self.int()?;
+        if !(lo..=hi).contains(&n) {
+            return Err(self.bad(&format!("must be within {lo}..={hi}")));
+        }
+        Ok(n)
+    }
+
+    /// `on`/`true`/`1` or `off`/`false`/`0` (any case).
+    pub fn on_off(&self) -> Result<bool> {
+        match self.value.to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Ok(true),
+            "off" | "false" | "0" => Ok(false),
+            _ => Err(self.bad("use on or off")),
+        }
+    }
+
+    /// A number of seconds >= 0 as milliseconds; `none` or `0`: None (kept
+    /// for ever).
+    pub fn seconds_as_ms_or_none(&self) -> Result<Option<i64>> {
+        if self.value == "none" || self.value == "0" {
+            return Ok(None);
+        }
+        let n = self.int()?;
+        if n < 0 {
+            return Err(self.bad("must be >= 0"));
+        }
+        Ok(Some(n.saturating_mul(1_000)))
     }
 }
 
@@ -202,6 +210,20 @@ mod tests {
         let c = StoreConfig::parse("sqlite://rel/dir%20x?retention_s=none").unwrap();
         assert_eq!(c.path, Some(PathBuf::from("rel/dir x")));
         assert_eq!(c.retention_ms, None);
+    }
+
+    #[test]
+    fn option_values_are_read_and_refused_by_name() {
+        let v = |value: &'static str| OptionValue { key: "k", value };
+        assert_eq!(v("7").int_within(1, 9).unwrap(), 7);
+        let err = v("10").int_within(1, 9).unwrap_err().to_string();
+        assert!(err.contains("store option k=\"10\": must be within 1..=9"), "{err}");
+        assert!(v("x").int().unwrap_err().to_string().contains("not an integer"));
+        assert_eq!((v("ON").on_off().unwrap(), v("0").on_off().unwrap()), (true, false));
+        assert!(v("maybe").on_off().is_err());
+        assert_eq!(v("none").seconds_as_ms_or_none().unwrap(), None);
+        assert_eq!(v("3").seconds_as_ms_or_none().unwrap(), Some(3_000));
+        assert!(v("-1").seconds_as_ms_or_none().is_err());
     }
 
     #[test]

@@ -332,6 +332,21 @@ pub struct ActiveParams {
     pub lease_ms: i64,
 }
 
+impl ActiveParams {
+    /// The one-task claim that hands out the next ready task (checked by
+    /// `rules::check_claim` like any claim).
+    pub fn as_claim(&self) -> ClaimParams {
+        ClaimParams {
+            queue: self.queue.clone(),
+            worker: self.worker.clone(),
+            limit: 1,
+            lease_ms: self.lease_ms,
+            resources: None,
+            home: None,
+        }
+    }
+}
+
 /// Put a finished task (done, failed, cancelled or expired) back in the
 /// queue with fresh attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,4 +497,19 @@ pub struct FlowTask {
     /// Its parents, in order (the order [`dependencies`](super::Store::dependencies)
     /// reports them in). Empty: an ordinary task.
     pub after: Vec<Dep>,
+}
+
+impl FlowTask {
+    /// Its parents' ids, in order, given the answers for the tasks of the
+    /// batch before it (`earlier[j]` for [`Dep::Earlier`]`(j)`, which the
+    /// batch's checks keep below this task's index).
+    pub fn parent_ids(&self, earlier: &[Enqueued]) -> Vec<i64> {
+        self.after
+            .iter()
+            .map(|d| match *d {
+                Dep::Task(id) => id,
+                Dep::Earlier(j) => earlier[j].id,
+            })
+            .collect()
+    }
 }

@@ -6,7 +6,7 @@
 //! and description: [`PgConfig::redacted`] is what errors show.
 
 use crate::error::{Error, Result};
-use crate::store::config::StoreConfig;
+use crate::store::config::{OptionValue, StoreConfig};
 use std::time::Duration;
 
 /// Everything needed to open a PostgreSQL store.
@@ -121,14 +121,9 @@ impl PgConfig {
     }
 
     fn apply(&mut self, key: &str, value: &str) -> Result<()> {
-        let bad = |why: &str| Error::InvalidArgument(format!("store option {key}={value:?}: {why}"));
-        let int = |lo: i64, hi: i64| -> Result<i64> {
-            let n = value.parse::<i64>().map_err(|_| bad("not an integer"))?;
-            if !(lo..=hi).contains(&n) {
-                return Err(bad(&format!("must be within {lo}..={hi}")));
-            }
-            Ok(n)
-        };
+        let opt = OptionValue { key, value };
+        let bad = |why: &str| opt.bad(why);
+        let int = |lo: i64, hi: i64| opt.int_within(lo, hi);
         match key {
             "schema" => {
                 check_schema(value).map_err(|why| bad(&why))?;
@@ -137,9 +132,9 @@ impl PgConfig {
             "pool" | "pool_size" => self.pool_size = int(1, 1_000)? as usize,
             "notify" => {
                 self.notify = match value.to_ascii_lowercase().as_str() {
-                    "on" | "true" | "1" | "listen" => true,
-                    "off" | "false" | "0" | "poll" => false,
-                    _ => return Err(bad("use on or off")),
+                    "listen" => true,
+                    "poll" => false,
+                    _ => opt.on_off()?,
                 }
             }
             "poll_ms" => self.poll_interval = Duration::from_millis(int(1, 60_000)? as u64),
@@ -234,6 +229,14 @@ mod tests {
         assert_eq!(c.host, "/var/run/postgresql");
         let c = PgConfig::parse("postgresql://u@[::1]:5/db").unwrap();
         assert_eq!((c.host.as_str(), c.port), ("::1", 5));
+    }
+
+    #[test]
+    fn notify_takes_on_off_listen_and_poll() {
+        let notify = |v: &str| PgConfig::parse(&format!("postgresql://h/db?notify={v}")).map(|c| c.notify);
+        assert_eq!((notify("listen").unwrap(), notify("1").unwrap()), (true, true));
+        assert_eq!((notify("poll").unwrap(), notify("off").unwrap()), (false, false));
+        assert!(notify("sometimes").is_err());
     }
 
     #[test]

@@ -56,14 +56,7 @@ pub(super) fn enqueue_flow(store: &PostgresStore, tasks: &[FlowTask]) -> Result<
                         continue;
                     }
                 }
-                let parents: Vec<i64> = t
-                    .after
-                    .iter()
-                    .map(|d| match *d {
-                        Dep::Task(id) => id,
-                        Dep::Earlier(j) => out[j].id,
-                    })
-                    .collect();
+                let parents = t.parent_ids(&out);
                 let found: HashMap<i64, Status> = statuses(db, &parents)?;
                 let mut seen = Vec::with_capacity(parents.len());
                 for p in &parents {

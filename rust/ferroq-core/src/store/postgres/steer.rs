@@ -15,8 +15,8 @@ use super::{sql, PostgresStore};
 use crate::error::{Error, Result};
 use crate::store::rules::{self, Guard};
 use crate::store::{
-    ActiveParams, ClaimParams, OnTimeout, PauseParams, QueueOptions, RequeueParams, SetMetadataParams,
-    SetPriorityParams, SetRunAtParams, StartParams,
+    ActiveParams, OnTimeout, PauseParams, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams,
+    SetRunAtParams, StartParams,
 };
 use crate::task::{Status, Task};
 use postgres::{GenericClient, Row};
@@ -113,14 +113,7 @@ pub(super) fn start(store: &PostgresStore, p: &[StartParams]) -> Result<Vec<Resu
 
 /// [`Store::active`](crate::store::Store::active).
 pub(super) fn active(store: &PostgresStore, p: &ActiveParams) -> Result<Option<Task>> {
-    let cp = ClaimParams {
-        queue: p.queue.clone(),
-        worker: p.worker.clone(),
-        limit: 1,
-        lease_ms: p.lease_ms,
-        resources: None,
-        home: None,
-    };
+    let cp = p.as_claim();
     rules::check_claim(&cp)?;
     let options = queue_options(store, &p.queue)?;
     store.serial_handout(&cp, rules::lease_for(p.lease_ms, options.answer_timeout_ms), true)

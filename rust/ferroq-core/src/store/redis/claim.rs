@@ -261,14 +261,7 @@ fn serial_handout(s: &RedisStore, p: &ClaimParams, lease_ms: i64, want_active: b
 
 /// [`Store::active`](crate::store::Store::active).
 pub(super) fn active(s: &RedisStore, p: &ActiveParams) -> Result<Option<Task>> {
-    let cp = ClaimParams {
-        queue: p.queue.clone(),
-        worker: p.worker.clone(),
-        limit: 1,
-        lease_ms: p.lease_ms,
-        resources: None,
-        home: None,
-    };
+    let cp = p.as_claim();
     rules::check_claim(&cp)?;
     let options = admin::queue_options(s, &p.queue)?;
     serial_handout(s, &cp, rules::lease_for(p.lease_ms, options.answer_timeout_ms), true)

@@ -1,6 +1,7 @@
 //! The settings of a Redis store and the URL that carries them.
 
 use crate::error::{Error, Result};
+use crate::store::config::OptionValue;
 use crate::store::StoreConfig;
 use std::fmt;
 use std::time::Duration;
@@ -115,14 +116,9 @@ impl RedisConfig {
     }
 
     fn apply(&mut self, key: &str, value: &str) -> Result<()> {
-        let bad = |why: &str| Error::InvalidArgument(format!("store option {key}={value:?}: {why}"));
-        let int = |lo: i64, hi: i64| -> Result<i64> {
-            let n = value.parse::<i64>().map_err(|_| bad("not an integer"))?;
-            if !(lo..=hi).contains(&n) {
-                return Err(bad(&format!("must be within {lo}..={hi}")));
-            }
-            Ok(n)
-        };
+        let opt = OptionValue { key, value };
+        let bad = |why: &str| opt.bad(why);
+        let int = |lo: i64, hi: i64| opt.int_within(lo, hi);
         match key {
             "prefix" => {
                 let ok = !value.is_empty()
@@ -140,9 +136,8 @@ impl RedisConfig {
             "poll_ms" => self.poll_interval = Duration::from_millis(int(1, 60_000)? as u64),
             "notify" => {
                 self.notify = match value.to_ascii_lowercase().as_str() {
-                    "on" | "true" | "1" => true,
-                    "off" | "false" | "0" | "poll" => false,
-                    _ => return Err(bad("use on or off")),
+                    "poll" => false,
+                    _ => opt.on_off()?,
                 }
             }
             "max_payload" | "retention_s" | "events" | "events_retention_s" => self.store.apply(key, value)?,
@@ -206,6 +201,13 @@ mod tests {
         let c = RedisConfig::parse("redis://al%40ice:p%2Fw@127.0.0.1").unwrap();
         assert_eq!((c.user.as_deref(), c.password(), c.port, c.db), (Some("al@ice"), Some("p/w"), 6379, 0));
         assert!(RedisConfig::is_redis_url("rediss://h"));
+    }
+
+    #[test]
+    fn notify_takes_on_off_and_poll() {
+        let notify = |v: &str| RedisConfig::parse(&format!("redis://h/0?notify={v}")).map(|c| c.notify);
+        assert_eq!((notify("on").unwrap(), notify("poll").unwrap(), notify("FALSE").unwrap()), (true, false, false));
+        assert!(notify("sometimes").is_err());
     }
 
     #[test]

@@ -204,14 +204,7 @@ pub(super) fn enqueue_flow(s: &RedisStore, tasks: &[FlowTask]) -> Result<Vec<Enq
                 batch_keys.insert(k.clone(), ids[i]);
             }
             let id = ids[i];
-            let parents: Vec<i64> = t
-                .after
-                .iter()
-                .map(|d| match *d {
-                    Dep::Task(id) => id,
-                    Dep::Earlier(j) => out[j].id,
-                })
-                .collect();
+            let parents = t.parent_ids(&out);
             let seen: Vec<(i64, Option<Status>)> = parents
                 .iter()
                 .map(|p| (*p, batch_status.get(p).copied().or_else(|| loaded.get(p).map(|l| l.rec.task.status))))

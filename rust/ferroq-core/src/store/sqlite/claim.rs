@@ -150,24 +150,11 @@ fn pick_shard(heads: &[Option<Head>], home: &std::ops::Range<u32>) -> Option<usi
 }
 
 impl SqliteStore {
-    /// Claims up to `limit` tasks in one shard's transaction. With an
+    /// Claims up to `limit` tasks in one shard's transaction, only tasks
+    /// whose claim rank is at least `floor` when given (the part of a claim
+    /// one shard serves while another shard's head ranks `floor`). With an
     /// allowance (function limits in force), tasks of a limited name beyond
     /// what it allows are given back at once, uncounted.
-    fn claim_in(
-        &self,
-        tx: &WriteTx,
-        shard: usize,
-        p: &ClaimParams,
-        limit: u32,
-        c: &ClaimCtx<'_>,
-        allowance: &mut Option<HashMap<String, u64>>,
-    ) -> Result<Vec<Task>> {
-        self.claim_in_from(tx, shard, p, limit, c, allowance, None)
-    }
-
-    /// [`Self::claim_in`] taking only tasks whose claim rank is at least
-    /// `floor` (when given): the part of a claim one shard serves while
-    /// another shard's head ranks `floor`.
     #[allow(clippy::too_many_arguments)]
     fn claim_in_from(
         &self,
@@ -404,8 +391,8 @@ impl SqliteStore {
         allowance: &mut Option<HashMap<String, u64>>,
     ) -> Result<Vec<Task>> {
         match tx0 {
-            Some(tx) if s == 0 => self.claim_in(tx, s, p, k, c, allowance).map_err(|e| self.shard_err(s, e)),
-            _ => self.write(s, |tx| self.claim_in(tx, s, p, k, c, allowance)),
+            Some(tx) if s == 0 => self.claim_in_from(tx, s, p, k, c, allowance, None).map_err(|e| self.shard_err(s, e)),
+            _ => self.write(s, |tx| self.claim_in_from(tx, s, p, k, c, allowance, None)),
         }
     }
 

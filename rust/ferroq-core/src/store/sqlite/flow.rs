@@ -201,11 +201,7 @@ pub(super) fn enqueue_flow(store: &SqliteStore, tasks: &[FlowTask]) -> Result<Ve
             }
         }
         let mut parents = Vec::with_capacity(t.after.len());
-        for d in &t.after {
-            let id = match *d {
-                Dep::Task(id) => id,
-                Dep::Earlier(j) => out[j].id,
-            };
+        for id in t.parent_ids(&out) {
             let (ps, pl) = store.split(id).ok_or_else(|| rules::task_not_found(id))?;
             let status = status_of(tx_of(ps)?, pl)?.ok_or_else(|| rules::task_not_found(id))?;
             parents.push((id, Some(status)));

@@ -495,38 +495,36 @@ pub const PEEK_READY: &str = concat!(
     " ORDER BY claim_rank DESC, run_at, id LIMIT ?3"
 );
 
-/// Claims up to ?3 ready tasks of queue ?1 for worker ?4 with lease ?5;
-/// ?6 resources (JSON), ?7 task names not to claim (JSON array or NULL).
-pub const CLAIM: &str = concat!(
-    "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = ?5, worker = ?4,
+/// The claim statement, with `$rank` (empty, or a bound on `claim_rank`
+/// ending in `AND`) among its conditions.
+macro_rules! claim_tasks {
+    ($rank:literal) => {
+        concat!(
+            "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = ?5, worker = ?4,
         started_at = ?2, cancel_requested = 0
     WHERE id IN (SELECT id FROM task
-        WHERE queue = ?1 AND status = 0 AND run_at <= ?2
+        WHERE queue = ?1 AND status = 0 AND ",
+            $rank,
+            " run_at <= ?2
           AND (expires_at IS NULL OR expires_at > ?2)
           AND (?7 IS NULL OR name NOT IN (SELECT value FROM json_each(?7)))
           AND ",
-    requirements_met!("?6"),
-    " ORDER BY claim_rank DESC, run_at, id LIMIT ?3)
+            requirements_met!("?6"),
+            " ORDER BY claim_rank DESC, run_at, id LIMIT ?3)
     RETURNING ",
-    task_row!()
-);
+            task_row!()
+        )
+    };
+}
+
+/// Claims up to ?3 ready tasks of queue ?1 for worker ?4 with lease ?5;
+/// ?6 resources (JSON), ?7 task names not to claim (JSON array or NULL).
+pub const CLAIM: &str = claim_tasks!("");
 
 /// [`CLAIM`] of tasks ranked ?8 or higher only: a shard's part of a claim
 /// while another shard's head ranks ?8 (the ready index's second column
-/// bounds the scan).
-pub const CLAIM_RANKED_AT_LEAST: &str = concat!(
-    "UPDATE task SET status = 1, attempts = attempts + 1, lease_until = ?5, worker = ?4,
-        started_at = ?2, cancel_requested = 0
-    WHERE id IN (SELECT id FROM task
-        WHERE queue = ?1 AND status = 0 AND claim_rank >= ?8 AND run_at <= ?2
-          AND (expires_at IS NULL OR expires_at > ?2)
-          AND (?7 IS NULL OR name NOT IN (SELECT value FROM json_each(?7)))
-          AND ",
-    requirements_met!("?6"),
-    " ORDER BY claim_rank DESC, run_at, id LIMIT ?3)
-    RETURNING ",
-    task_row!()
-);
+/// bounds the scan; a statement of its own so that the bound is in its plan).
+pub const CLAIM_RANKED_AT_LEAST: &str = claim_tasks!("claim_rank >= ?8 AND");
 
 /// Gives back a task a limited claim took beyond its allowance (the attempt
 /// is not counted: it never started).

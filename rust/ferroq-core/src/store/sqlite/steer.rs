@@ -17,8 +17,8 @@ use super::{sql, SqliteStore};
 use crate::error::{Error, Result};
 use crate::store::rules::{self, Guard};
 use crate::store::{
-    ActiveParams, ClaimParams, OnTimeout, PauseParams, QueueOptions, RequeueParams, SetMetadataParams,
-    SetPriorityParams, SetRunAtParams, StartParams,
+    ActiveParams, OnTimeout, PauseParams, QueueOptions, RequeueParams, SetMetadataParams, SetPriorityParams,
+    SetRunAtParams, StartParams,
 };
 use crate::task::{Status, Task};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -141,14 +141,7 @@ pub(super) fn start(store: &SqliteStore, p: &[StartParams]) -> Result<Vec<Result
 
 /// [`Store::active`](crate::store::Store::active).
 pub(super) fn active(store: &SqliteStore, p: &ActiveParams) -> Result<Option<Task>> {
-    let cp = ClaimParams {
-        queue: p.queue.clone(),
-        worker: p.worker.clone(),
-        limit: 1,
-        lease_ms: p.lease_ms,
-        resources: None,
-        home: None,
-    };
+    let cp = p.as_claim();
     rules::check_claim(&cp)?;
     let conn0 = store.shards[0].conn.lock();
     let mode = super::claim::claim_mode(&conn0, &p.queue)?;
